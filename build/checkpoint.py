@@ -1,0 +1,133 @@
+"""Meta's SAM checkpoints: construct the architecture for a model type and load a state dict into it.
+
+Checkpoints are raw state dicts (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`) exactly as Meta
+publishes them. Anything else is refused with a message that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .specs import MODEL_SPECS, ModelSpec, get_spec
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def build_model(spec: ModelSpec):
+    """An untrained `segment_anything.modeling.Sam` with the architecture of `spec`."""
+    from segment_anything.modeling import (
+        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
+    )
+
+    emb = spec.embedding_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=spec.encoder_depth,
+            embed_dim=spec.encoder_embed_dim,
+            img_size=spec.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec.encoder_num_heads,
+            patch_size=spec.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec.encoder_global_attn_indexes,
+            window_size=spec.window_size,
+            out_chans=spec.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=spec.prompt_embed_dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(spec.image_size, spec.image_size),
+            mask_in_chans=spec.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=spec.decoder_depth,
+                embedding_dim=spec.prompt_embed_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_num_heads,
+            ),
+            transformer_dim=spec.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(spec.pixel_mean),
+        pixel_std=list(spec.pixel_std),
+    )
+    return sam.eval()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only: a checkpoint is data; never execute pickled code from it.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"checkpoint {path} is not a SAM state dict (expected a flat mapping of parameter names to tensors)"
+        )
+    return state
+
+
+def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
+    """The published model type whose encoder width and depth match this state dict, if any."""
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if weight is None:
+        return None
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, spec in MODEL_SPECS.items():
+        if (weight.shape[0], weight.shape[2], depth) == (spec.encoder_embed_dim, spec.patch_size, spec.encoder_depth):
+            return name
+    return None
+
+
+def load_model(path: str | Path, model_type: str):
+    """Build `model_type` and load the checkpoint at `path` into it, strictly."""
+    spec = get_spec(model_type)
+    state = read_state_dict(path)
+    sam = build_model(spec)
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+    if misshaped:
+        problems.append(f"{len(misshaped)} keys with the wrong shape ({_few(misshaped)})")
+    if problems:
+        guess = guess_model_type(state)
+        hint = f"; it looks like a {guess} checkpoint" if guess and guess != model_type else ""
+        raise CheckpointError(f"checkpoint {path} does not fit model type {model_type}: " + "; ".join(problems) + hint)
+    sam.load_state_dict(state, strict=True)
+    return sam.eval()
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (", …" if len(items) > n else "")

@@ -1,0 +1,171 @@
+"""Train the tiny SAM-architecture model on procedural scenes, on the CPU, and save it in Meta's format.
+
+The model is the real SAM code (segment_anything's modules) shrunk by the `tiny` spec; the loss is SAM's
+(20·focal + dice on the best of the three ambiguity-aware masks, MSE on the predicted IoU). Images go through
+the same NumPy pre-processing the Predictor uses.
+
+    python -m maskserve.build.tiny.train --steps 3000 --out maskserve/models/sam_tiny.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskserve.build.checkpoint import build_model
+from maskserve.build.specs import get_spec
+from maskserve.build.tiny.scenes import centre_point, make_scene, random_size
+from maskserve.engines import transforms
+
+
+def _sample_prompt(rng, mask):
+    """(coords, labels, box_or_None, multimask) for one object, in original-image pixels."""
+    ys, xs = np.nonzero(mask)
+    kind = rng.random()
+    if kind < 0.25:
+        return centre_point(mask)[None], np.array([1.0]), None, True
+    i = rng.integers(len(xs))
+    point = np.array([[xs[i], ys[i]]], np.float32)
+    if kind < 0.65:
+        return point, np.array([1.0]), None, True
+    if kind < 0.85:
+        h, w = mask.shape
+        box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+        jitter = rng.normal(0, 0.03, 4) * np.array([w, h, w, h])
+        return None, None, box + jitter.astype(np.float32), False
+    # a positive click plus a negative one outside the object
+    bys, bxs = np.nonzero(~mask)
+    j = rng.integers(len(bxs))
+    coords = np.concatenate([point, [[bxs[j], bys[j]]]]).astype(np.float32)
+    return coords, np.array([1.0, 0.0]), None, False
+
+
+def _batch(rng, spec, images_per_batch, prompts_per_image):
+    long_side = spec.image_size
+    batch = []
+    for _ in range(images_per_batch):
+        h, w = random_size(rng, int(long_side * rng.uniform(0.8, 1.5)))
+        scene = make_scene(rng, h, w)
+        if not scene.masks:
+            continue
+        x, (nh, nw) = transforms.preprocess(scene.image, long_side, spec.pixel_mean, spec.pixel_std)
+        prompts = []
+        for k in rng.permutation(len(scene.masks))[:prompts_per_image]:
+            mask = scene.masks[k]
+            coords, labels, box, multi = _sample_prompt(rng, mask)
+            tc = None if coords is None else transforms.transform_coords(coords, (h, w), long_side)
+            tb = None if box is None else transforms.transform_boxes(box, (h, w), long_side)
+            pts, lbl = transforms.prompt_points(tc, labels, tb)
+            target = np.zeros((long_side, long_side), np.float32)
+            target[:nh, :nw] = cv2.resize(mask.astype(np.float32), (nw, nh), interpolation=cv2.INTER_LINEAR) > 0.5
+            prompts.append((pts, lbl, multi, target))
+        valid = np.zeros((long_side, long_side), np.float32)
+        valid[:nh, :nw] = 1
+        batch.append((x, prompts, valid))
+    return batch
+
+
+def _embed_points(prompt_encoder, pts, lbl):
+    """Sparse embeddings for points whose labels include box corners (2, 3) and padding (−1)."""
+    pe = prompt_encoder.pe_layer.forward_with_coords(pts + 0.5, prompt_encoder.input_image_size)
+    lbl = lbl[..., None]
+    pe = pe * (lbl != -1) + prompt_encoder.not_a_point_embed.weight * (lbl == -1)
+    for i in range(4):
+        pe = pe + prompt_encoder.point_embeddings[i].weight * (lbl == i)
+    return pe
+
+
+def _losses(logits, target, valid):
+    """Per-mask focal and dice losses over the valid (unpadded) region; logits and targets (N, S, S)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    alpha = 0.25 * target + 0.75 * (1 - target)
+    n = valid.sum()
+    focal = (alpha * ce * (1 - pt) ** 2 * valid).flatten(1).sum(1) / n
+    inter = (p * target * valid).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / ((p * valid).flatten(1).sum(1) + (target * valid).flatten(1).sum(1) + 1)
+    with torch.no_grad():
+        pred = (logits > 0).float() * valid
+        iou = (pred * target).flatten(1).sum(1) / ((pred + target * valid).clamp(max=1).flatten(1).sum(1) + 1e-6)
+    return 20 * focal + dice, iou
+
+
+def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
+          lr: float = 1e-3, log_every: int = 50) -> None:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spec = get_spec("tiny")
+    sam = build_model(spec).train()
+    params = [p for p in sam.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 30)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    pe_dense = None
+    start = time.time()
+    running = []
+    for step in range(steps):
+        batch = _batch(rng, spec, images_per_batch, prompts_per_image)
+        images = torch.from_numpy(np.stack([b[0] for b in batch]))
+        embeddings = sam.image_encoder(images)
+        pe_dense = sam.prompt_encoder.get_dense_pe()
+        loss_total, ious = 0.0, []
+        for i, (_, prompts, valid) in enumerate(batch):
+            groups = {}
+            for j, p in enumerate(prompts):
+                groups.setdefault(len(p[0]), []).append(j)
+            for idx in groups.values():
+                pts = torch.from_numpy(np.stack([prompts[j][0] for j in idx]))
+                lbl = torch.from_numpy(np.stack([prompts[j][1] for j in idx]))
+                multi = torch.tensor([prompts[j][2] for j in idx])
+                target = torch.from_numpy(np.stack([prompts[j][3] for j in idx]))
+                sparse = _embed_points(sam.prompt_encoder, pts, lbl)
+                dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                    len(idx), -1, spec.embedding_size, spec.embedding_size)
+                low, iou_pred = sam.mask_decoder.predict_masks(embeddings[i:i + 1], pe_dense, sparse, dense)
+                logits = F.interpolate(low, (spec.image_size, spec.image_size), mode="bilinear", align_corners=False)
+                n, k = logits.shape[:2]
+                v = torch.from_numpy(valid)
+                loss, iou = _losses(logits.flatten(0, 1), target.repeat_interleave(k, 0).view(n * k, *target.shape[1:]), v)
+                loss, iou = loss.view(n, k), iou.view(n, k)
+                best = loss[:, 1:].min(1)
+                mask_loss = torch.where(multi, best.values + 0.25 * loss[:, 0], loss[:, 0])
+                iou_loss = ((iou_pred - iou) ** 2).mean(1)
+                loss_total = loss_total + (mask_loss + iou_loss).sum()
+                chosen = torch.where(multi, iou[:, 1:].gather(1, best.indices[:, None])[:, 0], iou[:, 0])
+                ious.extend(chosen.tolist())
+        n_prompts = max(1, len(ious))
+        opt.zero_grad()
+        (loss_total / n_prompts).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(float(np.mean(ious)) if ious else 0.0)
+        if (step + 1) % log_every == 0 or step == 0:
+            print(f"step {step + 1}/{steps}  train mIoU {np.mean(running[-log_every:]):.3f}  "
+                  f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s", flush=True)
+        if (step + 1) % 500 == 0 or step + 1 == steps:
+            torch.save(sam.state_dict(), out)
+    print(f"saved {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--out", default="maskserve/models/sam_tiny.pth")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train(args.steps, args.out, seed=args.seed, lr=args.lr)
+
+
+if __name__ == "__main__":
+    main()

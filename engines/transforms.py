@@ -1,0 +1,97 @@
+"""SAM's pre- and post-processing in NumPy, exactly as the reference implementation does them.
+
+One implementation serves the in-process Predictor, the encoder worker and the decoder service:
+- images: longest side resized to the model input with Pillow's bilinear filter (what the reference gets
+  through torchvision on a PIL image), normalised per channel, zero-padded right/bottom;
+- prompts: coordinates scaled by new/old size per axis, in float64 as the reference does;
+- masks: bilinear (half-pixel centres) up to the padded input, crop, bilinear to the original size.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(new_h, new_w) with the longest side equal to `long_side`, rounded as the reference rounds."""
+    scale = long_side * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 RGB image so its longest side is `long_side` (antialiased bilinear)."""
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], long_side)
+    if (new_h, new_w) == image.shape[:2]:
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_and_pad(resized: np.ndarray, long_side: int, mean, std) -> np.ndarray:
+    """(h, w, 3) uint8 → (3, long_side, long_side) float32: (x − mean) / std, then zeros right and bottom."""
+    h, w = resized.shape[:2]
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    out = np.zeros((3, long_side, long_side), np.float32)
+    out[:, :h, :w] = ((resized.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    return out
+
+
+def preprocess(image: np.ndarray, long_side: int, mean, std) -> tuple[np.ndarray, tuple[int, int]]:
+    """The encoder input for one image and the resized (h, w) it occupies inside the padded square."""
+    resized = resize_image(image, long_side)
+    return normalize_and_pad(resized, long_side, mean, std), resized.shape[:2]
+
+
+def transform_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """Pixel (x, y) coordinates of the original image → coordinates in the resized input frame (float32)."""
+    old_h, old_w = original_size
+    new_h, new_w = resized_shape(old_h, old_w, long_side)
+    coords = np.array(coords, dtype=np.float64, copy=True)
+    coords[..., 0] = coords[..., 0] * (new_w / old_w)
+    coords[..., 1] = coords[..., 1] * (new_h / old_h)
+    return coords.astype(np.float32)
+
+
+def transform_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """XYXY boxes of the original image → (N, 2, 2) corner points in the resized input frame."""
+    return transform_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, long_side)
+
+
+def prompt_points(
+    coords: np.ndarray | None, labels: np.ndarray | None, box_corners: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's sparse prompt for one mask: points first, then the box's two corners (labels 2 and 3);
+    without a box, one padding point (0, 0) with label −1, exactly as the reference prompt encoder pads."""
+    pts = [np.zeros((0, 2), np.float32)] if coords is None else [np.asarray(coords, np.float32).reshape(-1, 2)]
+    lbl = [np.zeros((0,), np.float32)] if labels is None else [np.asarray(labels, np.float32).reshape(-1)]
+    if box_corners is not None:
+        pts.append(np.asarray(box_corners, np.float32).reshape(2, 2))
+        lbl.append(np.array([2, 3], np.float32))
+    else:
+        pts.append(np.zeros((1, 2), np.float32))
+        lbl.append(np.array([-1], np.float32))
+    return np.concatenate(pts), np.concatenate(lbl)
+
+
+def _resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of (C, h, w) float32 with half-pixel centres and no antialiasing, i.e. torch's
+    `F.interpolate(mode="bilinear", align_corners=False)`; OpenCV computes the same sample positions."""
+    c, h, w = x.shape
+    if (h, w) == (height, width):
+        return x
+    if c <= 512:  # OpenCV resizes up to 512 channels at once in HWC layout
+        out = cv2.resize(np.ascontiguousarray(x.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
+        return out.reshape(height, width, c).transpose(2, 0, 1)
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in x])
+
+
+def upscale_logits(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int
+) -> np.ndarray:
+    """(C, m, m) low-resolution logits → (C, H, W) logits at the original image size."""
+    low_res = np.asarray(low_res, np.float32)
+    padded = _resize_bilinear(low_res, long_side, long_side)
+    cropped = np.ascontiguousarray(padded[:, : input_size[0], : input_size[1]])
+    return _resize_bilinear(cropped, original_size[0], original_size[1])
