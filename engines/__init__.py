@@ -1,0 +1,46 @@
+"""Runtimes that execute a model directory, behind two small interfaces:
+
+- an encoder: `encode(images (B, 3, S, S)) -> embeddings (B, C, E, E)`;
+- a decoder: `decode(embedding, coords, labels, mask_input, has_mask_input) -> (iou (B, 4), logits (B, 4, M, M))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model_dir import Manifest, ModelDirError
+
+
+
+def default_model_dir() -> Path:
+    """The tiny model that ships with the package: the offline default."""
+    import maskserve
+
+    return Path(maskserve.__file__).resolve().parent / "models" / "tiny"
+
+
+@dataclass
+class Model:
+    directory: Path
+    manifest: Manifest
+    encoder: object | None
+    decoder: object | None
+
+
+def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: bool = True,
+         threads: int | None = None) -> Model:
+    """Open a model directory with the backend its manifest names (TensorRT needs an NVIDIA GPU)."""
+    directory = Path(model_dir) if model_dir is not None else default_model_dir()
+    manifest = Manifest.load(directory)
+    if manifest.backend == "onnxruntime":
+        from .onnxruntime_backend import OnnxDecoder as Dec, OnnxEncoder as Enc
+    elif manifest.backend == "tensorrt":
+        from .tensorrt_backend import TensorRTDecoder as Dec, TensorRTEncoder as Enc
+    else:
+        raise ModelDirError(f"{directory}: unknown backend {manifest.backend!r}")
+    return Model(
+        directory, manifest,
+        Enc(directory, manifest, threads) if encoder else None,
+        Dec(directory, manifest, threads) if decoder else None,
+    )

@@ -1,0 +1,69 @@
+"""Checkpoint → model directory: load, export ONNX, compile TensorRT engines if asked, write the manifest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from maskserve.engines.model_dir import Manifest
+
+from . import export
+from .checkpoint import file_digest, load_model
+from .specs import get_spec
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def build_model_dir(
+    checkpoint: str | Path, model_type: str, out: str | Path, backend: str = "onnxruntime",
+    precision: str = "fp32", max_encoder_batch: int = 8, max_decoder_batch: int = 64, max_points: int = 64,
+) -> Manifest:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ValueError("the ONNX Runtime backend runs fp32; fp16 is a TensorRT build option")
+    spec = get_spec(model_type)
+    sam = load_model(checkpoint, model_type)
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    export.export_encoder(sam, staging / "encoder.onnx")
+    export.export_decoder(sam, staging / "decoder.onnx")
+    checkpoint_sha256 = file_digest(checkpoint)
+    encoder, decoder, extra = {"file": "encoder.onnx"}, {"file": "decoder.onnx"}, {}
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        backend_version = onnxruntime.__version__
+    else:
+        from . import tensorrt_engines
+
+        backend_version, encoder, decoder, extra = tensorrt_engines.build_engines(
+            staging, spec, precision, max_encoder_batch, max_decoder_batch, max_points)
+    manifest = Manifest(
+        model_type=model_type,
+        backend=backend,
+        backend_version=backend_version,
+        precision=precision,
+        image_size=spec.image_size,
+        embedding_shape=spec.embedding_shape,
+        embedding_dtype="float32",
+        mask_input_size=spec.mask_input_size,
+        pixel_mean=spec.pixel_mean,
+        pixel_std=spec.pixel_std,
+        checkpoint_sha256=checkpoint_sha256,
+        model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape),
+        encoder=encoder,
+        decoder=decoder,
+        extra=extra,
+    )
+    manifest.save(staging)
+    # Replace the output only once everything is written: a failed build never leaves half a model behind.
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest

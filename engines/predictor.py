@@ -1,0 +1,75 @@
+"""`Predictor`: the in-process façade with `segment_anything.SamPredictor`'s interface, without torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import load, prompts, transforms
+
+
+class Predictor:
+    """Drop-in for `SamPredictor`: `set_image` once, then `predict` for as many prompts as you like.
+
+    `Predictor()` uses the tiny model that ships with maskserve; pass a model directory made by
+    `maskserve build` for a real checkpoint.
+    """
+
+    def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None) -> None:
+        self.model = load(model_dir, threads=threads)
+        self.manifest = self.model.manifest
+        self.reset_image()
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an (H, W, 3) uint8 image."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        m = self.manifest
+        x, _ = transforms.preprocess(image, m.image_size, m.pixel_mean, m.pixel_std)
+        self.set_embedding(self.model.encoder.encode(x[None]), image.shape[:2])
+
+    def set_embedding(self, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
+        """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W)."""
+        self.features = np.ascontiguousarray(embedding, np.float32).reshape(1, *self.manifest.embedding_shape)
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = transforms.resized_shape(*self.original_size, self.manifest.image_size)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns masks (C, H, W) bool (float32 logits with `return_logits`), iou_predictions (C,) and
+        low_res_logits (C, M, M); C is 3 with `multimask_output`, else 1."""
+        self._require_image()
+        prompt = prompts.Prompt(point_coords, point_labels, box, mask_input)
+        (answer,) = prompts.decode(self.model.decoder, self.manifest, self.features, self.original_size,
+                                   [prompt], multimask_output)
+        logits = prompts.full_resolution_logits(answer.low_res_logits, self.manifest, self.original_size)
+        masks = logits if return_logits else logits > 0.0
+        return masks, answer.iou_predictions, answer.low_res_logits
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
