@@ -7,6 +7,7 @@ publishes them. Anything else is refused with a message that names what is wrong
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -69,12 +70,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch file, or is truncated (no zip directory and no pickle header)")
     try:
         # weights_only: a checkpoint is data; never execute pickled code from it.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from exc
+        detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if "Weights only load failed" in detail:
+            detail = "it holds Python objects other than tensors, and loading it would run code from the file"
+        raise CheckpointError(f"checkpoint {path} could not be read: {detail}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
             f"checkpoint {path} is not a SAM state dict (expected a flat mapping of parameter names to tensors)"

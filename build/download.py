@@ -1,0 +1,120 @@
+"""Fetch Meta's published checkpoints into a cache, resuming broken transfers and verifying checksums.
+
+No torch here: pulling a checkpoint needs nothing but the standard library and rich for the progress bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .specs import get_spec
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MASKSERVE_CACHE", Path.home() / ".cache" / "maskserve")) / "checkpoints"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str | None = None, size: int | None = None,
+             progress: bool = True, timeout: float = 60.0, attempts: int = 5) -> Path:
+    """Download `url` to `dest` through `dest.part`, resuming with HTTP Range after a broken transfer.
+
+    The file is moved into place only when its size and md5 match; a corrupt download is deleted.
+    """
+    dest = Path(dest)
+    if dest.is_file() and (md5 is None or _md5(dest) == md5):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            _fetch(url, part, size, progress, timeout)
+            break
+        except (urllib.error.URLError, OSError, DownloadError) as exc:
+            last_error = exc
+            if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
+                raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    else:
+        raise DownloadError(f"{url}: gave up after {attempts} attempts ({last_error}); "
+                            f"{part} is kept and the next pull resumes from it")
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise DownloadError(f"{url}: expected {size} bytes, got {got}; the partial file was removed")
+    if md5 is not None:
+        digest = _md5(part)
+        if digest != md5:
+            part.unlink()
+            raise DownloadError(f"{url}: checksum mismatch (md5 {digest}, expected {md5}); the file was removed")
+    part.replace(dest)
+    return dest
+
+
+def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset >= size:
+        return
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if offset and response.status != 206:  # the server ignored Range: start again
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = size or (offset + int(length) if length else None)
+        mode = "ab" if offset else "wb"
+        with open(part, mode) as f, _progress(part.name, total, offset, progress) as advance:
+            received = 0
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                received += len(chunk)
+                advance(len(chunk))
+        if length is not None and received < int(length):
+            raise DownloadError(f"transfer broke off after {offset + received} bytes")
+
+
+class _progress:
+    def __init__(self, name: str, total: int | None, done: int, enabled: bool) -> None:
+        self.name, self.total, self.done, self.enabled = name, total, done, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.bar = Progress("[bold]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.name, total=self.total, completed=self.done)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def pull(model_type: str, cache_dir: Path | None = None, base_url: str | None = None, progress: bool = True) -> Path:
+    """Download the published checkpoint of `model_type` (verified by size and md5) and return its path."""
+    spec = get_spec(model_type)
+    if not spec.checkpoint_file:
+        raise DownloadError(f"{model_type} has no published checkpoint; it is built from this repository")
+    url = (base_url.rstrip("/") + "/" + spec.checkpoint_file) if base_url else spec.checkpoint_url
+    return download(url, (cache_dir or default_cache_dir()) / spec.checkpoint_file, spec.checkpoint_md5,
+                    spec.checkpoint_bytes, progress=progress)

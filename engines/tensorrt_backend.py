@@ -1,0 +1,122 @@
+"""TensorRT runners (NVIDIA GPU): the same interface as the ONNX Runtime ones, on `execute_async_v3`.
+
+Device memory and copies go through the CUDA runtime of `cuda-python`; no torch. An engine is refused
+unless the GPU's compute capability and the TensorRT version are the ones it was built with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .model_dir import Manifest, ModelDirError
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python ≥ 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def _check(result):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA error {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def cuda_device_properties(device: int = 0) -> dict:
+    cudart = _cudart()
+    props = _check(cudart.cudaGetDeviceProperties(device))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"compute_capability": f"{props.major}.{props.minor}", "name": name.rstrip("\x00")}
+
+
+class _Engine:
+    def __init__(self, model_dir: Path, manifest: Manifest, part: dict) -> None:
+        import tensorrt as trt
+
+        built = manifest.extra.get("gpu", {}).get("compute_capability")
+        here = cuda_device_properties()["compute_capability"]
+        if built != here or manifest.backend_version != trt.__version__:
+            raise ModelDirError(
+                f"{model_dir}: engine built for compute capability {built} with TensorRT {manifest.backend_version}, "
+                f"but this machine has {here} with TensorRT {trt.__version__}; rebuild it here with "
+                f"`maskserve build --backend tensorrt`")
+        self.trt = trt
+        self.cudart = _cudart()
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine((Path(model_dir) / part["file"]).read_bytes())
+        if self.engine is None:
+            raise ModelDirError(f"{model_dir}: {part['file']} is not a loadable TensorRT engine")
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(self.cudart.cudaStreamCreate())
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+
+    def _device(self, name: str, nbytes: int) -> int:
+        ptr, cap = self.buffers.get(name, (0, 0))
+        if nbytes > cap:
+            if ptr:
+                _check(self.cudart.cudaFree(ptr))
+            ptr, cap = _check(self.cudart.cudaMalloc(nbytes)), nbytes
+            self.buffers[name] = (ptr, cap)
+        return ptr
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        h2d = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array, np.float32)
+            inputs[name] = array  # keep alive until the copy has run
+            self.context.set_input_shape(name, array.shape)
+            ptr = self._device(name, array.nbytes)
+            _check(self.cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d, self.stream))
+            self.context.set_tensor_address(name, ptr)
+        results = []
+        for name in outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            host = np.empty(shape, np.float32)
+            self.context.set_tensor_address(name, self._device(name, host.nbytes))
+            results.append(host)
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+        for name, host in zip(outputs, results):
+            _check(self.cudart.cudaMemcpyAsync(host.ctypes.data, self.buffers[name][0], host.nbytes, d2h, self.stream))
+        _check(self.cudart.cudaStreamSynchronize(self.stream))
+        return results
+
+    def __del__(self) -> None:
+        for ptr, _ in getattr(self, "buffers", {}).values():
+            self.cudart.cudaFree(ptr)
+
+
+class TensorRTEncoder:
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
+        self.engine = _Engine(model_dir, manifest, manifest.encoder)
+        self.max_batch = int(manifest.encoder.get("max_batch", 1))
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        chunks = [self.engine.run({"images": images[i:i + self.max_batch]}, ["image_embeddings"])[0]
+                  for i in range(0, len(images), self.max_batch)]
+        return np.concatenate(chunks)
+
+
+class TensorRTDecoder:
+    def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
+        self.engine = _Engine(model_dir, manifest, manifest.decoder)
+        self.max_batch = int(manifest.decoder.get("max_batch", 1))
+
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input):
+        ious, masks = [], []
+        for i in range(0, len(coords), self.max_batch):
+            s = slice(i, i + self.max_batch)
+            iou, low = self.engine.run({
+                "image_embeddings": embedding, "point_coords": coords[s], "point_labels": labels[s],
+                "mask_input": mask_input[s], "has_mask_input": has_mask_input[s],
+            }, ["iou_predictions", "low_res_masks"])
+            ious.append(iou)
+            masks.append(low)
+        return np.concatenate(ious), np.concatenate(masks)
