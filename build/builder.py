@@ -31,6 +31,21 @@ def build_model_dir(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
 
+    try:
+        manifest = _write(sam, spec, checkpoint, model_type, staging, backend, precision,
+                          max_encoder_batch, max_decoder_batch, max_points)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # Replace the output only once everything is written: a failed build never leaves half a model behind.
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest
+
+
+def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
+           max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
     export.export_encoder(sam, staging / "encoder.onnx")
     export.export_decoder(sam, staging / "decoder.onnx")
     checkpoint_sha256 = file_digest(checkpoint)
@@ -62,8 +77,4 @@ def build_model_dir(
         extra=extra,
     )
     manifest.save(staging)
-    # Replace the output only once everything is written: a failed build never leaves half a model behind.
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
     return manifest

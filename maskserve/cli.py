@@ -75,6 +75,87 @@ def build(
                   f"model version {manifest.model_version}")
 
 
+def _settings(**overrides):
+    from maskserve.service.config import Settings
+
+    return Settings.from_env(**overrides)
+
+
+RedisOpt = typer.Option(None, "--redis-url", help="[env MASKSERVE_REDIS_URL]")
+ModelOpt = typer.Option(None, "--model-dir", help="Model directory; default the shipped tiny model. [env MASKSERVE_MODEL_DIR]")
+MetricsOpt = typer.Option(None, "--metrics-port", help="Port of /metrics, 0 for none. [env MASKSERVE_METRICS_PORT]")
+
+
+@app.command()
+def encoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = ModelOpt,
+            metrics_port: Optional[int] = MetricsOpt) -> None:
+    """Run an encoder worker: images from the Redis job stream → embeddings in Redis."""
+    from maskserve.service import encoder_worker
+
+    encoder_worker.main(_settings(redis_url=redis_url, model_dir=model_dir, metrics_port=metrics_port))
+
+
+@app.command()
+def decoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = ModelOpt,
+            port: Optional[int] = typer.Option(None, "--port", help="gRPC port. [env MASKSERVE_GRPC_PORT]"),
+            metrics_port: Optional[int] = MetricsOpt) -> None:
+    """Run the decoder service (gRPC): prompts answered from the embedding store."""
+    from maskserve.service import decoder_server
+
+    decoder_server.main(_settings(redis_url=redis_url, model_dir=model_dir, grpc_port=port, metrics_port=metrics_port))
+
+
+@app.command()
+def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instead of starting one."),
+       model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
+       port: int = typer.Option(50051, help="gRPC port of the decoder."),
+       metrics_port: int = typer.Option(9090, help="Decoder /metrics port; the encoder's is the next one.")) -> None:
+    """Start a local stack on this machine (Redis, one encoder, one decoder) until Ctrl-C."""
+    import signal as _signal
+    import time as _time
+
+    from maskserve.service.stack import LocalStack
+
+    with LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1)) as stack:
+        console.print(f"[green]maskserve is up[/]  gRPC {stack.target}  metrics :{metrics_port} (decoder) "
+                      f":{metrics_port + 1} (encoder)  redis {stack.redis_url}  logs {stack.log_dir}")
+        stopping = []
+        _signal.signal(_signal.SIGTERM, lambda *_: stopping.append(1))
+        try:
+            while not stopping:
+                _time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
+            point: list[str] = typer.Option([], help="X,Y of a foreground click (repeatable); X,Y,0 for background."),
+            box: Optional[str] = typer.Option(None, help="X0,Y0,X1,Y1"),
+            target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
+            out: Path = typer.Option(Path("out"), help="Folder for mask.png and overlay.png.")) -> None:
+    """Segment an image through a running service; writes the best mask and an overlay."""
+    from maskserve.service.segment_file import segment_file
+
+    points = [tuple(float(v) for v in p.split(",")) for p in point]
+    try:
+        summary = segment_file(target, image, points, [float(v) for v in box.split(",")] if box else None, out)
+    except ValueError as exc:
+        _fail(str(exc))
+    print(summary)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out"), help="Folder for the results.")) -> None:
+    """Start the local stack, segment the bundled photo through it, write mask and overlay PNGs, stop."""
+    from maskserve.service.segment_file import BUNDLED_PHOTO, segment_file
+    from maskserve.service.stack import LocalStack, free_port
+
+    with LocalStack(grpc_port=free_port()) as stack:
+        console.print(f"[green]local stack up[/] at {stack.target} (redis {stack.redis_url})")
+        print(segment_file(stack.target, BUNDLED_PHOTO, [(256.0, 140.0)], None, out))
+
+
 def main() -> None:
     app()
 

@@ -97,11 +97,13 @@ def _losses(logits, target, valid):
 
 
 def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
-          lr: float = 1e-3, log_every: int = 50) -> None:
+          lr: float = 1e-3, log_every: int = 50, init: str | None = None) -> None:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spec = get_spec("tiny")
     sam = build_model(spec).train()
+    if init:  # continue from an earlier run
+        sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     params = [p for p in sam.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 30)
@@ -161,9 +163,10 @@ def main() -> None:
     ap.add_argument("--out", default="maskserve/models/sam_tiny.pth")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train(args.steps, args.out, seed=args.seed, lr=args.lr)
+    train(args.steps, args.out, seed=args.seed, lr=args.lr, init=args.init)
 
 
 if __name__ == "__main__":

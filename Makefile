@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` (set up, start the local stack, segment a photo) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are only for the export step and the reference tests; these releases install from
+# the local disk on our CI machines (a CPU run of the CUDA build).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup setup-serve demo test test-fast tiny-model redis clean
+
+$(VENV)/.serve: pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.serve
+	$(PY) -m pip install -q -e '.[export,test]' $(TORCH)
+	touch $@
+
+setup-serve: $(VENV)/.serve
+setup: $(VENV)/.dev
+
+redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+
+demo: setup-serve redis
+	$(VENV)/bin/maskserve demo --out out/
+
+test: setup redis
+	$(PY) -m pytest -ra
+
+test-fast: setup redis
+	$(PY) -m pytest -ra -m "not slow"
+
+# Retrain the shipped tiny model (about 45 minutes on two cores), rebuild its model directory, measure it.
+tiny-model: setup
+	$(PY) -m maskserve.build.tiny.train --out maskserve/models/sam_tiny.pth
+	$(VENV)/bin/maskserve build --model-type tiny --checkpoint maskserve/models/sam_tiny.pth --out maskserve/models/tiny
+	$(PY) -m maskserve.build.tiny.evaluate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .setuptools-build out

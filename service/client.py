@@ -1,0 +1,144 @@
+"""`maskserve.Client`: the `SamPredictor` interface against a running decoder service (sync and asyncio)."""
+
+from __future__ import annotations
+
+import numpy as np
+import grpc
+
+from maskserve.engines import transforms
+
+from . import masks as mask_codec
+from .proto import pb, pb_grpc
+
+_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
+
+
+def image_message(image: np.ndarray | bytes, image_format: str = "RGB") -> pb.Image:
+    """An (H, W, 3) uint8 array as raw pixels, or encoded file bytes as they are."""
+    if isinstance(image, (bytes, bytearray)):
+        return pb.Image(encoded=bytes(image))
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+    fmt = pb.PIXEL_FORMAT_BGR8 if image_format == "BGR" else pb.PIXEL_FORMAT_RGB8
+    return pb.Image(raw=pb.RawImage(width=image.shape[1], height=image.shape[0], format=fmt, data=image.tobytes()))
+
+
+def prompt_message(point_coords=None, point_labels=None, box=None, mask_input=None) -> pb.Prompt:
+    p = pb.Prompt()
+    if point_coords is not None:
+        coords = np.asarray(point_coords, np.float64).reshape(-1, 2)
+        labels = np.asarray(point_labels).reshape(-1) if point_labels is not None else None
+        if labels is None or len(labels) != len(coords):
+            raise ValueError("point_labels must be supplied, one per point")
+        for (x, y), label in zip(coords, labels):
+            p.points.add(x=float(x), y=float(y), label=int(label))
+    if box is not None:
+        x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
+        p.box.x0, p.box.y0, p.box.x1, p.box.y1 = x0, y0, x1, y1
+    if mask_input is not None:
+        m = np.asarray(mask_input, "<f4")
+        p.mask_input.side = m.shape[-1]
+        p.mask_input.data = m.tobytes()
+    return p
+
+
+def decode_mask(m: pb.Mask) -> np.ndarray:
+    kind = m.WhichOneof("data")
+    if kind == "rle":
+        return mask_codec.decode_rle(m.rle.counts, m.height, m.width)
+    if kind == "png":
+        return mask_codec.decode_png(m.png)
+    if kind == "bitmap":
+        return mask_codec.decode_bitmap(m.bitmap, m.height, m.width)
+    raise ValueError("this mask was returned without pixels (MASK_FORMAT_NONE)")
+
+
+class _Base:
+    def _predict_request(self, point_coords, point_labels, box, mask_input, multimask_output):
+        if self.image_id is None:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return pb.SegmentPromptRequest(
+            image_id=self.image_id, prompts=[prompt_message(point_coords, point_labels, box, mask_input)],
+            options=pb.OutputOptions(single_mask=not multimask_output, return_low_res_logits=True))
+
+    def _unpack(self, response, return_logits, info):
+        result = response.results[0]
+        ious = np.array([m.predicted_iou for m in result.masks], np.float32)
+        low = np.stack([np.frombuffer(m.low_res_logits.data, "<f4").reshape(m.low_res_logits.side, -1)
+                        for m in result.masks])
+        if return_logits:
+            h, w = result.masks[0].height, result.masks[0].width
+            size = transforms.resized_shape(h, w, info.image_size)
+            return transforms.upscale_logits(low, size, (h, w), info.image_size), ious, low
+        return np.stack([decode_mask(m) for m in result.masks]), ious, low
+
+
+class Client(_Base):
+    """Blocking client. `set_image` encodes (once per distinct image, on the encoder pool), then `predict`
+    answers like `SamPredictor.predict`: masks (C, H, W), iou_predictions (C,), low_res_logits (C, M, M)."""
+
+    def __init__(self, target: str, timeout: float = 60.0) -> None:
+        self.channel = grpc.insecure_channel(target, options=_OPTIONS)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.timeout = timeout
+        self.image_id: str | None = None
+        self._info = None
+
+    def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
+        reply = self.stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait),
+                                      timeout=self.timeout)
+        return reply.image_id
+
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        self.image_id = self.encode(image, image_format)
+
+    def model_info(self) -> pb.ModelInfo:
+        if self._info is None:
+            self._info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return self._info
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False):
+        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
+        response = self.stub.SegmentPrompt(request, timeout=self.timeout)
+        return self._unpack(response, return_logits, self.model_info() if return_logits else None)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of `Client`."""
+
+    def __init__(self, target: str, timeout: float = 60.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.timeout = timeout
+        self.image_id: str | None = None
+        self._info = None
+
+    async def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
+        reply = await self.stub.EncodeImage(
+            pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait), timeout=self.timeout)
+        return reply.image_id
+
+    async def set_image(self, image, image_format: str = "RGB") -> None:
+        self.image_id = await self.encode(image, image_format)
+
+    async def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                      multimask_output: bool = True, return_logits: bool = False):
+        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
+        response = await self.stub.SegmentPrompt(request, timeout=self.timeout)
+        if return_logits and self._info is None:
+            self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return self._unpack(response, return_logits, self._info)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,364 @@
+"""The decoder service: gRPC prompts answered from the shared embedding store.
+
+Stateless: any replica answers any request. Embeddings come from a bounded in-process LRU, else Redis;
+an image not yet encoded is queued for the encoder pool and waited for within the call's deadline.
+Decoder runs and mask encoding happen on a small thread pool so the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from maskserve import engines
+from maskserve.engines import prompts as prompt_lib
+
+from . import images, jobs, masks, metrics, store
+from .config import Settings
+from .proto import pb, pb_grpc
+
+log = logging.getLogger("maskserve.decoder")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmenter"].full_name
+
+
+class ServiceError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, (prompt_lib.PromptError, images.ImageError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
+        return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly"
+    if isinstance(exc, asyncio.TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded"
+    log.exception("unexpected error")
+    return grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}"
+
+
+def _rpc(method):
+    """Metrics and error mapping for a unary RPC: every failure leaves with a status and a message."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        metrics.IN_FLIGHT.inc()
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never crashes the server
+            code, message = _status_of(exc)
+            await context.abort(code, message)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.REQUEST_LATENCY.labels(name).observe(time.perf_counter() - start)
+            metrics.REQUESTS.labels(name, code.name).inc()
+
+    return wrapper
+
+
+def _to_prompt(p) -> prompt_lib.Prompt:
+    coords = labels = box = mask = None
+    if p.points:
+        coords = np.array([[q.x, q.y] for q in p.points], np.float64)
+        labels = np.array([q.label for q in p.points], np.int64)
+    if p.HasField("box"):
+        box = np.array([p.box.x0, p.box.y0, p.box.x1, p.box.y1], np.float64)
+    if p.HasField("mask_input"):
+        side = p.mask_input.side
+        if len(p.mask_input.data) != 4 * side * side:
+            raise prompt_lib.PromptError(f"mask_input holds {len(p.mask_input.data)} bytes; a {side}x{side} "
+                                         f"float32 grid is {4 * side * side}")
+        mask = np.frombuffer(p.mask_input.data, "<f4").reshape(1, side, side)
+    return prompt_lib.Prompt(coords, labels, box, mask)
+
+
+class Segmenter(pb_grpc.SegmenterServicer):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = engines.load(settings.model_dir or None, encoder=False, threads=settings.ort_threads or None)
+        self.manifest = self.model.manifest
+        self.version = self.manifest.model_version
+        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                       health_check_interval=10)
+        self.lru = store.LRU(settings.lru_entries)
+        self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.waiters: dict[str, asyncio.Event] = {}
+
+    # -- embeddings -----------------------------------------------------------------------------------
+    async def _embedding(self, image_id: str) -> store.Embedding | None:
+        k = store.key(self.version, image_id)
+        found = self.lru.get(k)
+        if found is not None:
+            metrics.CACHE.labels("hit").inc()
+            return found
+        start = time.perf_counter()
+        blob = await self.redis.get(k)
+        if blob is None:
+            metrics.CACHE.labels("miss").inc()
+            return None
+        found = store.unpack(blob)
+        metrics.STAGE.labels("embedding_fetch").observe(time.perf_counter() - start)
+        metrics.CACHE.labels("redis").inc()
+        self.lru.put(k, found)
+        return found
+
+    async def _enqueue(self, image_id: str, payload: bytes) -> None:
+        if not await self.redis.set(jobs.pending_key(self.version, image_id), 1, nx=True, ex=jobs.PENDING_TTL_S):
+            return  # already queued by someone: share that job
+        stream = jobs.stream(self.version)
+        if await self.redis.xlen(stream) >= self.settings.max_queue:
+            await self.redis.delete(jobs.pending_key(self.version, image_id))
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the encode queue is full ({self.settings.max_queue} images waiting); retry later")
+        await self.redis.xadd(stream, {"image_id": image_id, "payload": payload, "enqueued": repr(time.time())})
+
+    async def _wait_encoded(self, image_id: str, payload: bytes, context) -> None:
+        """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes."""
+        while True:
+            event = self.waiters.setdefault(image_id, asyncio.Event())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(store.key(self.version, image_id))
+                pipe.get(jobs.error_key(self.version, image_id))
+                pipe.exists(jobs.pending_key(self.version, image_id))
+                done, error, pending = await pipe.execute()
+            if done:
+                return
+            if error is not None:
+                raise ServiceError(grpc.StatusCode.INTERNAL,
+                                   f"the encoder could not encode image {image_id}: {error.decode()}")
+            if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
+                await self._enqueue(image_id, payload)
+            remaining = context.time_remaining() if context is not None else None
+            if remaining is not None and remaining <= 0.01:
+                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"image {image_id} was not encoded before the deadline; it stays queued")
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(0.25, remaining or 0.25))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _listen(self) -> None:
+        """Wake waiters when the encoder pool announces an embedding; reconnects after Redis outages."""
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(jobs.done_channel(self.version))
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        event = self.waiters.pop(message["data"].decode(), None)
+                        if event is not None:
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the waiters poll meanwhile
+                await asyncio.sleep(0.5)
+
+    async def _image_for(self, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
+        payload = images.canonical_payload(image)
+        rgb = await asyncio.get_running_loop().run_in_executor(
+            self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
+        image_id = images.image_id(payload, self.version)
+        if await self.redis.exists(store.key(self.version, image_id)):
+            return image_id, True, rgb.shape[:2]
+        await self._enqueue(image_id, payload)
+        if wait:
+            await self._wait_encoded(image_id, payload, context)
+        return image_id, wait, rgb.shape[:2]
+
+    # -- decoding -------------------------------------------------------------------------------------
+    def _answer(self, emb: store.Embedding, prompts: list, options) -> list:
+        start = time.perf_counter()
+        answers = prompt_lib.decode(self.model.decoder, self.manifest, emb.array, emb.original_size, prompts,
+                                    multimask_output=not options.single_mask, max_points=self.settings.max_points)
+        metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        results = [self._result(a, emb.original_size, options) for a in answers]
+        metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
+        return results
+
+    def _result(self, answer: prompt_lib.Answer, original_size, options) -> pb.PromptResult:
+        keep = range(len(answer.iou_predictions))
+        if options.best_mask_only:
+            keep = [int(np.argmax(answer.iou_predictions))]
+        low = answer.low_res_logits[list(keep)]
+        logits = prompt_lib.full_resolution_logits(low, self.manifest, original_size)
+        h, w = original_size
+        result = pb.PromptResult()
+        for k, lg in zip(keep, logits):
+            binary = lg > 0.0
+            x, y, bw, bh = masks.bbox_xywh(binary)
+            m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
+                                 stability_score=masks.stability_score(lg), area=int(np.count_nonzero(binary)))
+            m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
+            fmt = options.mask_format
+            if fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE):
+                m.rle.counts = masks.encode_rle(binary)
+            elif fmt == pb.MASK_FORMAT_PNG:
+                m.png = masks.encode_png(binary)
+            elif fmt == pb.MASK_FORMAT_BITMAP:
+                m.bitmap = masks.encode_bitmap(binary)
+            if options.return_low_res_logits:
+                side = answer.low_res_logits.shape[-1]
+                m.low_res_logits.side = side
+                m.low_res_logits.data = answer.low_res_logits[k].astype("<f4").tobytes()
+        return result
+
+    async def _segment(self, image_id: str, proto_prompts, options) -> list:
+        if not proto_prompts:
+            raise prompt_lib.PromptError("no prompts: give at least one prompt with a point or a box")
+        if len(proto_prompts) > self.settings.max_prompts:
+            raise prompt_lib.PromptError(f"{len(proto_prompts)} prompts in one call; at most "
+                                         f"{self.settings.max_prompts} are allowed")
+        prompts = [_to_prompt(p) for p in proto_prompts]
+        emb = await self._embedding(image_id)
+        if emb is None:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                               f"no embedding for image_id {image_id!r} (unknown, or expired from the store); "
+                               "send the image with EncodeImage again")
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._answer, emb, prompts, options)
+
+    # -- RPCs -----------------------------------------------------------------------------------------
+    @_rpc
+    async def EncodeImage(self, request, context):
+        image_id, ready, (h, w) = await self._image_for(request.image, context, wait=request.wait)
+        return pb.EncodeImageResponse(image_id=image_id, ready=ready, width=w, height=h, model_version=self.version)
+
+    @_rpc
+    async def SegmentPrompt(self, request, context):
+        if request.WhichOneof("target") == "image":
+            image_id, _, _ = await self._image_for(request.image, context)
+        elif request.image_id:
+            image_id = request.image_id
+        else:
+            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
+        results = await self._segment(image_id, request.prompts, request.options)
+        return pb.SegmentPromptResponse(image_id=image_id, results=results, model_version=self.version)
+
+    @_rpc
+    async def GetModelInfo(self, request, context):
+        m = self.manifest
+        return pb.ModelInfo(model_type=m.model_type, model_version=self.version, backend=m.backend,
+                            image_size=m.image_size, low_res_side=m.mask_input_size,
+                            max_points=self.settings.max_points, max_prompts=self.settings.max_prompts)
+
+    async def StreamSegment(self, request_iterator, context):
+        """Requests are read ahead into a queue so a prompt can see whether newer ones wait behind it."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def read():
+            try:
+                async for req in request_iterator:
+                    await queue.put(req)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        current: str | None = None
+        metrics.IN_FLIGHT.inc()
+        try:
+            while (req := await queue.get()) is not None:
+                item = req.WhichOneof("item")
+                start = time.perf_counter()
+                try:
+                    if item == "frame":
+                        current, _, _ = await self._image_for(req.frame, context)
+                        yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
+                    elif item == "image_id":
+                        if not await self.redis.exists(store.key(self.version, req.image_id)):
+                            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {req.image_id!r}")
+                        current = req.image_id
+                        yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
+                    elif item == "prompt":
+                        newer = any(r is not None and r.WhichOneof("item") == "prompt" for r in queue._queue)
+                        if req.drop_if_stale and newer:
+                            yield pb.StreamSegmentResponse(sequence=req.sequence, dropped=True)
+                            continue
+                        if current is None:
+                            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                               "send a frame or an image_id before prompts")
+                        (result,) = await self._segment(current, [req.prompt], req.options)
+                        yield pb.StreamSegmentResponse(sequence=req.sequence, result=result)
+                    else:
+                        raise prompt_lib.PromptError("empty stream message: set frame, image_id or prompt")
+                    code = grpc.StatusCode.OK
+                except Exception as exc:  # noqa: BLE001 - reported on the message, the stream goes on
+                    code, message = _status_of(exc)
+                    yield pb.StreamSegmentResponse(sequence=req.sequence,
+                                                   error=pb.Error(code=code.value[0], message=message))
+                metrics.REQUEST_LATENCY.labels("StreamSegment").observe(time.perf_counter() - start)
+                metrics.REQUESTS.labels("StreamSegment", code.name).inc()
+        finally:
+            metrics.IN_FLIGHT.dec()
+            reader.cancel()
+
+
+async def _watch_health(segmenter: Segmenter, health_servicer) -> None:
+    """Readiness follows Redis: NOT_SERVING while the store is unreachable, SERVING when it is back."""
+    status = None
+    while True:
+        try:
+            await segmenter.redis.ping()
+            new = health_pb2.HealthCheckResponse.SERVING
+        except Exception:  # noqa: BLE001
+            new = health_pb2.HealthCheckResponse.NOT_SERVING
+            metrics.REDIS_ERRORS.inc()
+        if new != status:
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, new)
+            status = new
+        await asyncio.sleep(1.0)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    limit = settings.max_message_mb * 2**20
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        # Bounded connection age so clients re-resolve and spread over new replicas (Kubernetes).
+        ("grpc.max_connection_age_ms", 300_000), ("grpc.max_connection_age_grace_ms", 30_000),
+    ])
+    segmenter = Segmenter(settings)
+    pb_grpc.add_SegmenterServicer_to_server(segmenter, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"[::]:{settings.grpc_port}")
+    await server.start()
+    tasks = [asyncio.create_task(segmenter._listen()), asyncio.create_task(_watch_health(segmenter, health_servicer))]
+    log.info("decoder: model %s on port %d", segmenter.version, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("draining: in-flight RPCs get up to 20 s")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=20)
+    for t in tasks:
+        t.cancel()
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    asyncio.run(serve(settings))

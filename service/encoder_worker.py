@@ -1,0 +1,157 @@
+"""The encoder worker: jobs from the Redis stream → batched encoder runs → embeddings in Redis.
+
+Batches fill up to `batch_size` images or `batch_wait_ms`, whichever comes first. An entry is acknowledged
+only after its embedding is stored, so a worker that dies mid-batch loses nothing: another worker takes its
+entries over after `claim_idle_ms`. On SIGTERM the worker finishes the batch in hand and stops reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+import redis
+
+from maskserve import engines
+from maskserve.engines import transforms
+
+from . import images, jobs, metrics, store
+from .config import Settings
+
+log = logging.getLogger("maskserve.encoder")
+
+
+class EncoderWorker:
+    def __init__(self, settings: Settings, name: str | None = None) -> None:
+        self.settings = settings
+        self.model = engines.load(settings.model_dir or None, decoder=False, threads=settings.ort_threads or None)
+        self.manifest = self.model.manifest
+        self.version = self.manifest.model_version
+        self.stream = jobs.stream(self.version)
+        self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+        self.stopping = threading.Event()
+
+    def _ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.stream, jobs.GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _claim_abandoned(self, count: int) -> list:
+        """Entries other workers took and never acknowledged; those delivered too often are dead-lettered."""
+        _, entries, _ = self.redis.xautoclaim(self.stream, jobs.GROUP, self.name, self.settings.claim_idle_ms,
+                                              "0-0", count=count)
+        if not entries:
+            return []
+        alive = []
+        for entry_id, fields in entries:
+            info = self.redis.xpending_range(self.stream, jobs.GROUP, entry_id, entry_id, 1)
+            deliveries = info[0]["times_delivered"] if info else 1
+            if deliveries > self.settings.max_deliveries:
+                self._dead_letter(entry_id, fields, f"encoding failed {deliveries - 1} times")
+            else:
+                alive.append((entry_id, fields))
+        return alive
+
+    def _read_batch(self) -> list:
+        size = self.settings.batch_size
+        batch = self._claim_abandoned(size)
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        block_ms = 1000  # first read waits for work; then only until the batch deadline
+        while len(batch) < size and not self.stopping.is_set():
+            reply = self.redis.xreadgroup(jobs.GROUP, self.name, {self.stream: ">"}, count=size - len(batch),
+                                          block=block_ms)
+            if reply:
+                batch.extend(reply[0][1])
+            if batch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                block_ms = max(1, int(left * 1000))
+            elif not reply:
+                break
+        return batch
+
+    def _dead_letter(self, entry_id, fields, reason: str) -> None:
+        image_id = fields[b"image_id"].decode()
+        log.warning("job %s (image %s) dead-lettered: %s", entry_id, image_id, reason)
+        pipe = self.redis.pipeline()
+        pipe.xadd(jobs.dead_letter_stream(self.version), {"image_id": image_id, "reason": reason, "worker": self.name},
+                  maxlen=10000, approximate=True)
+        pipe.set(jobs.error_key(self.version, image_id), reason, ex=jobs.ERROR_TTL_S)
+        pipe.delete(jobs.pending_key(self.version, image_id))
+        pipe.xack(self.stream, jobs.GROUP, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.publish(jobs.done_channel(self.version), image_id)
+        pipe.execute()
+        metrics.JOBS.labels("dead_letter").inc()
+
+    def process(self, batch: list) -> None:
+        m = self.manifest
+        prepared, sizes, good = [], [], []
+        for entry_id, fields in batch:
+            enqueued = float(fields.get(b"enqueued", b"0") or 0)
+            if enqueued:
+                metrics.STAGE.labels("queue_wait").observe(max(0.0, time.time() - enqueued))
+            try:
+                rgb = images.decode_payload(fields[b"payload"], self.settings.max_image_pixels)
+            except images.ImageError as exc:  # never retried: it cannot get better
+                self._dead_letter(entry_id, fields, str(exc))
+                continue
+            x, _ = transforms.preprocess(rgb, m.image_size, m.pixel_mean, m.pixel_std)
+            prepared.append(x)
+            sizes.append(rgb.shape[:2])
+            good.append((entry_id, fields))
+        if not good:
+            return
+        start = time.perf_counter()
+        embeddings = self.model.encoder.encode(np.stack(prepared))
+        metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
+        metrics.BATCH.observe(len(good))
+        pipe = self.redis.pipeline()
+        for (entry_id, fields), emb, size in zip(good, embeddings, sizes):
+            image_id = fields[b"image_id"].decode()
+            pipe.set(store.key(self.version, image_id), store.pack(emb[None], self.version, size),
+                     ex=self.settings.embedding_ttl_s)
+            pipe.delete(jobs.pending_key(self.version, image_id), jobs.error_key(self.version, image_id))
+            pipe.xack(self.stream, jobs.GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            pipe.publish(jobs.done_channel(self.version), image_id)
+        pipe.execute()
+        metrics.JOBS.labels("done").inc(len(good))
+
+    def run(self) -> None:
+        log.info("encoder %s: model %s, stream %s", self.name, self.version, self.stream)
+        while not self.stopping.is_set():
+            try:
+                self._ensure_group()
+                while not self.stopping.is_set():
+                    batch = self._read_batch()
+                    metrics.QUEUE_DEPTH.set(self.redis.xlen(self.stream))
+                    if batch:
+                        self.process(batch)
+            except redis.ConnectionError as exc:  # Redis is away: keep trying, lose nothing
+                log.warning("redis unavailable (%s); retrying", exc)
+                metrics.REDIS_ERRORS.inc()
+                self.stopping.wait(1.0)
+        log.info("encoder %s stopped", self.name)
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    worker = EncoderWorker(settings)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.run()

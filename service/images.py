@@ -1,0 +1,94 @@
+"""Incoming images: decode, validate, and name them by content."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000  # 40 MP: larger is refused, not resized, so the caller knows
+FORMATS = {"JPEG", "PNG", "WEBP"}
+CHANNELS = {1: 3, 2: 3, 3: 4, 4: 1}  # PixelFormat → channels (RGB8, BGR8, RGBA8, GRAY8)
+
+
+class ImageError(ValueError):
+    """An image we cannot take; the message says why."""
+
+
+def image_id(payload: bytes, model_version: str) -> str:
+    """Content address of an image for one model: the same bytes always get the same id."""
+    return hashlib.sha256(model_version.encode() + b"\0" + payload).hexdigest()[:32]
+
+
+def canonical_payload(image) -> bytes:
+    """The bytes an image is identified and queued by: the encoded file, or a small header plus raw pixels."""
+    kind = image.WhichOneof("source")
+    if kind == "encoded":
+        return b"E" + image.encoded
+    if kind == "raw":
+        r = image.raw
+        return b"R" + f"{r.width}x{r.height}x{r.format}:".encode() + r.data
+    raise ImageError("the image is empty: set `encoded` (JPEG/PNG/WebP bytes) or `raw` pixels")
+
+
+def decode_payload(payload: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`canonical_payload` bytes → (H, W, 3) uint8 RGB."""
+    if payload[:1] == b"E":
+        return _decode_file(payload[1:], max_pixels)
+    if payload[:1] == b"R":
+        header, _, data = payload[1:].partition(b":")
+        w, h, fmt = (int(v) for v in header.decode().split("x"))
+        return _decode_raw(w, h, fmt, data, max_pixels)
+    raise ImageError("unrecognised image payload")
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> None:
+    if w == 0 or h == 0:
+        raise ImageError(f"the image has zero size ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"the image is {w}x{h} = {w * h} pixels; at most {max_pixels} are accepted")
+
+
+def _decode_file(data: bytes, max_pixels: int) -> np.ndarray:
+    if not data:
+        raise ImageError("the image is empty (zero bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("the image bytes are not a JPEG, PNG or WebP file") from None
+    if img.format not in FORMATS:
+        raise ImageError(f"{img.format} images are not supported; send JPEG, PNG or WebP")
+    _check_size(img.width, img.height, max_pixels)  # before decoding pixels: no decompression bombs
+    try:
+        img.load()
+    except Exception as exc:
+        raise ImageError(f"the {img.format} file is damaged ({exc})") from None
+    return np.asarray(img.convert("RGB"))
+
+
+def _decode_raw(w: int, h: int, fmt: int, data: bytes, max_pixels: int) -> np.ndarray:
+    if fmt not in CHANNELS:
+        raise ImageError("raw pixels need a pixel format: RGB8, BGR8, RGBA8 or GRAY8")
+    _check_size(w, h, max_pixels)
+    c = CHANNELS[fmt]
+    if len(data) != w * h * c:
+        raise ImageError(f"raw {w}x{h} image with {c} channels needs {w * h * c} bytes, got {len(data)}")
+    a = np.frombuffer(data, np.uint8).reshape(h, w, c)
+    if fmt == 2:
+        a = a[..., ::-1]
+    elif fmt == 3:
+        a = a[..., :3]
+    elif fmt == 4:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+def image_size(payload: bytes) -> tuple[int, int]:
+    """(H, W) without decoding the pixels."""
+    if payload[:1] == b"R":
+        w, h, _ = (int(v) for v in payload[1:].partition(b":")[0].decode().split("x"))
+        return h, w
+    img = Image.open(io.BytesIO(payload[1:]))
+    return img.height, img.width

@@ -1,0 +1,53 @@
+"""Masks as the API returns them: COCO RLE, PNG or packed bits, with area, box and stability score."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+STABILITY_OFFSET = 1.0
+
+
+def stability_score(logits: np.ndarray, offset: float = STABILITY_OFFSET) -> float:
+    """IoU of the mask at threshold +offset with the mask at −offset (SAM's stability score)."""
+    inner = np.count_nonzero(logits > offset)
+    outer = np.count_nonzero(logits > -offset)
+    return float(inner / outer) if outer else 0.0
+
+
+def bbox_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def encode_rle(mask: np.ndarray) -> bytes:
+    """COCO compressed RLE counts (column-major), exactly what pycocotools.mask.encode returns."""
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+
+
+def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
+    return coco_mask.decode({"size": [height, width], "counts": counts}).astype(bool)
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(mask).convert("1").save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 0
+
+
+def encode_bitmap(mask: np.ndarray) -> bytes:
+    return np.packbits(mask, axis=None).tobytes()
+
+
+def decode_bitmap(data: bytes, height: int, width: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, np.uint8), count=height * width).reshape(height, width).astype(bool)

@@ -1,0 +1,24 @@
+"""Prometheus metrics of every maskserve process (names follow Prometheus conventions, `maskserve_` prefix)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+REQUEST_LATENCY = Histogram("maskserve_request_duration_seconds", "gRPC request latency.", ["rpc"],
+                            buckets=LATENCY_BUCKETS)
+REQUESTS = Counter("maskserve_requests_total", "gRPC requests by final status code.", ["rpc", "code"])
+IN_FLIGHT = Gauge("maskserve_requests_in_flight", "gRPC requests being served.")
+STAGE = Histogram("maskserve_stage_duration_seconds",
+                  "Time per stage: queue_wait, encode, embedding_fetch, decode, postprocess.", ["stage"],
+                  buckets=LATENCY_BUCKETS)
+BATCH = Histogram("maskserve_encoder_batch_size", "Images per encoder run.", buckets=(1, 2, 4, 8, 16, 32))
+QUEUE_DEPTH = Gauge("maskserve_queue_depth", "Entries in the encode job stream (waiting or in work).")
+CACHE = Counter("maskserve_embedding_cache_total", "Embedding look-ups: hit (in process), redis, miss.", ["result"])
+JOBS = Counter("maskserve_encoder_jobs_total", "Encode jobs finished: done or dead_letter.", ["outcome"])
+REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
+
+
+def serve(port: int) -> None:
+    start_http_server(port)

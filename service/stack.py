@@ -1,0 +1,118 @@
+"""The local stack: a Redis server, one encoder worker and one decoder service as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int, directory: str | Path) -> subprocess.Popen:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def start_role(role: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "maskserve.cli", role], env={**os.environ, **env},
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_serving(target: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the decoder exited with code {proc.returncode} before serving")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"the decoder at {target} was not serving after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class LocalStack:
+    """`with LocalStack() as stack:` — Redis (started, or reused via redis_url), an encoder, a decoder."""
+
+    def __init__(self, model_dir: str = "", redis_url: str | None = None, grpc_port: int | None = None,
+                 metrics_ports: tuple[int, int] | None = None, log_dir: str | Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.model_dir = model_dir
+        self.redis_url = redis_url
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_ports = metrics_ports or (free_port(), free_port())
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
+        self.extra_env = extra_env or {}
+        self.redis = self.encoder = self.decoder = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def env(self, role: str) -> dict[str, str]:
+        port = self.metrics_ports[0 if role == "decoder" else 1]
+        return {"MASKSERVE_REDIS_URL": self.redis_url, "MASKSERVE_MODEL_DIR": self.model_dir,
+                "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port), **self.extra_env}
+
+    def start_encoder(self) -> subprocess.Popen:
+        return start_role("encoder", self.env("encoder"), self.log_dir / "encoder.log")
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            if self.redis_url is None:
+                port = free_port()
+                self.redis = start_redis(port, self.log_dir)
+                self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.encoder = self.start_encoder()
+            self.decoder = start_role("decoder", self.env("decoder"), self.log_dir / "decoder.log")
+            wait_serving(self.target, proc=self.decoder)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in (self.decoder, self.encoder, self.redis):
+            stop(proc)

@@ -1,0 +1,61 @@
+"""Embeddings in Redis, under a TTL, behind a bounded in-process LRU.
+
+Key `emb:{model_version}:{image_id}`; value = magic, header length, JSON header, raw float32 array, so one
+GET returns everything and a decoder can check it was made by its own model.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"MSE1"
+
+
+@dataclass
+class Embedding:
+    array: np.ndarray  # (1, C, E, E) float32
+    model_version: str
+    original_size: tuple[int, int]  # (H, W) of the image
+
+
+def key(model_version: str, image_id: str) -> str:
+    return f"emb:{model_version}:{image_id}"
+
+
+def pack(array: np.ndarray, model_version: str, original_size: tuple[int, int]) -> bytes:
+    array = np.ascontiguousarray(array, np.float32)
+    header = json.dumps({"shape": list(array.shape), "dtype": "float32", "model_version": model_version,
+                         "original_size": list(original_size)}).encode()
+    return MAGIC + struct.pack("<I", len(header)) + header + array.tobytes()
+
+
+def unpack(blob: bytes) -> Embedding:
+    if blob[:4] != MAGIC:
+        raise ValueError("not a maskserve embedding")
+    (n,) = struct.unpack("<I", blob[4:8])
+    header = json.loads(blob[8:8 + n])
+    array = np.frombuffer(blob, np.float32, offset=8 + n).reshape(header["shape"])  # zero-copy
+    return Embedding(array, header["model_version"], tuple(header["original_size"]))
+
+
+class LRU:
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self.items: OrderedDict[str, Embedding] = OrderedDict()
+
+    def get(self, k: str) -> Embedding | None:
+        item = self.items.get(k)
+        if item is not None:
+            self.items.move_to_end(k)
+        return item
+
+    def put(self, k: str, value: Embedding) -> None:
+        self.items[k] = value
+        self.items.move_to_end(k)
+        while len(self.items) > self.entries:
+            self.items.popitem(last=False)

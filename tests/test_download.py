@@ -1,0 +1,100 @@
+"""`maskserve models pull` against a loopback HTTP server that serves a generated checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from maskserve.build.download import DownloadError, download
+
+PAYLOAD = bytes(range(256)) * 4096 * 3  # 3 MiB: several chunks
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD with Range support; `server.break_after` cuts the first transfers short."""
+
+    def do_GET(self):  # noqa: N802
+        server = self.server
+        server.requests.append(self.headers.get("Range"))
+        body = server.payload
+        start = 0
+        if rng := self.headers.get("Range"):
+            start = int(rng.split("=")[1].split("-")[0])
+        if self.path.endswith("missing.pth"):
+            self.send_error(404)
+            return
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        chunk = body[start:]
+        if server.breaks > 0:
+            server.breaks -= 1
+            chunk = chunk[: len(chunk) // 2]  # promise everything, send half, hang up
+        self.wfile.write(chunk)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.payload, httpd.breaks, httpd.requests = PAYLOAD, 0, []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def _url(server, name="sam.pth"):
+    return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+
+MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+def test_download_verifies_and_places_the_file(server, tmp_path):
+    path = download(_url(server), tmp_path / "sam.pth", md5=MD5, size=len(PAYLOAD), progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "sam.pth.part").exists()
+
+
+def test_broken_transfer_resumes_with_range(server, tmp_path):
+    server.breaks = 2
+    path = download(_url(server), tmp_path / "sam.pth", md5=MD5, size=len(PAYLOAD), progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests[0] is None and all(r and r.startswith("bytes=") for r in server.requests[1:])
+
+
+def test_resume_after_an_interrupted_pull(server, tmp_path):
+    (tmp_path / "sam.pth.part").write_bytes(PAYLOAD[:1000])
+    download(_url(server), tmp_path / "sam.pth", md5=MD5, size=len(PAYLOAD), progress=False)
+    assert server.requests == ["bytes=1000-"]
+    assert (tmp_path / "sam.pth").read_bytes() == PAYLOAD
+
+
+def test_wrong_checksum_is_refused_and_removed(server, tmp_path):
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download(_url(server), tmp_path / "sam.pth", md5="0" * 32, size=len(PAYLOAD), progress=False)
+    assert not (tmp_path / "sam.pth").exists() and not (tmp_path / "sam.pth.part").exists()
+
+
+def test_http_error_is_reported(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(_url(server, "missing.pth"), tmp_path / "x.pth", progress=False)
+
+
+def test_cli_pull_of_a_published_name_checks_its_published_size_and_md5(server, tmp_path):
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "models", "pull", "vit_b", "--quiet",
+                          "--cache-dir", str(tmp_path), "--base-url", base], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "expected 375042383 bytes" in out.stderr.replace("\n", "")
+    assert not list(tmp_path.iterdir())

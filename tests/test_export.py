@@ -1,0 +1,131 @@
+"""The exported graphs and the model directory: batching, dynamic shapes, manifest, TensorRT-ready ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from maskserve.build.builder import build_model_dir
+from maskserve.build.checkpoint import load_model
+from maskserve.build.export import PromptDecoder
+from maskserve.engines import load
+from maskserve.engines.model_dir import Manifest, ModelDirError
+
+
+@pytest.fixture(scope="module")
+def built(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    manifest = build_model_dir(tiny_checkpoint, "tiny", out)
+    return out, manifest
+
+
+def test_manifest_describes_the_model(built, tiny_checkpoint):
+    out, manifest = built
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["model_type"] == "tiny" and data["backend"] == "onnxruntime" and data["precision"] == "fp32"
+    assert data["backend_version"] == ort.__version__
+    assert data["image_size"] == 256 and data["embedding_shape"] == [64, 32, 32] and data["mask_input_size"] == 128
+    assert data["embedding_dtype"] == "float32"
+    assert len(data["checkpoint_sha256"]) == 64
+    assert Manifest.load(out) == manifest
+
+
+def test_model_version_derives_from_content(built, tiny_checkpoint, tmp_path):
+    out, manifest = built
+    again = build_model_dir(tiny_checkpoint, "tiny", tmp_path / "again")
+    assert again.model_version == manifest.model_version
+    changed = torch.load(tiny_checkpoint, weights_only=True)
+    changed["mask_decoder.iou_token.weight"] += 1
+    torch.save(changed, tmp_path / "changed.pth")
+    other = build_model_dir(tmp_path / "changed.pth", "tiny", tmp_path / "other")
+    assert other.model_version != manifest.model_version
+
+
+def test_shipped_model_directory_is_current(tiny_model_dir, built):
+    """The shipped ONNX files must be what the shipped checkpoint exports to (same outputs)."""
+    out, manifest = built
+    assert Manifest.load(tiny_model_dir).model_version == manifest.model_version
+    shipped, fresh = load(tiny_model_dir), load(out)
+    x = np.random.default_rng(0).normal(size=(1, 3, 256, 256)).astype(np.float32)
+    e1, e2 = shipped.encoder.encode(x), fresh.encoder.encode(x)
+    assert np.abs(e1 - e2).max() < 1e-5
+    args = (e1, np.array([[[10.0, 20.0], [0, 0]]], np.float32), np.array([[1.0, -1.0]], np.float32),
+            np.zeros((1, 1, 128, 128), np.float32), np.zeros(1, np.float32))
+    for a, b in zip(shipped.decoder.decode(*args), fresh.decoder.decode(*args)):
+        assert np.abs(a - b).max() < 1e-4
+
+
+def test_decoder_batch_equals_prompts_one_by_one(built, tiny_checkpoint):
+    out, _ = built
+    decoder = load(out, encoder=False).decoder
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(1, 64, 32, 32)).astype(np.float32)
+    b, n = 5, 4
+    coords = rng.uniform(0, 256, (b, n, 2)).astype(np.float32)
+    labels = rng.choice([0.0, 1.0, -1.0, 2.0, 3.0], (b, n)).astype(np.float32)
+    masks = rng.normal(size=(b, 1, 128, 128)).astype(np.float32)
+    has = np.array([1, 0, 1, 0, 0], np.float32)
+    iou, low = decoder.decode(emb, coords, labels, masks, has)
+    assert iou.shape == (b, 4) and low.shape == (b, 4, 128, 128)
+    torch_decoder = PromptDecoder(load_model(tiny_checkpoint, "tiny")).eval()
+    for i in range(b):
+        one = decoder.decode(emb, coords[i:i + 1], labels[i:i + 1], masks[i:i + 1], has[i:i + 1])
+        assert np.abs(one[1][0] - low[i]).max() < 1e-4
+        with torch.no_grad():
+            ref = torch_decoder(*(torch.from_numpy(a) for a in (emb, coords[i:i + 1], labels[i:i + 1],
+                                                                  masks[i:i + 1], has[i:i + 1])))
+        assert np.abs(ref[1].numpy()[0] - low[i]).max() < 1e-4
+        assert np.abs(ref[0].numpy()[0] - iou[i]).max() < 1e-5
+
+
+def test_encoder_takes_a_batch(built):
+    out, _ = built
+    encoder = load(out, decoder=False).encoder
+    x = np.random.default_rng(2).normal(size=(3, 3, 256, 256)).astype(np.float32)
+    batch = encoder.encode(x)
+    assert batch.shape == (3, 64, 32, 32)
+    assert np.abs(batch[1:2] - encoder.encode(x[1:2])).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx", "decoder.onnx"])
+def test_graphs_are_valid_onnx_with_the_dynamic_axes_tensorrt_profiles_use(built, name):
+    out, _ = built
+    model = onnx.load(str(out / name))
+    onnx.checker.check_model(model, full_check=True)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    if name == "encoder.onnx":
+        assert dims == {"images": ["batch", 3, 256, 256]}
+    else:
+        assert dims["image_embeddings"] == [1, 64, 32, 32]
+        assert dims["point_coords"] == ["batch", "points", 2]
+        assert dims["mask_input"] == ["batch", 1, 128, 128]
+    # Only standard-domain operators: what TensorRT's ONNX parser reads.
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+
+
+def test_model_directory_errors(tmp_path, built):
+    with pytest.raises(ModelDirError, match="no manifest.json"):
+        load(tmp_path)
+    out, _ = built
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text((out / "manifest.json").read_text())
+    with pytest.raises(ModelDirError, match="encoder.onnx named by the manifest is missing"):
+        load(broken)
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(tiny_checkpoint, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here; the GPU tests cover it")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="needs the `tensorrt` package and an NVIDIA GPU"):
+        build_model_dir(tiny_checkpoint, "tiny", tmp_path / "trt", backend="tensorrt")
+    assert not (tmp_path / "trt").exists()

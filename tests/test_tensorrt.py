@@ -1,0 +1,66 @@
+"""TensorRT engines against the ONNX Runtime model they are compiled from. Needs an NVIDIA GPU."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+
+def _gpu_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed (pip install 'maskserve[tensorrt]')"
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU on this machine"
+    try:
+        from maskserve.engines.tensorrt_backend import cuda_device_properties
+
+        cuda_device_properties()
+    except Exception as exc:  # no driver, no device
+        return f"no usable CUDA device ({exc})"
+    return None
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, reason=str(_gpu_reason()))]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_match_onnxruntime(tiny_checkpoint, tiny_model_dir, photos, tmp_path, precision):
+    from maskserve import Predictor
+    from maskserve.build.builder import build_model_dir
+    from maskserve.engines.model_dir import Manifest
+
+    manifest = build_model_dir(tiny_checkpoint, "tiny", tmp_path / "trt", backend="tensorrt", precision=precision,
+                               max_encoder_batch=4, max_decoder_batch=16, max_points=8)
+    assert manifest.extra["gpu"]["compute_capability"] and manifest.encoder["file"] == "encoder.plan"
+    assert manifest.model_version == Manifest.load(tiny_model_dir).model_version
+    gpu, cpu = Predictor(tmp_path / "trt"), Predictor(tiny_model_dir)
+    image = photos["coffee_400x600"]
+    gpu.set_image(image)
+    cpu.set_image(image)
+    tol = 1e-3 if precision == "fp32" else 5e-2
+    assert np.abs(gpu.features - cpu.features).max() < tol * max(1.0, float(np.abs(cpu.features).max()))
+    point = np.array([[300, 200]])
+    g, c = gpu.predict(point, np.array([1])), cpu.predict(point, np.array([1]))
+    for k in range(3):
+        union = (g[0][k] | c[0][k]).sum()
+        assert union == 0 or (g[0][k] & c[0][k]).sum() / union > (0.995 if precision == "fp32" else 0.97)
+
+
+def test_engine_for_another_gpu_is_refused(tiny_checkpoint, tmp_path):
+    import json
+
+    from maskserve.build.builder import build_model_dir
+    from maskserve.engines import load
+    from maskserve.engines.model_dir import ModelDirError
+
+    build_model_dir(tiny_checkpoint, "tiny", tmp_path / "trt", backend="tensorrt", max_decoder_batch=4, max_points=4)
+    path = tmp_path / "trt" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["extra"]["gpu"]["compute_capability"] = "1.0"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="rebuild it here"):
+        load(tmp_path / "trt")

@@ -1,0 +1,69 @@
+"""The NumPy pre/post-processing against the reference's torch implementation, operation by operation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from maskserve.build.specs import get_spec
+from maskserve.engines import transforms
+
+SIZES = [(400, 600), (427, 640), (23, 41), (18, 600), (640, 25), (2000, 1500), (1024, 1024), (1, 1)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_resize_equals_reference_pixel_for_pixel(size):
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    ref = ResizeLongestSide(1024).apply_image(image)
+    got = transforms.resize_image(image, 1024)
+    assert got.shape == ref.shape
+    assert np.array_equal(got, ref)
+
+
+def test_normalize_and_pad_equals_sam_preprocess():
+    from maskserve.build.checkpoint import build_model
+
+    sam = build_model(get_spec("tiny"))
+    image = np.random.default_rng(1).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    resized = ResizeLongestSide(256).apply_image(image)
+    ref = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None])[0].numpy()
+    got, input_size = transforms.preprocess(image, 256, get_spec("tiny").pixel_mean, get_spec("tiny").pixel_std)
+    assert input_size == resized.shape[:2]
+    assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_coordinates_equal_reference(size):
+    coords = np.random.default_rng(2).uniform(0, 1, (7, 2)) * np.array([size[1], size[0]])
+    ref = torch.as_tensor(ResizeLongestSide(1024).apply_coords(coords, size), dtype=torch.float).numpy()
+    assert np.array_equal(transforms.transform_coords(coords, size, 1024), ref)
+    box = np.array([[1.5, 2.5, size[1] - 0.5, size[0] - 1]])
+    ref_box = torch.as_tensor(ResizeLongestSide(1024).apply_boxes(box, size), dtype=torch.float).numpy()
+    assert np.array_equal(transforms.transform_boxes(box, size, 1024).reshape(-1, 4), ref_box)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_upscaled_logits_match_sam_postprocess(size):
+    low = np.random.default_rng(3).normal(0, 4, (3, 256, 256)).astype(np.float32)
+    input_size = transforms.resized_shape(*size, 1024)
+    t = F.interpolate(torch.from_numpy(low)[None], (1024, 1024), mode="bilinear", align_corners=False)
+    t = t[..., : input_size[0], : input_size[1]]
+    ref = F.interpolate(t, size, mode="bilinear", align_corners=False)[0].numpy()
+    got = transforms.upscale_logits(low, input_size, size, 1024)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-3
+    # thresholded masks agree except where the logit is within float noise of zero
+    disagree = (got > 0) != (ref > 0)
+    assert np.all(np.abs(ref[disagree]) < 1e-3)
+
+
+def test_prompt_points_pad_like_the_reference():
+    pts, lbl = transforms.prompt_points(np.array([[1, 2]]), np.array([1]), None)
+    assert pts.tolist() == [[1, 2], [0, 0]] and lbl.tolist() == [1, -1]
+    pts, lbl = transforms.prompt_points(np.array([[1, 2]]), np.array([0]), np.array([[3, 4], [5, 6]]))
+    assert pts.tolist() == [[1, 2], [3, 4], [5, 6]] and lbl.tolist() == [0, 2, 3]
+    pts, lbl = transforms.prompt_points(None, None, np.array([[3, 4], [5, 6]]))
+    assert lbl.tolist() == [2, 3]
