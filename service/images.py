@@ -58,6 +58,8 @@ def _decode_file(data: bytes, max_pixels: int) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("the image bytes are not a JPEG, PNG or WebP file") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ... for damaged headers
+        raise ImageError(f"the image bytes are not a JPEG, PNG or WebP file that can be read ({exc})") from None
     if img.format not in FORMATS:
         raise ImageError(f"{img.format} images are not supported; send JPEG, PNG or WebP")
     _check_size(img.width, img.height, max_pixels)  # before decoding pixels: no decompression bombs

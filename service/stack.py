@@ -78,13 +78,14 @@ class LocalStack:
 
     def __init__(self, model_dir: str = "", redis_url: str | None = None, grpc_port: int | None = None,
                  metrics_ports: tuple[int, int] | None = None, log_dir: str | Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, encoder_env: dict[str, str] | None = None) -> None:
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.grpc_port = grpc_port or free_port()
         self.metrics_ports = metrics_ports or (free_port(), free_port())
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
         self.extra_env = extra_env or {}
+        self.encoder_env = encoder_env or {}
         self.redis = self.encoder = self.decoder = None
 
     @property
@@ -96,8 +97,8 @@ class LocalStack:
         return {"MASKSERVE_REDIS_URL": self.redis_url, "MASKSERVE_MODEL_DIR": self.model_dir,
                 "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port), **self.extra_env}
 
-    def start_encoder(self) -> subprocess.Popen:
-        return start_role("encoder", self.env("encoder"), self.log_dir / "encoder.log")
+    def start_encoder(self, **env: str) -> subprocess.Popen:
+        return start_role("encoder", {**self.env("encoder"), **self.encoder_env, **env}, self.log_dir / "encoder.log")
 
     def __enter__(self) -> "LocalStack":
         try:

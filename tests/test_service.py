@@ -1,0 +1,413 @@
+"""The serving path end to end: real redis-server, encoder and decoder as real processes, real gRPC."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from conftest import report
+
+from maskserve import Predictor
+from maskserve.service import jobs, masks
+from maskserve.service.client import Client, decode_mask, image_message, prompt_message
+from maskserve.service.proto import pb, pb_grpc
+from maskserve.service.stack import LocalStack, free_port, start_role, stop, wait_serving
+
+ENCODER_MAX_PIXELS = 1_000_000  # the encoder refuses what the decoder accepts: a job that always fails
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with LocalStack(log_dir=tmp_path_factory.mktemp("stack"),
+                    encoder_env={"MASKSERVE_MAX_IMAGE_PIXELS": str(ENCODER_MAX_PIXELS),
+                                 "MASKSERVE_CLAIM_IDLE_MS": "1500"}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stub(stack):
+    with grpc.insecure_channel(stack.target) as channel:
+        yield pb_grpc.SegmenterStub(channel)
+
+
+@pytest.fixture(scope="module")
+def coffee_id(stub, photos):
+    return stub.EncodeImage(pb.EncodeImageRequest(image=image_message(photos["coffee_400x600"]), wait=True),
+                            timeout=60).image_id
+
+
+def _png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _point_request(image_id, x, y, **options):
+    return pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message([[x, y]], [1])],
+                                   options=pb.OutputOptions(**options))
+
+
+def assert_same_masks(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float noise: the pool's embedding and an in-process one differ in the last bits, which can
+    flip a pixel whose logit is within that noise of zero."""
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.count_nonzero(a != b) <= max(2, a.size // 100_000)
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_encoded_once_prompted_many_times_equals_in_process_predictor(stack, photos, tiny_model_dir):
+    image = photos["chelsea_300x451"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+    h, w = image.shape[:2]
+    with Client(stack.target) as client:
+        client.set_image(image)
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            point = rng.uniform(0, 1, (1, 2)) * [w, h]
+            remote = client.predict(point, np.array([1]))
+            ours = local.predict(point, np.array([1]))
+            assert_same_masks(remote[0], ours[0])
+            assert np.allclose(remote[1], ours[1], atol=1e-5) and np.allclose(remote[2], ours[2], atol=1e-4)
+        box = np.array([50, 40, 300, 250])
+        remote = client.predict(box=box, multimask_output=False)
+        ours = local.predict(box=box, multimask_output=False)
+        assert_same_masks(remote[0], ours[0])
+        refine = client.predict(np.array([[100, 100]]), np.array([1]), mask_input=remote[2], multimask_output=False)
+        assert_same_masks(refine[0], local.predict(np.array([[100, 100]]), np.array([1]), mask_input=ours[2],
+                                                       multimask_output=False)[0])
+        logits = client.predict(box=box, return_logits=True, multimask_output=False)[0]
+        assert np.abs(logits - local.predict(box=box, return_logits=True, multimask_output=False)[0]).max() < 1e-4
+
+
+def test_mask_formats_scores_and_many_boxes_in_one_call(stub, coffee_id, photos, tiny_model_dir):
+    local = Predictor(tiny_model_dir)
+    local.set_image(photos["coffee_400x600"])
+    boxes = [[10, 10, 200, 150], [300, 100, 590, 390], [100, 200, 400, 380], [0, 0, 599, 399]]
+    request = pb.SegmentPromptRequest(image_id=coffee_id, prompts=[prompt_message(box=b) for b in boxes])
+    for fmt in (pb.MASK_FORMAT_COCO_RLE, pb.MASK_FORMAT_PNG, pb.MASK_FORMAT_BITMAP):
+        request.options.CopyFrom(pb.OutputOptions(single_mask=True, mask_format=fmt))
+        reply = stub.SegmentPrompt(request, timeout=30)
+        assert len(reply.results) == len(boxes)
+        for b, result in zip(boxes, reply.results):
+            (m,) = result.masks
+            expected, iou, _ = local.predict(box=np.array(b), multimask_output=False, return_logits=True)
+            binary = expected[0] > 0
+            assert_same_masks(decode_mask(m), binary)
+            assert abs(m.predicted_iou - iou[0]) < 1e-5
+            assert abs(int(m.area) - int(binary.sum())) <= 2
+            assert np.abs(np.subtract((m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height), masks.bbox_xywh(binary))).max() <= 1
+            assert abs(m.stability_score - masks.stability_score(expected[0])) < 1e-3
+    # RLE is pycocotools' own
+    from pycocotools import mask as coco
+
+    request.options.CopyFrom(pb.OutputOptions(single_mask=True))
+    m = stub.SegmentPrompt(request, timeout=30).results[0].masks[0]
+    assert coco.area({"size": [m.height, m.width], "counts": m.rle.counts}) == m.area
+    best = stub.SegmentPrompt(_point_request(coffee_id, 300, 200, best_mask_only=True), timeout=30).results[0]
+    all3 = stub.SegmentPrompt(_point_request(coffee_id, 300, 200), timeout=30).results[0]
+    assert len(best.masks) == 1 and len(all3.masks) == 3
+    assert best.masks[0].predicted_iou == max(m.predicted_iou for m in all3.masks)
+
+
+def test_identical_images_are_encoded_once(stack, stub, photos):
+    image = np.ascontiguousarray(photos["rocket_427x640"][::-1])  # an image no other test sends
+    before = _metric(stack.metrics_ports[1], 'maskserve_encoder_jobs_total{outcome="done"}')
+    request = pb.EncodeImageRequest(image=pb.Image(encoded=_png(image)), wait=True)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda _: stub.EncodeImage(request, timeout=60), range(6)))
+    assert len({r.image_id for r in replies}) == 1 and all(r.ready for r in replies)
+    assert (replies[0].width, replies[0].height) == (640, 427)
+    time.sleep(0.5)
+    assert _metric(stack.metrics_ports[1], 'maskserve_encoder_jobs_total{outcome="done"}') == before + 1
+    again = stub.EncodeImage(pb.EncodeImageRequest(image=pb.Image(encoded=_png(image))), timeout=10)
+    assert again.ready and again.image_id == replies[0].image_id
+
+
+def test_segment_with_the_image_itself_and_no_wait_encode(stub, photos):
+    image = np.ascontiguousarray(photos["astronaut_512x512"][:300, :400])
+    queued = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=False), timeout=10)
+    reply = stub.SegmentPrompt(pb.SegmentPromptRequest(image=image_message(image),
+                                                       prompts=[prompt_message([[100, 100]], [1])]), timeout=60)
+    assert reply.image_id == queued.image_id and len(reply.results[0].masks) == 3
+
+
+def test_concurrent_clients(stack, photos, tiny_model_dir):
+    image = photos["coffee_400x600"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+    points = [np.array([[40.0 + 60 * i, 30.0 + 35 * i]]) for i in range(10)]
+    expected = [local.predict(p, np.array([1]))[0] for p in points]
+
+    def client_run(k):
+        with Client(stack.target) as c:
+            c.set_image(image)
+            return all(np.count_nonzero(c.predict(p, np.array([1]))[0] != e) <= 2
+                       for p, e in zip(points[k % 3:] + points[:k % 3], expected[k % 3:] + expected[:k % 3]))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(client_run, range(4)))
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+BAD_PROMPTS = [
+    ("outside", prompt_message([[700, 10]], [1]), "outside the 600x400 image"),
+    ("nan", prompt_message([[float("nan"), 10]], [1]), "NaN"),
+    ("inf box", prompt_message(box=[0, 0, float("inf"), 10]), "NaN or infinity"),
+    ("box outside", prompt_message(box=[0, 0, 900, 10]), "outside"),
+    ("box inverted", prompt_message(box=[100, 100, 50, 50]), "x0 > x1"),
+    ("empty", pb.Prompt(), "at least one point or a box"),
+    ("label", prompt_message([[10, 10]], [2]), "point_labels must be 1"),
+    ("too many points", prompt_message(np.full((65, 2), 5.0), np.ones(65)), "at most 64"),
+    ("mask shape", prompt_message([[10, 10]], [1], mask_input=np.zeros((1, 64, 64))), "mask_input must have shape"),
+    ("mask bytes", pb.Prompt(points=[pb.Point(x=1, y=1, label=1)], mask_input=pb.LowResLogits(side=128, data=b"x")),
+     "float32 grid"),
+]
+
+
+@pytest.mark.parametrize("name,prompt,message", BAD_PROMPTS, ids=[b[0] for b in BAD_PROMPTS])
+def test_bad_prompts_are_invalid_argument(stub, coffee_id, name, prompt, message):
+    code, details = _code(lambda: stub.SegmentPrompt(
+        pb.SegmentPromptRequest(image_id=coffee_id, prompts=[prompt]), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, details
+
+
+BAD_IMAGES = [
+    ("undecodable", pb.Image(encoded=b"\x89PNG\r\n\x1a\nnot really"), "not a JPEG, PNG or WebP"),
+    ("empty bytes", pb.Image(encoded=b""), "empty"),
+    ("no image", pb.Image(), "the image is empty"),
+    ("gif", pb.Image(encoded=(lambda b: (Image.new("RGB", (8, 8)).save(b, format="GIF"), b.getvalue())[1])(io.BytesIO())),
+     "GIF images are not supported"),
+    ("zero size", pb.Image(raw=pb.RawImage(width=0, height=5, format=pb.PIXEL_FORMAT_RGB8)), "zero size"),
+    ("no pixel format", pb.Image(raw=pb.RawImage(width=2, height=2, data=b"\0" * 12)), "need a pixel format"),
+    ("short raw", pb.Image(raw=pb.RawImage(width=2, height=2, format=pb.PIXEL_FORMAT_RGB8, data=b"\0" * 5)),
+     "needs 12 bytes"),
+    ("oversized", pb.Image(raw=pb.RawImage(width=10000, height=5000, format=pb.PIXEL_FORMAT_GRAY8)),
+     "at most 40000000"),
+]
+
+
+@pytest.mark.parametrize("name,image,message", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+def test_bad_images_are_invalid_argument(stub, name, image, message):
+    code, details = _code(lambda: stub.EncodeImage(pb.EncodeImageRequest(image=image, wait=True), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, details
+
+
+def test_other_request_errors(stub, coffee_id):
+    code, details = _code(lambda: stub.SegmentPrompt(_point_request("0" * 32, 1, 1), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND and "EncodeImage" in details
+    code, _ = _code(lambda: stub.SegmentPrompt(pb.SegmentPromptRequest(image_id=coffee_id), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = _code(lambda: stub.SegmentPrompt(pb.SegmentPromptRequest(prompts=[pb.Prompt()]), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    many = pb.SegmentPromptRequest(image_id=coffee_id, prompts=[prompt_message([[1, 1]], [1])] * 257)
+    code, details = _code(lambda: stub.SegmentPrompt(many, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "at most 256" in details
+
+
+def test_a_job_that_keeps_failing_is_dead_lettered_with_a_clear_error(stack, stub):
+    big = np.zeros((1100, 1000, 3), np.uint8)  # within the decoder's limit, over this encoder's
+    code, details = _code(lambda: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(big), wait=True),
+                                                   timeout=30))
+    assert code == grpc.StatusCode.INTERNAL and "could not encode" in details and "at most 1000000" in details
+    r = redis.Redis.from_url(stack.redis_url)
+    version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
+    assert r.xlen(jobs.dead_letter_stream(version)) >= 1
+
+
+def test_deadline_exceeded_while_waiting_for_the_encoder(stack, stub):
+    """With no worker reading the queue, a wait for a new image ends at the caller's deadline."""
+    stop(stack.encoder)
+    try:
+        image = np.random.default_rng(5).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+        code, _ = _code(lambda: stub.SegmentPrompt(pb.SegmentPromptRequest(
+            image=image_message(image), prompts=[prompt_message([[5, 5]], [1])]), timeout=1.5))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        stack.encoder = stack.start_encoder()
+    # the job stayed queued: the restarted worker encodes it
+    reply = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
+    assert reply.ready
+
+
+def test_worker_dies_mid_batch_and_nothing_is_lost(stack, stub, photos):
+    """A consumer that read jobs and died (never acknowledged) — its jobs are taken over by a live worker;
+    then a real worker is killed with SIGKILL under traffic."""
+    version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
+    r = redis.Redis.from_url(stack.redis_url)
+    stop(stack.encoder)
+    images = [np.ascontiguousarray(np.roll(photos["chelsea_300x451"], 7 * i, axis=1)) for i in range(1, 7)]
+    ids = [stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im)), timeout=10).image_id for im in images]
+    taken = r.xreadgroup(jobs.GROUP, "worker-that-died", {jobs.stream(version): ">"}, count=100)
+    assert len(taken[0][1]) == len(images)  # all in the dead worker's hands, unacknowledged
+    stack.encoder = stack.start_encoder()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda im: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im), wait=True),
+                                                            timeout=60), images))
+    assert [x.image_id for x in replies] == ids and all(x.ready for x in replies)
+    assert r.xpending(jobs.stream(version), jobs.GROUP)["pending"] == 0
+
+    more = [np.ascontiguousarray(np.roll(photos["coffee_400x600"], 11 * i, axis=0)) for i in range(1, 9)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(stub.EncodeImage, pb.EncodeImageRequest(image=image_message(im), wait=True),
+                               timeout=90) for im in more]
+        time.sleep(0.3)
+        stack.encoder.kill()  # SIGKILL: no chance to hand anything back
+        stack.encoder.wait()
+        stack.encoder = stack.start_encoder()
+        assert all(f.result().ready for f in futures)
+
+
+def test_stream_segment(stub, photos, tiny_model_dir):
+    image = photos["coffee_400x600"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+
+    def requests():
+        yield pb.StreamSegmentRequest(sequence=1, prompt=prompt_message([[10, 10]], [1]))  # no image yet
+        yield pb.StreamSegmentRequest(sequence=2, frame=image_message(image))
+        for i in range(3, 8):
+            yield pb.StreamSegmentRequest(sequence=i, prompt=prompt_message([[50.0 * i, 30.0 * i]], [1]),
+                                          options=pb.OutputOptions(best_mask_only=True))
+        yield pb.StreamSegmentRequest(sequence=8, prompt=prompt_message([[9999, 1]], [1]))  # bad point
+        yield pb.StreamSegmentRequest(sequence=9, prompt=prompt_message([[100, 100]], [1]))
+
+    replies = list(stub.StreamSegment(requests(), timeout=60))
+    assert [r.sequence for r in replies] == list(range(1, 10))
+    assert replies[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert replies[1].image_id
+    for i, r in zip(range(3, 8), replies[2:7]):
+        masks_, scores, _ = local.predict(np.array([[50.0 * i, 30.0 * i]]), np.array([1]))
+        assert_same_masks(decode_mask(r.result.masks[0]), masks_[int(np.argmax(scores))])
+    assert replies[7].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert len(replies[8].result.masks) == 3  # the stream survived the error
+
+
+def test_stream_drops_stale_prompts(stub, coffee_id):
+    reqs = [pb.StreamSegmentRequest(sequence=0, image_id=coffee_id)]
+    reqs += [pb.StreamSegmentRequest(sequence=i, prompt=prompt_message([[10.0 + i, 10.0]], [1]), drop_if_stale=True)
+             for i in range(1, 41)]
+    replies = list(stub.StreamSegment(iter(reqs), timeout=60))
+    assert [r.sequence for r in replies] == list(range(41))
+    outcomes = [r.WhichOneof("outcome") for r in replies[1:]]
+    assert outcomes[-1] == "result"  # the newest is always answered
+    assert "dropped" in outcomes
+
+
+def test_health_reflection_and_metrics(stack, stub, coffee_id):
+    with grpc.insecure_channel(stack.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "maskserve.v1.Segmenter"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"maskserve.v1.Segmenter", "grpc.health.v1.Health"} <= names
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[0]}/metrics", timeout=5).read().decode()
+    for name in ("maskserve_request_duration_seconds_bucket", "maskserve_stage_duration_seconds_bucket",
+                 "maskserve_embedding_cache_total", "maskserve_requests_total", "maskserve_requests_in_flight"):
+        assert name in text
+    assert 'code="INVALID_ARGUMENT"' in text
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[1]}/metrics", timeout=5).read().decode()
+    for name in ("maskserve_encoder_batch_size_bucket", "maskserve_queue_depth", 'stage="encode"',
+                 'stage="queue_wait"'):
+        assert name in text
+
+
+def test_single_point_latency(stub, coffee_id):
+    """Measured, not asserted: single-point SegmentPrompt over gRPC on a cached embedding."""
+    request = _point_request(coffee_id, 300, 200)
+    for _ in range(5):
+        stub.SegmentPrompt(request, timeout=10)
+    times = []
+    for _ in range(100):
+        t = time.perf_counter()
+        stub.SegmentPrompt(request, timeout=10)
+        times.append(time.perf_counter() - t)
+    p50, p99 = np.percentile(times, [50, 99]) * 1000
+    report(f"SegmentPrompt, tiny model, 1 point, 3 masks as RLE, 600x400 photo: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
+def test_full_queue_is_resource_exhausted(stack, tmp_path):
+    port = free_port()
+    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0",
+           "MASKSERVE_MAX_QUEUE": "0"}
+    proc = start_role("decoder", env, tmp_path / "decoder.log")
+    try:
+        wait_serving(f"127.0.0.1:{port}", proc=proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            s = pb_grpc.SegmenterStub(channel)
+            image = np.random.default_rng(9).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+            code, details = _code(lambda: s.EncodeImage(pb.EncodeImageRequest(image=image_message(image)), timeout=10))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in details
+    finally:
+        stop(proc)
+
+
+def test_redis_restart_under_traffic(tmp_path, photos):
+    """Redis goes away: UNAVAILABLE (never a crash); it comes back empty on the same port: service recovers."""
+    from maskserve.service.stack import start_redis
+
+    with LocalStack(log_dir=tmp_path) as s, grpc.insecure_channel(s.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        image = photos["chelsea_300x451"]
+        image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60).image_id
+        port = int(s.redis_url.rsplit(":", 1)[1].split("/")[0])
+        stop(s.redis)
+        fresh = np.ascontiguousarray(image[::-1])
+        code, details = _code(lambda: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(fresh)), timeout=10))
+        assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in details
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 10
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        s.redis = start_redis(port, tmp_path)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = stub.SegmentPrompt(pb.SegmentPromptRequest(image=image_message(fresh),
+                                                                   prompts=[prompt_message([[50, 50]], [1])]), timeout=20)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(0.5)
+        assert len(reply.results[0].masks) == 3
+        # Redis came back empty: an id only it held is NOT_FOUND, with the remedy in the message
+        code, details = _code(lambda: stub.SegmentPrompt(_point_request(image_id, 10, 10), timeout=10))
+        assert code == grpc.StatusCode.NOT_FOUND and "EncodeImage again" in details
+        assert s.decoder.poll() is None and s.encoder.poll() is None
+
+
+def test_cli_segment_writes_mask_and_overlay(stack, tmp_path):
+    import subprocess
+    import sys
+
+    from maskserve.service.segment_file import BUNDLED_PHOTO
+
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "segment", str(BUNDLED_PHOTO), "--point", "256,140",
+                          "--target", stack.target, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert mask.shape == (512, 512) and Image.open(tmp_path / "overlay.png").size == (512, 512)
