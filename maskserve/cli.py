@@ -11,7 +11,7 @@ from rich.console import Console
 app = typer.Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> None:
