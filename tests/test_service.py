@@ -411,3 +411,30 @@ def test_cli_segment_writes_mask_and_overlay(stack, tmp_path):
     assert out.returncode == 0, out.stderr
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (512, 512) and Image.open(tmp_path / "overlay.png").size == (512, 512)
+
+
+def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(stack, stub):
+    """Workers that took a job and died, again and again: the live worker gives up on it after
+    MASKSERVE_MAX_DELIVERIES and records why, instead of retrying forever."""
+    from maskserve.service import images
+
+    version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
+    r = redis.Redis.from_url(stack.redis_url)
+    stop(stack.encoder)
+    try:
+        payload = images.canonical_payload(image_message(np.full((20, 30, 3), 7, np.uint8)))
+        image_id = images.image_id(payload, version)
+        entry = r.xadd(jobs.stream(version), {"image_id": image_id, "payload": payload})
+        r.xreadgroup(jobs.GROUP, "crashed-1", {jobs.stream(version): ">"}, count=1)
+        for n in range(2, 4):  # each crash leaves it to the next worker, which crashes too
+            r.xclaim(jobs.stream(version), jobs.GROUP, f"crashed-{n}", 0, [entry])
+    finally:
+        stack.encoder = stack.start_encoder()
+    deadline = time.monotonic() + 30
+    while not r.exists(jobs.error_key(version, image_id)):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert b"failed 3 times" in r.get(jobs.error_key(version, image_id))
+    dead = r.xrange(jobs.dead_letter_stream(version))
+    assert any(fields[b"image_id"] == image_id.encode() for _, fields in dead)
+    assert r.xpending(jobs.stream(version), jobs.GROUP)["pending"] == 0
