@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import onnxruntime
+
 from maskserve.engines.model_dir import Manifest
 
 from . import export
@@ -49,21 +51,11 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
     export.export_encoder(sam, staging / "encoder.onnx")
     export.export_decoder(sam, staging / "decoder.onnx")
     checkpoint_sha256 = file_digest(checkpoint)
-    encoder, decoder, extra = {"file": "encoder.onnx"}, {"file": "decoder.onnx"}, {}
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        backend_version = onnxruntime.__version__
-    else:
-        from . import tensorrt_engines
-
-        backend_version, encoder, decoder, extra = tensorrt_engines.build_engines(
-            staging, spec, precision, max_encoder_batch, max_decoder_batch, max_points)
     manifest = Manifest(
         model_type=model_type,
-        backend=backend,
-        backend_version=backend_version,
-        precision=precision,
+        backend="onnxruntime",
+        backend_version=onnxruntime.__version__,
+        precision="fp32",
         image_size=spec.image_size,
         embedding_shape=spec.embedding_shape,
         embedding_dtype="float32",
@@ -72,9 +64,13 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         pixel_std=spec.pixel_std,
         checkpoint_sha256=checkpoint_sha256,
         model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape),
-        encoder=encoder,
-        decoder=decoder,
-        extra=extra,
+        encoder={"file": "encoder.onnx"},
+        decoder={"file": "decoder.onnx"},
     )
     manifest.save(staging)
+    if backend == "tensorrt":
+        from . import tensorrt_engines
+
+        manifest = tensorrt_engines.compile_in_place(staging, manifest, precision, max_encoder_batch,
+                                                     max_decoder_batch, max_points)
     return manifest

@@ -8,19 +8,13 @@ ViT-H in pure FP16 is known to produce garbage embeddings.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from .specs import ModelSpec
+from maskserve.engines.model_dir import Manifest
 
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 FP32_UNARY_OPS = ("EXP", "LOG", "SQRT", "RECIP")
-
-
-def gpu_tag() -> dict:
-    """Compute capability and name of GPU 0, through the CUDA runtime."""
-    from maskserve.engines.tensorrt_backend import cuda_device_properties
-
-    return cuda_device_properties()
 
 
 def _parse(trt, builder, onnx_path: Path):
@@ -79,21 +73,22 @@ def _build(trt, onnx_path: Path, plan_path: Path, precision: str, profiles: dict
             "profile": {k: [list(s) for s in v] for k, v in profiles.items()}}
 
 
-def build_engines(directory: Path, spec: ModelSpec, precision: str, max_encoder_batch: int,
-                  max_decoder_batch: int, max_points: int):
-    """Build encoder.plan and decoder.plan next to the ONNX files; returns manifest fields."""
+def compile_in_place(directory: Path, manifest: Manifest, precision: str, max_encoder_batch: int = 8,
+                     max_decoder_batch: int = 64, max_points: int = 64) -> Manifest:
+    """Build encoder.plan and decoder.plan next to the ONNX files of a model directory and rewrite its
+    manifest for the TensorRT backend. The model version stays: embeddings are the same model's."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise RuntimeError("the tensorrt backend needs the `tensorrt` package and an NVIDIA GPU "
                            "(pip install 'maskserve[tensorrt]')") from exc
-    tag = gpu_tag()
-    s, (c, e, _), m = spec.image_size, spec.embedding_shape, spec.mask_input_size
-    # A box is two points and every prompt without one carries one padding point.
-    p = max_points + 2
-    enc_opt = max(1, max_encoder_batch // 2)
+    from maskserve.engines.tensorrt_backend import cuda_device_properties
+
+    gpu = cuda_device_properties()
+    s, (c, e, _), m = manifest.image_size, manifest.embedding_shape, manifest.mask_input_size
+    p = max_points + 2  # a box is two points; a prompt without one carries one padding point
     encoder = _build(trt, directory / "encoder.onnx", directory / "encoder.plan", precision, {
-        "images": ((1, 3, s, s), (enc_opt, 3, s, s), (max_encoder_batch, 3, s, s)),
+        "images": ((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s), (max_encoder_batch, 3, s, s)),
     })
     b = max_decoder_batch
     decoder = _build(trt, directory / "decoder.onnx", directory / "decoder.plan", precision, {
@@ -104,4 +99,28 @@ def build_engines(directory: Path, spec: ModelSpec, precision: str, max_encoder_
         "has_mask_input": ((1,), (1,), (b,)),
     })
     encoder["max_batch"], decoder["max_batch"], decoder["max_points"] = max_encoder_batch, b, p
-    return trt.__version__, encoder, decoder, {"gpu": tag, "tensorrt": trt.__version__}
+    manifest.backend, manifest.backend_version, manifest.precision = "tensorrt", trt.__version__, precision
+    manifest.encoder, manifest.decoder, manifest.extra = encoder, decoder, {"gpu": gpu}
+    manifest.save(directory)
+    return manifest
+
+
+def compile_model_dir(source: Path, out: Path, precision: str = "fp16", **limits) -> Manifest:
+    """An ONNX Runtime model directory → a TensorRT one for this GPU (no torch needed: runs in the cluster)."""
+    source, out = Path(source), Path(out)
+    manifest = Manifest.load(source)
+    if manifest.backend != "onnxruntime":
+        raise ValueError(f"{source} is a {manifest.backend} model directory; compile from the exported ONNX one")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    try:
+        manifest = compile_in_place(staging, manifest, precision, **limits)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest

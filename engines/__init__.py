@@ -20,6 +20,26 @@ def default_model_dir() -> Path:
     return Path(maskserve.__file__).resolve().parent / "models" / "tiny"
 
 
+def engine_dir(cache: str | Path, model_dir: str | Path | None = None) -> Path:
+    """Where `maskserve compile --cache` keeps this model's TensorRT engines for this machine's GPU:
+    `{cache}/{model_version}/sm{arch}-trt{version}`, so a new node type or driver never loads a wrong engine."""
+    from .tensorrt_backend import engine_key
+
+    manifest = Manifest.load(Path(model_dir) if model_dir else default_model_dir())
+    return Path(cache) / manifest.model_version / engine_key()
+
+
+def resolve(model_dir: str | Path | None, engine_cache: str | Path | None = None) -> Path:
+    """The model directory to run: the given one, or its compiled engines for this GPU from the cache."""
+    if not engine_cache:
+        return Path(model_dir) if model_dir else default_model_dir()
+    compiled = engine_dir(engine_cache, model_dir)
+    if not (compiled / "manifest.json").is_file():
+        raise ModelDirError(f"no TensorRT engines for this GPU at {compiled}; "
+                            f"run `maskserve compile --model-dir {model_dir} --cache {engine_cache}` first")
+    return compiled
+
+
 @dataclass
 class Model:
     directory: Path

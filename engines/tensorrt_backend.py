@@ -35,6 +35,14 @@ def cuda_device_properties(device: int = 0) -> dict:
     return {"compute_capability": f"{props.major}.{props.minor}", "name": name.rstrip("\x00")}
 
 
+def engine_key() -> str:
+    """What a TensorRT engine is specific to: this GPU's architecture and the TensorRT version."""
+    import tensorrt as trt
+
+    cc = cuda_device_properties()["compute_capability"].replace(".", "")
+    return f"sm{cc}-trt{trt.__version__}"
+
+
 class _Engine:
     def __init__(self, model_dir: Path, manifest: Manifest, part: dict) -> None:
         import tensorrt as trt

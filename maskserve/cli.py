@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True)
@@ -15,7 +16,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -73,6 +74,34 @@ def build(
         _fail(str(exc))
     console.print(f"[green]built[/] {out}: {manifest.model_type} {manifest.backend} {manifest.precision}, "
                   f"model version {manifest.model_version}")
+
+
+@app.command()
+def compile(
+    model_dir: Path = typer.Option(..., help="An ONNX Runtime model directory made by `maskserve build`."),
+    out: Optional[Path] = typer.Option(None, help="Write the TensorRT model directory here..."),
+    cache: Optional[Path] = typer.Option(None, help="...or into this engine cache, keyed by model version, GPU "
+                                                    "architecture and TensorRT version (skipped if already there)."),
+    precision: str = typer.Option("fp16", help="fp16 or fp32."),
+    max_encoder_batch: int = typer.Option(8), max_decoder_batch: int = typer.Option(64),
+    max_points: int = typer.Option(64),
+) -> None:
+    """Compile TensorRT engines for this GPU from an exported model (no torch needed: runs in the cluster)."""
+    from maskserve.build.tensorrt_engines import compile_model_dir
+    from maskserve.engines import engine_dir
+
+    if (out is None) == (cache is None):
+        _fail("give exactly one of --out and --cache")
+    try:
+        target = out or engine_dir(cache, model_dir)
+        if cache is not None and (target / "manifest.json").is_file():
+            console.print(f"engines for this GPU already in {target}")
+            return
+        m = compile_model_dir(model_dir, target, precision, max_encoder_batch=max_encoder_batch,
+                              max_decoder_batch=max_decoder_batch, max_points=max_points)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]compiled[/] {target}: {m.model_type} TensorRT {m.backend_version} {m.precision}")
 
 
 def _settings(**overrides):

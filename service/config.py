@@ -8,7 +8,10 @@ from dataclasses import dataclass, fields
 
 @dataclass
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"  # embedding store and job queue
+    redis_url: str = "redis://127.0.0.1:6379/0"  # embedding store (and job queue unless queue_redis_url)
+    queue_redis_url: str = ""  # job queue on its own Redis (noeviction), so cache eviction never drops work
+    queue: str = ""  # job stream name; empty = jobs:{model_version}
+    engine_cache: str = ""  # TensorRT: folder of engines compiled per GPU architecture (maskserve compile)
     model_dir: str = ""  # model directory; empty = the shipped tiny model
     grpc_port: int = 50051  # decoder service
     metrics_port: int = 9090  # /metrics; 0 = off
@@ -35,3 +38,10 @@ class Settings:
                 values[f.name] = type(f.default)(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def queue_url(self) -> str:
+        return self.queue_redis_url or self.redis_url
+
+    def stream(self, model_version: str) -> str:
+        return self.queue or f"jobs:{model_version}"

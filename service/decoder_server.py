@@ -30,6 +30,9 @@ from .proto import pb, pb_grpc
 
 log = logging.getLogger("maskserve.decoder")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Segmenter"].full_name
+# Health names: "" and SERVICE_NAME follow readiness (Redis reachable); LIVENESS only says the process runs,
+# so a Redis outage makes pods unready instead of restarting them.
+LIVENESS = "maskserve.v1.Liveness"
 
 
 class ServiceError(Exception):
@@ -92,11 +95,13 @@ def _to_prompt(p) -> prompt_lib.Prompt:
 class Segmenter(pb_grpc.SegmenterServicer):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.model = engines.load(settings.model_dir or None, encoder=False, threads=settings.ort_threads or None)
+        self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), encoder=False, threads=settings.ort_threads or None)
         self.manifest = self.model.manifest
         self.version = self.manifest.model_version
-        self.redis = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                       health_check_interval=10)
+        options = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        self.redis = aioredis.from_url(settings.redis_url, **options)  # embeddings
+        self.queue = aioredis.from_url(settings.queue_url, **options) if settings.queue_redis_url else self.redis
+        self.stream = settings.stream(self.version)
         self.lru = store.LRU(settings.lru_entries)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.waiters: dict[str, asyncio.Event] = {}
@@ -120,25 +125,27 @@ class Segmenter(pb_grpc.SegmenterServicer):
         return found
 
     async def _enqueue(self, image_id: str, payload: bytes) -> None:
-        if not await self.redis.set(jobs.pending_key(self.version, image_id), 1, nx=True, ex=jobs.PENDING_TTL_S):
+        if not await self.queue.set(jobs.pending_key(self.version, image_id), 1, nx=True, ex=jobs.PENDING_TTL_S):
             return  # already queued by someone: share that job
-        stream = jobs.stream(self.version)
-        if await self.redis.xlen(stream) >= self.settings.max_queue:
-            await self.redis.delete(jobs.pending_key(self.version, image_id))
+        if await self.queue.xlen(self.stream) >= self.settings.max_queue:
+            await self.queue.delete(jobs.pending_key(self.version, image_id))
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"the encode queue is full ({self.settings.max_queue} images waiting); retry later")
-        await self.redis.xadd(stream, {"image_id": image_id, "payload": payload, "enqueued": repr(time.time())})
+        await self.queue.delete(jobs.error_key(self.version, image_id))  # a new attempt after an old failure
+        await self.queue.xadd(self.stream, {"image_id": image_id, "payload": payload, "model_version": self.version,
+                                            "enqueued": repr(time.time())})
 
     async def _wait_encoded(self, image_id: str, payload: bytes, context) -> None:
         """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes."""
         while True:
             event = self.waiters.setdefault(image_id, asyncio.Event())
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.exists(store.key(self.version, image_id))
+            if await self.redis.exists(store.key(self.version, image_id)):
+                return
+            async with self.queue.pipeline(transaction=False) as pipe:
                 pipe.get(jobs.error_key(self.version, image_id))
                 pipe.exists(jobs.pending_key(self.version, image_id))
-                done, error, pending = await pipe.execute()
-            if done:
+                error, pending = await pipe.execute()
+            if await self.redis.exists(store.key(self.version, image_id)):  # finished meanwhile
                 return
             if error is not None:
                 raise ServiceError(grpc.StatusCode.INTERNAL,
@@ -158,7 +165,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         """Wake waiters when the encoder pool announces an embedding; reconnects after Redis outages."""
         while True:
             try:
-                pubsub = self.redis.pubsub()
+                pubsub = self.queue.pubsub()
                 await pubsub.subscribe(jobs.done_channel(self.version))
                 async for message in pubsub.listen():
                     if message["type"] == "message":
@@ -315,6 +322,7 @@ async def _watch_health(segmenter: Segmenter, health_servicer) -> None:
     while True:
         try:
             await segmenter.redis.ping()
+            await segmenter.queue.ping()
             new = health_pb2.HealthCheckResponse.SERVING
         except Exception:  # noqa: BLE001
             new = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -338,6 +346,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port(f"[::]:{settings.grpc_port}")
     await server.start()
     tasks = [asyncio.create_task(segmenter._listen()), asyncio.create_task(_watch_health(segmenter, health_servicer))]

@@ -29,12 +29,13 @@ log = logging.getLogger("maskserve.encoder")
 class EncoderWorker:
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
-        self.model = engines.load(settings.model_dir or None, decoder=False, threads=settings.ort_threads or None)
+        self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False, threads=settings.ort_threads or None)
         self.manifest = self.model.manifest
         self.version = self.manifest.model_version
-        self.stream = jobs.stream(self.version)
+        self.stream = settings.stream(self.version)
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+        self.redis = redis.Redis.from_url(settings.queue_url, socket_timeout=10, health_check_interval=10)
+        self.cache = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
         self.stopping = threading.Event()
 
     def _ensure_group(self) -> None:
@@ -80,10 +81,10 @@ class EncoderWorker:
         return batch
 
     def _dead_letter(self, entry_id, fields, reason: str) -> None:
-        image_id = fields[b"image_id"].decode()
+        image_id = fields.get(b"image_id", b"?").decode()
         log.warning("job %s (image %s) dead-lettered: %s", entry_id, image_id, reason)
         pipe = self.redis.pipeline()
-        pipe.xadd(jobs.dead_letter_stream(self.version), {"image_id": image_id, "reason": reason, "worker": self.name},
+        pipe.xadd(jobs.dead_letter_stream(self.stream), {"image_id": image_id, "reason": reason, "worker": self.name},
                   maxlen=10000, approximate=True)
         pipe.set(jobs.error_key(self.version, image_id), reason, ex=jobs.ERROR_TTL_S)
         pipe.delete(jobs.pending_key(self.version, image_id))
@@ -97,6 +98,10 @@ class EncoderWorker:
         m = self.manifest
         prepared, sizes, good = [], [], []
         for entry_id, fields in batch:
+            version = fields.get(b"model_version", self.version.encode()).decode()
+            if version != self.version:  # a shared stream (MASKSERVE_QUEUE) fed by another model's decoders
+                self._dead_letter(entry_id, fields, f"job for model {version}; this worker serves {self.version}")
+                continue
             enqueued = float(fields.get(b"enqueued", b"0") or 0)
             if enqueued:
                 metrics.STAGE.labels("queue_wait").observe(max(0.0, time.time() - enqueued))
@@ -115,11 +120,14 @@ class EncoderWorker:
         embeddings = self.model.encoder.encode(np.stack(prepared))
         metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
         metrics.BATCH.observe(len(good))
+        cache = self.cache.pipeline(transaction=False)
+        for (_, fields), emb, size in zip(good, embeddings, sizes):
+            cache.set(store.key(self.version, fields[b"image_id"].decode()), store.pack(emb[None], self.version, size),
+                      ex=self.settings.embedding_ttl_s)
+        cache.execute()  # stored first: only then is the job done
         pipe = self.redis.pipeline()
-        for (entry_id, fields), emb, size in zip(good, embeddings, sizes):
+        for (entry_id, fields) in good:
             image_id = fields[b"image_id"].decode()
-            pipe.set(store.key(self.version, image_id), store.pack(emb[None], self.version, size),
-                     ex=self.settings.embedding_ttl_s)
             pipe.delete(jobs.pending_key(self.version, image_id), jobs.error_key(self.version, image_id))
             pipe.xack(self.stream, jobs.GROUP, entry_id)
             pipe.xdel(self.stream, entry_id)
@@ -137,7 +145,7 @@ class EncoderWorker:
                     metrics.QUEUE_DEPTH.set(self.redis.xlen(self.stream))
                     if batch:
                         self.process(batch)
-            except redis.ConnectionError as exc:  # Redis is away: keep trying, lose nothing
+            except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis is away: keep trying, lose nothing
                 log.warning("redis unavailable (%s); retrying", exc)
                 metrics.REDIS_ERRORS.inc()
                 self.stopping.wait(1.0)

@@ -2,7 +2,7 @@
 
 Producers merge identical work with a `pending:` marker (SET NX); workers acknowledge and delete an entry
 only after its embedding is stored, and take over entries another worker left unacknowledged (XAUTOCLAIM).
-An entry delivered too often goes to the dead-letter stream and its image gets an `err:` record that
+An entry delivered too often goes to the dead-letter stream (`<stream>:dead`) and its image gets an `err:` record that
 waiters turn into an error. Completion is announced on a pub/sub channel; waiters also poll, because
 pub/sub drops messages while a connection is down.
 """
@@ -12,12 +12,8 @@ from __future__ import annotations
 GROUP = "encoders"
 
 
-def stream(model_version: str) -> str:
-    return f"jobs:{model_version}"
-
-
-def dead_letter_stream(model_version: str) -> str:
-    return f"dead:{model_version}"
+def dead_letter_stream(stream: str) -> str:
+    return f"{stream}:dead"
 
 
 def pending_key(model_version: str, image_id: str) -> str:

@@ -23,7 +23,6 @@ def generate() -> None:
             f"--grpc_python_out={_PACKAGE_PARENT}", str(_PROTO)]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {_PROTO}")
-    (_GENERATED.parent / "__init__.py").touch()
 
 
 if _PROTO.exists() and (not _GENERATED.exists() or _GENERATED.stat().st_mtime < _PROTO.stat().st_mtime):

@@ -230,7 +230,7 @@ def test_a_job_that_keeps_failing_is_dead_lettered_with_a_clear_error(stack, stu
     assert code == grpc.StatusCode.INTERNAL and "could not encode" in details and "at most 1000000" in details
     r = redis.Redis.from_url(stack.redis_url)
     version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
-    assert r.xlen(jobs.dead_letter_stream(version)) >= 1
+    assert r.xlen(jobs.dead_letter_stream(f"jobs:{version}")) >= 1
 
 
 def test_deadline_exceeded_while_waiting_for_the_encoder(stack, stub):
@@ -256,14 +256,14 @@ def test_worker_dies_mid_batch_and_nothing_is_lost(stack, stub, photos):
     stop(stack.encoder)
     images = [np.ascontiguousarray(np.roll(photos["chelsea_300x451"], 7 * i, axis=1)) for i in range(1, 7)]
     ids = [stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im)), timeout=10).image_id for im in images]
-    taken = r.xreadgroup(jobs.GROUP, "worker-that-died", {jobs.stream(version): ">"}, count=100)
+    taken = r.xreadgroup(jobs.GROUP, "worker-that-died", {f"jobs:{version}": ">"}, count=100)
     assert len(taken[0][1]) == len(images)  # all in the dead worker's hands, unacknowledged
     stack.encoder = stack.start_encoder()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(lambda im: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im), wait=True),
                                                             timeout=60), images))
     assert [x.image_id for x in replies] == ids and all(x.ready for x in replies)
-    assert r.xpending(jobs.stream(version), jobs.GROUP)["pending"] == 0
+    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
 
     more = [np.ascontiguousarray(np.roll(photos["coffee_400x600"], 11 * i, axis=0)) for i in range(1, 9)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -424,10 +424,10 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(stack, stub):
     try:
         payload = images.canonical_payload(image_message(np.full((20, 30, 3), 7, np.uint8)))
         image_id = images.image_id(payload, version)
-        entry = r.xadd(jobs.stream(version), {"image_id": image_id, "payload": payload})
-        r.xreadgroup(jobs.GROUP, "crashed-1", {jobs.stream(version): ">"}, count=1)
+        entry = r.xadd(f"jobs:{version}", {"image_id": image_id, "payload": payload})
+        r.xreadgroup(jobs.GROUP, "crashed-1", {f"jobs:{version}": ">"}, count=1)
         for n in range(2, 4):  # each crash leaves it to the next worker, which crashes too
-            r.xclaim(jobs.stream(version), jobs.GROUP, f"crashed-{n}", 0, [entry])
+            r.xclaim(f"jobs:{version}", jobs.GROUP, f"crashed-{n}", 0, [entry])
     finally:
         stack.encoder = stack.start_encoder()
     deadline = time.monotonic() + 30
@@ -435,6 +435,6 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(stack, stub):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert b"failed 3 times" in r.get(jobs.error_key(version, image_id))
-    dead = r.xrange(jobs.dead_letter_stream(version))
+    dead = r.xrange(jobs.dead_letter_stream(f"jobs:{version}"))
     assert any(fields[b"image_id"] == image_id.encode() for _, fields in dead)
-    assert r.xpending(jobs.stream(version), jobs.GROUP)["pending"] == 0
+    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0

@@ -56,7 +56,8 @@ def _batch(rng, spec, images_per_batch, prompts_per_image):
             continue
         x, (nh, nw) = transforms.preprocess(scene.image, long_side, spec.pixel_mean, spec.pixel_std)
         prompts = []
-        for k in rng.permutation(len(scene.masks))[:prompts_per_image]:
+        n = len(scene.masks)  # several prompts per object when there are few: prompts are cheap, images are not
+        for k in rng.choice(n, size=prompts_per_image, replace=n < prompts_per_image):
             mask = scene.masks[k]
             coords, labels, box, multi = _sample_prompt(rng, mask)
             tc = None if coords is None else transforms.transform_coords(coords, (h, w), long_side)
