@@ -1,0 +1,227 @@
+"""Kubernetes manifests: every overlay renders (kustomize), validates against the Kubernetes schemas
+(offline), and agrees with the code: ports, probe services, selectors, environment, metric names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskserve.service import jobs, metrics
+from maskserve.service.config import Settings
+from maskserve.service.decoder_server import LIVENESS, SERVICE_NAME
+
+K8S = Path(__file__).resolve().parent.parent / "k8s"
+OVERLAYS = ["dev", "gpu"]
+KUBERNETES_VERSION = "1.30.0"
+CRDS = {"keda.sh/v1alpha1": {"ScaledObject", "TriggerAuthentication"},
+        "monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"}}
+WORKLOADS = {"Deployment", "StatefulSet", "Job"}
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for kustomize) is not installed")
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def docs(request):
+    return render(request.param)
+
+
+def of_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_templates(docs):
+    for d in docs:
+        if d["kind"] in WORKLOADS:
+            yield d, d["spec"]["template"]
+
+
+def containers(spec, init=True):
+    return spec.get("containers", []) + (spec.get("initContainers", []) if init else [])
+
+
+def by_name(docs, kind, name):
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert matches, f"no {kind} {name}"
+    return matches[0]
+
+
+def env_of(container, docs) -> dict[str, str]:
+    env = {}
+    for ref in container.get("envFrom", []):
+        env.update(by_name(docs, "ConfigMap", ref["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e.get("value") for e in container.get("env", [])})
+    return env
+
+
+def test_builtin_objects_validate_against_the_schemas(docs):
+    import kubernetes_validate
+
+    for d in docs:
+        if d["kind"] in CRDS.get(d["apiVersion"], ()):
+            continue
+        kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+
+
+def test_custom_resources_have_their_required_fields(docs):
+    kinds = {d["kind"] for d in docs}
+    assert {"ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule"} <= kinds
+    for d in docs:
+        if d["kind"] in CRDS.get(d["apiVersion"], ()):
+            assert d["metadata"]["name"] and isinstance(d["spec"], dict)
+
+
+def test_services_and_budgets_select_pods_with_the_named_ports(docs):
+    templates = [t for _, t in pod_templates(docs)]
+    for svc in of_kind(docs, "Service"):
+        pods = [t for t in templates if svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()]
+        assert pods, f"Service {svc['metadata']['name']} selects no pods"
+        names = {p["name"] for t in pods for c in containers(t["spec"]) for p in c.get("ports", [])}
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in names
+    for pdb in of_kind(docs, "PodDisruptionBudget"):
+        labels = pdb["spec"]["selector"]["matchLabels"]
+        assert any(labels.items() <= t["metadata"]["labels"].items() for t in templates)
+
+
+def test_decoder_ports_and_grpc_probes_match_the_service(docs):
+    deployment = by_name(docs, "Deployment", "maskserve-decoder")
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = env_of(c, docs)
+    grpc_port = int(env["MASKSERVE_GRPC_PORT"])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": grpc_port,
+                                                                    "metrics": int(env["MASKSERVE_METRICS_PORT"])}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"]["port"] == grpc_port
+    assert c["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+    assert c["livenessProbe"]["grpc"]["service"] == LIVENESS == c["startupProbe"]["grpc"]["service"]
+    assert c["args"] == ["decoder"]
+    headless = by_name(docs, "Service", "maskserve-decoder-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_environment_variables_exist_in_the_code(docs):
+    known = {f"MASKSERVE_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {"MASKSERVE_CACHE"}
+    for _, t in pod_templates(docs):
+        for c in containers(t["spec"]):
+            for name in env_of(c, docs):
+                if name.startswith("MASKSERVE_"):
+                    assert name in known, f"{name} is not a setting"
+    for cm in of_kind(docs, "ConfigMap"):
+        if cm["metadata"]["name"].startswith("maskserve-config"):
+            assert set(cm["data"]) <= known
+
+
+def test_metric_names_in_alerts_dashboard_and_autoscaling_exist(docs):
+    defined = set()
+    for collector in vars(metrics).values():
+        if hasattr(collector, "_name") and str(getattr(collector, "_name", "")).startswith("maskserve_"):
+            base = collector._name
+            defined |= {base + s for s in ("", "_bucket", "_sum", "_count", "_total")}
+    texts = [json.dumps(d["spec"]) for d in of_kind(docs, "PrometheusRule")]
+    texts += [json.dumps(d["spec"]["metrics"]) for d in of_kind(docs, "HorizontalPodAutoscaler")]
+    texts += [cm["data"]["rules.yaml"] for cm in of_kind(docs, "ConfigMap") if "rules.yaml" in cm.get("data", {})]
+    texts += [(K8S / "base" / "dashboards" / "maskserve.json").read_text()]
+    used = {m for t in texts for m in re.findall(r"\bmaskserve_[a-z_]+", t)}
+    assert used and used <= defined, used - defined
+    assert "maskserve_requests_in_flight" in texts[1] or any("maskserve_requests_in_flight" in t for t in texts)
+
+
+def test_encoder_autoscaling_reads_the_queue_the_code_writes(docs):
+    scaled = of_kind(docs, "ScaledObject")[0]
+    trigger = scaled["spec"]["triggers"][0]
+    encoder = by_name(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    env = env_of(encoder["spec"]["template"]["spec"]["containers"][0], docs)
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == env["MASKSERVE_QUEUE"]
+    assert trigger["metadata"]["consumerGroup"] == jobs.GROUP
+    host = trigger["metadata"]["address"].split(":")[0]
+    assert host in env["MASKSERVE_QUEUE_REDIS_URL"]
+    by_name(docs, "Service", host)
+    assert "fallback" in scaled["spec"] and scaled["spec"]["maxReplicaCount"] > scaled["spec"]["minReplicaCount"]
+
+
+def test_redis_roles_keep_the_queue_from_eviction(docs):
+    queue = by_name(docs, "StatefulSet", "maskserve-redis-queue")["spec"]["template"]["spec"]["containers"][0]
+    cache = by_name(docs, "Deployment", "maskserve-redis-cache")["spec"]["template"]["spec"]["containers"][0]
+    assert "noeviction" in queue["args"] and "allkeys-lru" in cache["args"]
+    for c in (queue, cache):
+        assert "--requirepass" in c["args"]
+        assert any(e["name"] == "REDIS_PASSWORD" and "secretKeyRef" in e.get("valueFrom", {}) for e in c["env"])
+    policy = by_name(docs, "NetworkPolicy", "maskserve-redis")
+    clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    for name in ("maskserve-decoder", "maskserve-encoder"):
+        labels = by_name(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert clients.items() <= labels.items()
+
+
+def test_every_container_is_non_root_read_only_and_bounded(docs):
+    for d, t in pod_templates(docs):
+        assert t["spec"]["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
+        for c in containers(t["spec"]):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert c["resources"]["requests"] and "memory" in c["resources"]["limits"], c["name"]
+
+
+def test_gpu_overlay_runs_tensorrt_encoders_on_gpu_nodes():
+    docs = render("gpu")
+    spec = by_name(docs, "Deployment", "maskserve-encoder")["spec"]["template"]["spec"]
+    (encoder,) = spec["containers"]
+    (compile_,) = spec["initContainers"]
+    assert encoder["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    env = env_of(encoder, docs)
+    cache = env["MASKSERVE_ENGINE_CACHE"]
+    args = compile_["args"]
+    assert args[0] == "compile" and args[args.index("--cache") + 1] == cache
+    assert args[args.index("--model-dir") + 1] == env["MASKSERVE_MODEL_DIR"]
+    decoder = by_name(docs, "Deployment", "maskserve-decoder")["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in decoder["resources"].get("limits", {})
+    assert env_of(decoder, docs)["MASKSERVE_MODEL_DIR"] == env["MASKSERVE_MODEL_DIR"]
+    dev = render("dev")
+    assert "nvidia.com/gpu" not in json.dumps(dev)
+
+
+def test_container_commands_are_cli_commands(docs):
+    from maskserve.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for _, t in pod_templates(docs):
+        for c in containers(t["spec"]):
+            if c["image"].startswith(("ghcr.io/maskserve/", "maskserve-")):
+                assert c["args"][0] in commands, c["args"]
+
+
+def test_images():
+    decoder = (K8S / "images" / "decoder.Dockerfile").read_text()
+    assert "torch" not in "\n".join(l for l in decoder.splitlines() if not l.startswith("#"))  # serving stays light
+    import tomllib
+
+    project = tomllib.loads((K8S.parent / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith(("torch", "segment-anything")) for d in project["dependencies"])
+    for name in ("decoder", "encoder-tensorrt", "export"):
+        text = (K8S / "images" / f"{name}.Dockerfile").read_text()
+        assert "USER 10001" in text and 'ENTRYPOINT ["maskserve"]' in text
+    assert "FROM nvcr.io/nvidia/tensorrt" in (K8S / "images" / "encoder-tensorrt.Dockerfile").read_text()
+
+
+def test_dashboard_is_valid_grafana_json():
+    dash = json.loads((K8S / "base" / "dashboards" / "maskserve.json").read_text())
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"Latency by stage (p99)", "Queue depth and encode throughput", "Encoder batch size (mean)",
+            "Embedding cache hit ratio", "GPU utilisation (DCGM)"} <= titles
+    assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in dash["panels"])
+    assert "DCGM_FI_DEV_GPU_UTIL" in json.dumps(dash)
