@@ -25,7 +25,7 @@ def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
     new_h, new_w = resized_shape(image.shape[0], image.shape[1], long_side)
     if (new_h, new_w) == image.shape[:2]:
         return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR))
 
 
 def normalize_and_pad(resized: np.ndarray, long_side: int, mean, std) -> np.ndarray:

@@ -179,11 +179,14 @@ class Segmenter(pb_grpc.SegmenterServicer):
 
     async def _image_for(self, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
         payload = images.canonical_payload(image)
+        image_id = images.image_id(payload, self.version)
+        emb = self.lru.get(store.key(self.version, image_id))
+        if emb is not None or await self.redis.exists(store.key(self.version, image_id)):
+            size = emb.original_size if emb is not None else images.image_size(payload)
+            return image_id, True, size
+        # A new image: decode it fully here, so a bad one is refused now and never reaches the queue.
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
-        image_id = images.image_id(payload, self.version)
-        if await self.redis.exists(store.key(self.version, image_id)):
-            return image_id, True, rgb.shape[:2]
         await self._enqueue(image_id, payload)
         if wait:
             await self._wait_encoded(image_id, payload, context)

@@ -65,7 +65,8 @@ class EncoderWorker:
         size = self.settings.batch_size
         batch = self._claim_abandoned(size)
         deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
-        block_ms = 1000  # first read waits for work; then only until the batch deadline
+        # With nothing in hand, wait up to a second for work; then only until the batch deadline.
+        block_ms = max(1, self.settings.batch_wait_ms) if batch else 1000
         while len(batch) < size and not self.stopping.is_set():
             reply = self.redis.xreadgroup(jobs.GROUP, self.name, {self.stream: ">"}, count=size - len(batch),
                                           block=block_ms)
