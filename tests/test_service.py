@@ -438,3 +438,40 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(stack, stub):
     dead = r.xrange(jobs.dead_letter_stream(f"jobs:{version}"))
     assert any(fields[b"image_id"] == image_id.encode() for _, fields in dead)
     assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path, photos):
+    """SIGTERM on the decoder: readiness drops at once, the RPC in flight still completes, the process exits 0.
+    SIGTERM on an idle encoder: it stops reading and exits 0."""
+    import threading
+
+    with LocalStack(log_dir=tmp_path) as s, grpc.insecure_channel(s.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        stop(s.encoder)
+        assert s.encoder.returncode == 0
+        image = np.ascontiguousarray(photos["coffee_400x600"][50:250, 100:400])
+        result = {}
+
+        def call():
+            try:
+                result["reply"] = stub.SegmentPrompt(pb.SegmentPromptRequest(
+                    image=image_message(image), prompts=[prompt_message([[20, 20]], [1])]), timeout=30)
+            except grpc.RpcError as exc:
+                result["error"] = exc
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(1.0)  # the call is now waiting for the encoder
+        s.decoder.send_signal(15)
+        time.sleep(0.5)
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(service="maskserve.v1.Segmenter"), timeout=2).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        except grpc.RpcError as exc:  # or new RPCs are already refused
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        s.encoder = s.start_encoder()
+        t.join(30)
+        assert "reply" in result, result.get("error")
+        assert len(result["reply"].results[0].masks) == 3
+        assert s.decoder.wait(25) == 0

@@ -25,16 +25,22 @@ from maskserve.engines import transforms
 
 
 def _sample_prompt(rng, mask):
-    """(coords, labels, box_or_None, multimask) for one object, in original-image pixels."""
+    """(coords, labels, box_or_None, multimask) for one object, in original-image pixels. Mostly clicks
+    well inside the object (where people click), some anywhere in it, some boxes and negative clicks."""
     ys, xs = np.nonzero(mask)
     kind = rng.random()
-    if kind < 0.35:
+    if kind < 0.3:
         return centre_point(mask)[None], np.array([1.0]), None, True
+    if kind < 0.75:
+        if kind < 0.6:  # well inside: at least half as deep as the deepest point
+            dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+            ys, xs = np.nonzero(dist >= 0.5 * dist.max())
+        i = rng.integers(len(xs))
+        return np.array([[xs[i], ys[i]]], np.float32), np.array([1.0]), None, True
+    ys, xs = np.nonzero(mask)
     i = rng.integers(len(xs))
     point = np.array([[xs[i], ys[i]]], np.float32)
-    if kind < 0.65:
-        return point, np.array([1.0]), None, True
-    if kind < 0.85:
+    if kind < 0.9:
         h, w = mask.shape
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
         jitter = rng.normal(0, 0.03, 4) * np.array([w, h, w, h])
