@@ -15,7 +15,7 @@ $(VENV)/.serve: pyproject.toml setup.cfg
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.serve
-	$(PY) -m pip install -q -e '.[export,test]' $(TORCH)
+	$(PY) -m pip install -q -e '.[export,test,bench]' $(TORCH)
 	touch $@
 
 setup-serve: $(VENV)/.serve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -183,6 +184,25 @@ def demo(out: Path = typer.Option(Path("out"), help="Folder for the results.")) 
     with LocalStack(grpc_port=free_port()) as stack:
         console.print(f"[green]local stack up[/] at {stack.target} (redis {stack.redis_url})")
         print(segment_file(stack.target, BUNDLED_PHOTO, [(256.0, 140.0)], None, out))
+
+
+@app.command()
+def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; default the shipped tiny model."),
+          checkpoint: Optional[Path] = typer.Option(None, help="The same weights for the reference SamPredictor "
+                                                                "(default: the tiny model's checkpoint)."),
+          model_type: Optional[str] = typer.Option(None),
+          requests: int = typer.Option(200), clients: int = typer.Option(4),
+          rate: float = typer.Option(10.0, help="Open-loop request rate."), seconds: float = typer.Option(10.0),
+          encode_images: int = typer.Option(8), out: Path = typer.Option(Path("bench"))) -> None:
+    """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
+    from maskserve import bench as bench_lib
+    from maskserve.engines import default_model_dir
+
+    if checkpoint is None and model_dir is None:
+        checkpoint = default_model_dir().parent / "sam_tiny.pth"
+    result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out)
+    print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"]}, indent=2))
+    console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 
 def main() -> None:

@@ -1,0 +1,228 @@
+"""`maskserve bench`: the real stack over gRPC against the reference `SamPredictor`, in one run.
+
+Every headline figure is also given as a ratio to the reference measured in the same run on the same
+machine, so it survives a noisy machine. Writes bench.json and bench.png (latency distributions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from maskserve.engines import default_model_dir, load, transforms
+from maskserve.engines.flops import count_flops, cpu_peak_flops
+from maskserve.service import store
+from maskserve.service.client import image_message, prompt_message
+from maskserve.service.proto import pb, pb_grpc
+from maskserve.service.segment_file import BUNDLED_PHOTO
+from maskserve.service.stack import LocalStack
+
+
+def _stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean())}
+
+
+def _timed(fn, n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _closed_loop(stub, request, clients: int, per_client: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker():
+        mine = _timed(lambda: stub.SegmentPrompt(request, timeout=60), per_client, warmup=1)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, clients * per_client / (time.perf_counter() - start)
+
+
+async def _open_loop(target: str, request, rate: float, seconds: float) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        latencies = []
+
+        async def one():
+            t = time.perf_counter()
+            await stub.SegmentPrompt(request, timeout=60)
+            latencies.append(time.perf_counter() - t)
+
+        tasks, start, n = [], time.perf_counter(), int(rate * seconds)
+        for i in range(n):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        return latencies
+
+
+def _stream(stub, image_id: str, points: list) -> list[float]:
+    """Gaze-like: one prompt in flight at a time on one stream; latency per message."""
+    import queue
+
+    outbox: queue.Queue = queue.Queue()
+    latencies = []
+
+    def requests():
+        yield pb.StreamSegmentRequest(sequence=0, image_id=image_id)
+        while (item := outbox.get()) is not None:
+            yield item
+
+    replies = stub.StreamSegment(requests(), timeout=120)
+    next(replies)
+    for i, (x, y) in enumerate(points, 1):
+        t = time.perf_counter()
+        outbox.put(pb.StreamSegmentRequest(sequence=i, prompt=prompt_message([[x, y]], [1]),
+                                           options=pb.OutputOptions(best_mask_only=True)))
+        next(replies)
+        latencies.append(time.perf_counter() - t)
+    outbox.put(None)
+    return latencies
+
+
+def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, clients: int = 4,
+        rate: float = 10.0, seconds: float = 5.0, encode_images: int = 8, out: Path = Path("bench"),
+        reference: bool = True) -> dict:
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    model = load(model_dir, encoder=False)
+    m = model.manifest
+    image = np.asarray(Image.open(BUNDLED_PHOTO).convert("RGB").resize((1024, 768), Image.BILINEAR))
+    h, w = image.shape[:2]
+    point = [[w * 0.5, h * 0.3]]
+    result: dict = {"model": {"type": m.model_type, "version": m.model_version, "backend": m.backend},
+                    "image": [h, w], "machine": cpu_peak_flops(), "scenarios": {}}
+    series: dict[str, list[float]] = {}
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=600).image_id
+        rle3 = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])])
+        best = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])],
+                                       options=pb.OutputOptions(best_mask_only=True))
+        cpu0 = _cpu_seconds(stack.decoder.pid)
+        series["segment 1 point, 3 masks RLE"] = _timed(lambda: stub.SegmentPrompt(rle3, timeout=60), requests)
+        cpu_per_request = (_cpu_seconds(stack.decoder.pid) - cpu0) / (requests + 3)
+        series["segment 1 point, best mask"] = _timed(lambda: stub.SegmentPrompt(best, timeout=60), requests)
+        lat, throughput = _closed_loop(stub, rle3, clients, max(1, requests // clients))
+        series[f"closed loop, {clients} clients"] = lat
+        result["scenarios"]["closed_loop_throughput_rps"] = throughput
+        series[f"open loop, {rate:g} req/s"] = asyncio.run(_open_loop(stack.target, rle3, rate, seconds))
+        boxes = [[x, y, x + 200, y + 150] for x in range(0, w - 200, 200) for y in range(0, h - 150, 300)][:16]
+        many = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(box=b) for b in boxes],
+                                       options=pb.OutputOptions(single_mask=True))
+        series[f"{len(boxes)} boxes in one call"] = _timed(lambda: stub.SegmentPrompt(many, timeout=120),
+                                                           max(3, requests // 10), warmup=1)
+        gaze = [(w * (0.3 + 0.4 * np.sin(i / 7)), h * (0.4 + 0.2 * np.cos(i / 5))) for i in range(requests)]
+        series["stream, gaze points"] = _stream(stub, image_id, gaze)
+        import redis
+
+        r = redis.Redis.from_url(stack.redis_url)
+        key = store.key(m.model_version, image_id)
+        series["embedding fetch from Redis"] = _timed(lambda: store.unpack(r.get(key)), requests)
+        distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(encode_images)]
+        start = time.perf_counter()
+        threads = [threading.Thread(target=lambda im=im: stub.EncodeImage(
+            pb.EncodeImageRequest(image=image_message(im), wait=True), timeout=3600)) for im in distinct]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
+
+    # The decoder run alone, and its FLOPs, for efficiency and serving overhead.
+    emb = np.zeros((1, *m.embedding_shape), np.float32)
+    pts, lbl = transforms.prompt_points(transforms.transform_coords(np.array(point), (h, w), m.image_size),
+                                        np.array([1.0]), None)
+    feeds = {"image_embeddings": emb, "point_coords": pts[None], "point_labels": lbl[None],
+             "mask_input": np.zeros((1, 1, m.mask_input_size, m.mask_input_size), np.float32),
+             "has_mask_input": np.zeros(1, np.float32)}
+    decoder_only = _timed(lambda: model.decoder.decode(*feeds.values()), requests)
+    flops = count_flops(str(model_dir / m.decoder["file"]), feeds)["total"] if m.backend == "onnxruntime" else None
+    series["decoder run alone"] = decoder_only
+    for name, values in series.items():
+        result["scenarios"][name] = _stats(values)
+    seg = result["scenarios"]["segment 1 point, 3 masks RLE"]
+    dec = result["scenarios"]["decoder run alone"]
+    result["decoder"] = {"flops_per_prompt": flops, "cpu_seconds_per_request": cpu_per_request,
+                         "achieved_flops": flops / (dec["p50_ms"] / 1000) if flops else None,
+                         "serving_overhead_p50_ms": seg["p50_ms"] - dec["p50_ms"]}
+    if flops:
+        result["decoder"]["fraction_of_peak"] = result["decoder"]["achieved_flops"] / result["machine"]["peak_flops"]
+
+    if reference and checkpoint:
+        result["reference"] = _reference(checkpoint, model_type or m.model_type, image, point, requests, series)
+        ref = result["reference"]
+        result["ratios"] = {
+            "segment_p50_vs_reference_predict": seg["p50_ms"] / ref["predict"]["p50_ms"],
+            "segment_p99_vs_own_p50": seg["p99_ms"] / seg["p50_ms"],
+            "closed_loop_throughput_vs_reference_sequential": result["scenarios"]["closed_loop_throughput_rps"]
+            / (1000 / ref["predict"]["mean_ms"]),
+            "encode_throughput_vs_reference_set_image": result["scenarios"]["encode_images_per_s"]
+            * ref["set_image_s"],
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(series, out / "bench.png")
+    return result
+
+
+def _reference(checkpoint, model_type, image, point, requests, series) -> dict:
+    from segment_anything import SamPredictor
+
+    from maskserve.build.checkpoint import load_model
+
+    predictor = SamPredictor(load_model(checkpoint, model_type))
+    start = time.perf_counter()
+    predictor.set_image(image)
+    set_image_s = time.perf_counter() - start
+    lat = _timed(lambda: predictor.predict(np.array(point), np.array([1])), max(10, requests // 4))
+    series["reference SamPredictor.predict"] = lat
+    return {"set_image_s": set_image_s, "predict": _stats(lat)}
+
+
+def _plot(series: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for name, values in series.items():
+        ms = np.sort(np.asarray(values) * 1000)
+        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of requests ≤ latency")
+    ax.set_title("maskserve latency distributions")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,24 @@
+"""Smoke test: `maskserve bench` runs end to end on the tiny model and writes well-formed results."""
+
+from __future__ import annotations
+
+import json
+
+from maskserve import bench
+
+
+def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
+    result = bench.run(checkpoint=tiny_checkpoint, requests=8, clients=2, rate=5, seconds=1, encode_images=2,
+                       out=tmp_path)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data == json.loads(json.dumps(result))
+    for name in ("segment 1 point, 3 masks RLE", "segment 1 point, best mask", "closed loop, 2 clients",
+                 "open loop, 5 req/s", "stream, gaze points", "embedding fetch from Redis", "decoder run alone"):
+        s = data["scenarios"][name]
+        assert s["n"] > 0 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert data["scenarios"]["encode_images_per_s"] > 0
+    assert data["decoder"]["flops_per_prompt"] > 0 and 0 < data["decoder"]["fraction_of_peak"] < 1.5
+    assert set(data["ratios"]) == {"segment_p50_vs_reference_predict", "segment_p99_vs_own_p50",
+                                   "closed_loop_throughput_vs_reference_sequential",
+                                   "encode_throughput_vs_reference_set_image"}
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
