@@ -207,23 +207,24 @@ class Segmenter(pb_grpc.SegmenterServicer):
         keep = range(len(answer.iou_predictions))
         if options.best_mask_only:
             keep = [int(np.argmax(answer.iou_predictions))]
-        low = answer.low_res_logits[list(keep)]
-        logits = prompt_lib.full_resolution_logits(low, self.manifest, original_size)
+        # Work in the transposed frame (W, H): COCO RLE is column-major, so its runs are then contiguous.
+        low_t = np.ascontiguousarray(answer.low_res_logits[list(keep)].transpose(0, 2, 1))
         h, w = original_size
+        logits_t = prompt_lib.full_resolution_logits(low_t, self.manifest, (w, h))
         result = pb.PromptResult()
-        for k, lg in zip(keep, logits):
-            binary = lg > 0.0
-            x, y, bw, bh = masks.bbox_xywh(binary)
+        for k, lt in zip(keep, logits_t):
+            binary_t = lt > 0.0
+            y, x, bh, bw = masks.bbox_xywh(binary_t)
             m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
-                                 stability_score=masks.stability_score(lg), area=int(np.count_nonzero(binary)))
+                                 stability_score=masks.stability_score(lt), area=int(np.count_nonzero(binary_t)))
             m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
             fmt = options.mask_format
             if fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE):
-                m.rle.counts = masks.encode_rle(binary)
+                m.rle.counts = masks.encode_rle_transposed(binary_t)
             elif fmt == pb.MASK_FORMAT_PNG:
-                m.png = masks.encode_png(binary)
+                m.png = masks.encode_png(binary_t.T)
             elif fmt == pb.MASK_FORMAT_BITMAP:
-                m.bitmap = masks.encode_bitmap(binary)
+                m.bitmap = masks.encode_bitmap(binary_t.T)
             if options.return_low_res_logits:
                 side = answer.low_res_logits.shape[-1]
                 m.low_res_logits.side = side
