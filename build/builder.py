@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import onnxruntime
 
-from maskserve.engines.model_dir import Manifest
+from maskserve.engines.model_dir import Manifest, staged
 
 from . import export
 from .checkpoint import file_digest, load_model
@@ -28,22 +27,10 @@ def build_model_dir(
         raise ValueError("the ONNX Runtime backend runs fp32; fp16 is a TensorRT build option")
     spec = get_spec(model_type)
     sam = load_model(checkpoint, model_type)
-    out = Path(out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-
-    try:
-        manifest = _write(sam, spec, checkpoint, model_type, staging, backend, precision,
-                          max_encoder_batch, max_decoder_batch, max_points)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    # Replace the output only once everything is written: a failed build never leaves half a model behind.
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return manifest
+    with staged(out) as staging:
+        staging.mkdir()
+        return _write(sam, spec, checkpoint, model_type, staging, backend, precision,
+                      max_encoder_batch, max_decoder_batch, max_points)
 
 
 def _write(sam, spec, checkpoint, model_type, staging, backend, precision,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from maskserve.engines.model_dir import Manifest
+from maskserve.engines.model_dir import Manifest, staged
 
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 FP32_UNARY_OPS = ("EXP", "LOG", "SQRT", "RECIP")
@@ -107,20 +107,10 @@ def compile_in_place(directory: Path, manifest: Manifest, precision: str, max_en
 
 def compile_model_dir(source: Path, out: Path, precision: str = "fp16", **limits) -> Manifest:
     """An ONNX Runtime model directory → a TensorRT one for this GPU (no torch needed: runs in the cluster)."""
-    source, out = Path(source), Path(out)
+    source = Path(source)
     manifest = Manifest.load(source)
     if manifest.backend != "onnxruntime":
         raise ValueError(f"{source} is a {manifest.backend} model directory; compile from the exported ONNX one")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, staging)
-    try:
-        manifest = compile_in_place(staging, manifest, precision, **limits)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return manifest
+    with staged(out) as staging:
+        shutil.copytree(source, staging)
+        return compile_in_place(staging, manifest, precision, **limits)

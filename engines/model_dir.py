@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,3 +68,21 @@ class Manifest:
             if not (Path(directory) / part["file"]).is_file():
                 raise ModelDirError(f"{directory}: {part['file']} named by the manifest is missing")
         return m
+
+
+@contextmanager
+def staged(out: str | Path):
+    """Write a model directory beside its destination (`<out>.partial`) and move it into place only when
+    complete: a failed build never leaves half a model behind, nor destroys the previous one."""
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
