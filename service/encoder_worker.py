@@ -62,23 +62,21 @@ class EncoderWorker:
         return alive
 
     def _read_batch(self) -> list:
-        size = self.settings.batch_size
+        """Up to batch_size entries: reclaimed ones first, then new ones until the batch is full or
+        batch_wait_ms have passed since the first entry came in hand."""
+        size, wait = self.settings.batch_size, self.settings.batch_wait_ms / 1000
         batch = self._claim_abandoned(size)
-        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
-        # With nothing in hand, wait up to a second for work; then only until the batch deadline.
-        block_ms = max(1, self.settings.batch_wait_ms) if batch else 1000
+        deadline = time.monotonic() + wait if batch else None
         while len(batch) < size and not self.stopping.is_set():
+            block_ms = 1000 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
             reply = self.redis.xreadgroup(jobs.GROUP, self.name, {self.stream: ">"}, count=size - len(batch),
                                           block=block_ms)
             if reply:
                 batch.extend(reply[0][1])
-            if batch:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                block_ms = max(1, int(left * 1000))
-            elif not reply:
-                break
+                if deadline is None:
+                    deadline = time.monotonic() + wait
+            if deadline is None or time.monotonic() >= deadline:
+                break  # nothing came within a second (let the caller loop), or the batch window closed
         return batch
 
     def _dead_letter(self, entry_id, fields, reason: str) -> None:
