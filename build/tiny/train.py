@@ -5,6 +5,8 @@ The model is the real SAM code (segment_anything's modules) shrunk by the `tiny`
 the same NumPy pre-processing the Predictor uses.
 
     python -m maskserve.build.tiny.train --steps 2000 --out maskserve/models/sam_tiny.pth
+
+(`make tiny-model` runs the two stages the shipped weights came from.)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -173,6 +176,7 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     train(args.steps, args.out, seed=args.seed, lr=args.lr, init=args.init)
 
 
