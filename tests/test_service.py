@@ -475,3 +475,31 @@ def test_sigterm_drains_in_flight_requests(tmp_path, photos):
         assert "reply" in result, result.get("error")
         assert len(result["reply"].results[0].masks) == 3
         assert s.decoder.wait(25) == 0
+
+
+def test_async_client(stack, photos, tiny_model_dir):
+    import asyncio
+
+    from maskserve.service.client import AsyncClient
+
+    image = photos["chelsea_300x451"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+
+    async def main():
+        client = AsyncClient(stack.target)
+        try:
+            await client.set_image(image)
+            answers = await asyncio.gather(*(client.predict(np.array([[30.0 * i, 20.0 * i]]), np.array([1]))
+                                             for i in range(1, 6)))
+            logits = await client.predict(box=np.array([10, 10, 200, 200]), return_logits=True)
+        finally:
+            await client.close()
+        return answers, logits
+
+    answers, logits = asyncio.run(main())
+    for i, (masks_, scores, low) in enumerate(answers, 1):
+        expected = local.predict(np.array([[30.0 * i, 20.0 * i]]), np.array([1]))
+        assert_same_masks(masks_, expected[0])
+        assert np.allclose(scores, expected[1], atol=1e-5)
+    assert logits[0].dtype == np.float32 and logits[0].shape == (3, 300, 451)
