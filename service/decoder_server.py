@@ -48,7 +48,7 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
         return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly"
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM"):
+    if isinstance(exc, redis.ResponseError) and ("maxmemory" in str(exc) or str(exc).startswith("OOM")):
         # a `noeviction` Redis at its memory limit refuses writes: back off, like a full queue
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the job queue's Redis is out of memory; retry later"
     if isinstance(exc, asyncio.TimeoutError):

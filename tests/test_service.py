@@ -503,3 +503,37 @@ def test_async_client(stack, photos, tiny_model_dir):
         assert_same_masks(masks_, expected[0])
         assert np.allclose(scores, expected[1], atol=1e-5)
     assert logits[0].dtype == np.float32 and logits[0].shape == (3, 300, 451)
+
+
+def test_queue_redis_out_of_memory_is_resource_exhausted(stack, tmp_path):
+    """The job queue on its own `noeviction` Redis, full: new work is refused with RESOURCE_EXHAUSTED."""
+    import subprocess
+
+    from maskserve.service.stack import start_redis
+
+    port = free_port()
+    queue_redis = start_redis(port, tmp_path)
+    try:
+        r = redis.Redis(port=port)
+        r.config_set("maxmemory", "2mb")
+        r.config_set("maxmemory-policy", "noeviction")
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for i in range(10_000):  # small values: the limit is checked before each write
+                r.set(f"ballast{i}", b"x" * 1000)
+        grpc_port = free_port()
+        env = {**stack.env("decoder"), "MASKSERVE_QUEUE_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+               "MASKSERVE_GRPC_PORT": str(grpc_port), "MASKSERVE_METRICS_PORT": "0"}
+        proc = start_role("decoder", env, tmp_path / "decoder.log")
+        try:
+            wait_serving(f"127.0.0.1:{grpc_port}", proc=proc)
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                s = pb_grpc.SegmenterStub(channel)
+                image = np.random.default_rng(11).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+                code, details = _code(lambda: s.EncodeImage(pb.EncodeImageRequest(image=image_message(image)),
+                                                            timeout=10))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "out of memory" in details
+            assert proc.poll() is None
+        finally:
+            stop(proc)
+    finally:
+        stop(queue_redis)
