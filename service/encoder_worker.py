@@ -27,8 +27,9 @@ log = logging.getLogger("maskserve.encoder")
 
 
 class EncoderWorker:
-    def __init__(self, settings: Settings, name: str | None = None) -> None:
+    def __init__(self, settings: Settings, name: str | None = None, stopping: threading.Event | None = None) -> None:
         self.settings = settings
+        self.stopping = stopping or threading.Event()
         self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False, threads=settings.ort_threads or None)
         self.manifest = self.model.manifest
         self.version = self.manifest.model_version
@@ -36,7 +37,6 @@ class EncoderWorker:
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis.Redis.from_url(settings.queue_url, socket_timeout=10, health_check_interval=10)
         self.cache = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
-        self.stopping = threading.Event()
 
     def _ensure_group(self) -> None:
         try:
@@ -150,15 +150,13 @@ class EncoderWorker:
                 self.stopping.wait(1.0)
         log.info("encoder %s stopped", self.name)
 
-    def stop(self, *_args) -> None:
-        self.stopping.set()
-
 
 def main(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if settings.metrics_port:
+    stopping = threading.Event()  # a SIGTERM while the engine loads is a clean stop too
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    worker = EncoderWorker(settings, stopping=stopping)
+    if settings.metrics_port:  # only once the engine is loaded: the startup probe waits on this port
         metrics.serve(settings.metrics_port)
-    worker = EncoderWorker(settings)
-    signal.signal(signal.SIGTERM, worker.stop)
-    signal.signal(signal.SIGINT, worker.stop)
     worker.run()

@@ -29,15 +29,20 @@ def start_redis(port: int, directory: str | Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    wait_listening(port, proc, 10, "redis-server")
+    return proc
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
+            return
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"redis-server did not start on port {port}")
+    raise RuntimeError(f"{what} did not start listening on port {port}")
 
 
 def start_role(role: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
@@ -97,8 +102,15 @@ class LocalStack:
         return {"MASKSERVE_REDIS_URL": self.redis_url, "MASKSERVE_MODEL_DIR": self.model_dir,
                 "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port), **self.extra_env}
 
-    def start_encoder(self, **env: str) -> subprocess.Popen:
-        return start_role("encoder", {**self.env("encoder"), **self.encoder_env, **env}, self.log_dir / "encoder.log")
+    def start_encoder(self, wait: bool = True, **env: str) -> subprocess.Popen:
+        """Start an encoder worker; with `wait`, return once its engine is loaded (it then opens its metrics port)."""
+        proc = start_role("encoder", {**self.env("encoder"), **self.encoder_env, **env}, self.log_dir / "encoder.log")
+        if wait:
+            self.wait_encoder(proc)
+        return proc
+
+    def wait_encoder(self, proc: subprocess.Popen) -> None:
+        wait_listening(self.metrics_ports[1], proc, 120, f"the encoder (log: {self.log_dir / 'encoder.log'})")
 
     def __enter__(self) -> "LocalStack":
         try:
@@ -106,9 +118,10 @@ class LocalStack:
                 port = free_port()
                 self.redis = start_redis(port, self.log_dir)
                 self.redis_url = f"redis://127.0.0.1:{port}/0"
-            self.encoder = self.start_encoder()
+            self.encoder = self.start_encoder(wait=False)
             self.decoder = start_role("decoder", self.env("decoder"), self.log_dir / "decoder.log")
             wait_serving(self.target, proc=self.decoder)
+            self.wait_encoder(self.encoder)
         except BaseException:
             self.__exit__()
             raise

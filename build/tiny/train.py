@@ -1,8 +1,10 @@
 """Train the tiny SAM-architecture model on procedural scenes, on the CPU, and save it in Meta's format.
 
-The model is the real SAM code (segment_anything's modules) shrunk by the `tiny` spec; the loss is SAM's
-(mask loss on the best of the three ambiguity-aware masks, MSE on the predicted IoU). Images go through
-the same NumPy pre-processing the Predictor uses.
+The model is the real SAM code (segment_anything's modules) shrunk by the `tiny` spec. The loss differs
+from SAM's in one way: these scenes have no part/whole ambiguity (a click names one whole object), so all
+four mask outputs learn that object instead of only the best of three, which gives every output head the
+full signal; the predicted IoU is trained as in SAM (MSE to the achieved IoU). Images go through the same
+NumPy pre-processing the Predictor uses.
 
     python -m maskserve.build.tiny.train --steps 2000 --out maskserve/models/sam_tiny.pth
 
@@ -81,6 +83,24 @@ def _batch(rng, spec, images_per_batch, prompts_per_image):
     return batch
 
 
+class _Batches(torch.utils.data.IterableDataset):
+    """Endless training batches, drawn in a worker process so scene drawing overlaps the model's step."""
+
+    def __init__(self, seed, spec, images_per_batch, prompts_per_image):
+        self.args = seed, spec, images_per_batch, prompts_per_image
+
+    def __iter__(self):
+        seed, spec, images, prompts = self.args
+        cv2.setNumThreads(1)
+        rng = np.random.default_rng(seed)
+        while True:
+            yield _batch(rng, spec, images, prompts)
+
+
+def _as_is(batch):
+    return batch
+
+
 def _embed_points(prompt_encoder, pts, lbl):
     """Sparse embeddings for points whose labels include box corners (2, 3) and padding (−1)."""
     pe = prompt_encoder.pe_layer.forward_with_coords(pts + 0.5, prompt_encoder.input_image_size)
@@ -109,7 +129,6 @@ def _losses(logits, target, valid):
 def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
           lr: float = 1e-3, log_every: int = 50, init: str | None = None) -> None:
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     spec = get_spec("tiny")
     sam = build_model(spec).train()
     if init:  # continue from an earlier run
@@ -122,8 +141,10 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
     pe_dense = None
     start = time.time()
     running = []
+    batches = iter(torch.utils.data.DataLoader(_Batches(seed, spec, images_per_batch, prompts_per_image),
+                                               batch_size=None, num_workers=1, collate_fn=_as_is))
     for step in range(steps):
-        batch = _batch(rng, spec, images_per_batch, prompts_per_image)
+        batch = next(batches)
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
         embeddings = sam.image_encoder(images)
         pe_dense = sam.prompt_encoder.get_dense_pe()
@@ -146,11 +167,10 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
                 v = torch.from_numpy(valid)
                 loss, iou = _losses(logits.flatten(0, 1), target.repeat_interleave(k, 0).view(n * k, *target.shape[1:]), v)
                 loss, iou = loss.view(n, k), iou.view(n, k)
-                best = loss[:, 1:].min(1)
-                mask_loss = torch.where(multi, best.values + 0.25 * loss[:, 0], loss[:, 0])
                 iou_loss = ((iou_pred - iou) ** 2).mean(1)
-                loss_total = loss_total + (mask_loss + iou_loss).sum()
-                chosen = torch.where(multi, iou[:, 1:].gather(1, best.indices[:, None])[:, 0], iou[:, 0])
+                loss_total = loss_total + (loss.mean(1) + iou_loss).sum()
+                best = iou_pred[:, 1:].argmax(1, keepdim=True).detach()  # what a caller of multimask gets
+                chosen = torch.where(multi, iou[:, 1:].gather(1, best)[:, 0], iou[:, 0])
                 ious.extend(chosen.tolist())
         n_prompts = max(1, len(ious))
         opt.zero_grad()
