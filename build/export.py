@@ -8,7 +8,8 @@ Decoder, for B prompts against one image embedding, each prompt a run of N point
           `mask_input` (B, 1, 4E, 4E) previous low-res logits, `has_mask_input` (B,) 1 or 0;
   outputs `iou_predictions` (B, 4) and `low_res_masks` (B, 4, 4E, 4E) for all four mask tokens
           (token 0 is the single-mask answer, tokens 1–3 the multimask ones).
-The arithmetic is the reference's, operation for operation, so ONNX Runtime matches PyTorch to float noise.
+The arithmetic is the reference's; only its order differs where that lets the runtime fuse work (see
+`upscale_masks`), so ONNX Runtime matches PyTorch to float noise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 OPSET = 17
@@ -58,17 +60,36 @@ class PromptDecoder(nn.Module):
         tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
         src = image_embeddings + dense
         pos_src = self.image_pe.expand(src.shape[0], -1, -1, -1)
-        b, c, h, w = src.shape
         hs, src = decoder.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
-        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return decoder.iou_prediction_head(iou_token_out), masks
+        side = self.image_pe.shape[-1]
+        return decoder.iou_prediction_head(iou_token_out), upscale_masks(decoder.output_upscaling, src, hyper_in, side)
+
+
+def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
+    """SAM's mask head (two 2×2 stride-2 transposed convolutions with LayerNorm2d and GELU, then the dot
+    product with each mask token's hypernetwork output) computed on channels-last tokens.
+
+    A k2/s2 transposed convolution is a GEMM from C to 4·C' channels followed by depth-to-space, and the
+    depth-to-space can wait: keeping each output pixel's row in "sub-pixel" order (i, j, di, dj, ei, ej)
+    turns both convolutions into plain MatMuls, LayerNorm2d into a LayerNormalization over the last axis,
+    and leaves one small reorder of the final (B, 4, 4E, 4E) masks instead of transposes of the 64- and
+    32-channel feature maps. tokens: (B, E·E, C) image tokens from the two-way transformer."""
+    up1, norm, act1, up2, act2 = upscaling
+    b = tokens.shape[0]
+    c1, c2 = up1.out_channels, up2.out_channels
+    x = tokens @ up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * c1)
+    x = act1(F.layer_norm(x.reshape(b, -1, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
+    x = x @ up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    x = act2(x.reshape(b, -1, c2) + up2.bias)
+    masks = x @ hyper_in.transpose(1, 2)  # (B, E·E·16, K) rows in (i, j, di, dj, ei, ej) order
+    k = hyper_in.shape[1]
+    masks = masks.reshape(b, side, side, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(b, k, 4 * side, 4 * side)
 
 
 def decoder_example_inputs(sam, batch: int = 2, points: int = 3) -> tuple[torch.Tensor, ...]:

@@ -75,23 +75,37 @@ def prompt_points(
     return np.concatenate(pts), np.concatenate(lbl)
 
 
-def _resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (C, h, w) float32 with half-pixel centres and no antialiasing, i.e. torch's
+def _resize_bilinear(x: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear resize of a (h, w) float32 map with half-pixel centres and no antialiasing, i.e. torch's
     `F.interpolate(mode="bilinear", align_corners=False)`; OpenCV computes the same sample positions."""
-    c, h, w = x.shape
-    if (h, w) == (height, width):
-        return x
-    if c <= 512:  # OpenCV resizes up to 512 channels at once in HWC layout
-        out = cv2.resize(np.ascontiguousarray(x.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
-        return out.reshape(height, width, c).transpose(2, 0, 1)
-    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in x])
+    if x.shape == (height, width):
+        if out is None:
+            return x
+        out[...] = x
+        return out
+    return cv2.resize(x, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
 def upscale_logits(
     low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int
 ) -> np.ndarray:
-    """(C, m, m) low-resolution logits → (C, H, W) logits at the original image size."""
+    """(C, m, m) low-resolution logits → (C, H, W) logits at the original image size: the reference's
+    upscale to the padded square, crop to the resized image, resize to the original size.
+
+    The square is an integral multiple s of the low-res side, so an output pixel below the crop reads
+    low-res samples only up to ceil(n / s): the low-res map is cropped first (to that plus the one sample
+    bilinear reads beyond), which computes the same values without upscaling the padding."""
     low_res = np.asarray(low_res, np.float32)
-    padded = _resize_bilinear(low_res, long_side, long_side)
-    cropped = np.ascontiguousarray(padded[:, : input_size[0], : input_size[1]])
-    return _resize_bilinear(cropped, original_size[0], original_size[1])
+    c, m, _ = low_res.shape
+    scale = long_side // m
+    (ih, iw), (h, w) = input_size, original_size
+    if scale * m == long_side:
+        rows, cols = min(m, -(-ih // scale) + 1), min(m, -(-iw // scale) + 1)
+        square = (rows * scale, cols * scale)
+    else:  # not an integral multiple: upscale the whole square
+        rows, cols, square = m, m, (long_side, long_side)
+    out = np.empty((c, h, w), np.float32)
+    for x, o in zip(low_res, out):
+        up = _resize_bilinear(np.ascontiguousarray(x[:rows, :cols]), *square)
+        _resize_bilinear(up[:ih, :iw], h, w, out=o)
+    return out
