@@ -37,6 +37,7 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
            max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
     export.export_encoder(sam, staging / "encoder.onnx")
     export.export_decoder(sam, staging / "decoder.onnx")
+    export.export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
     checkpoint_sha256 = file_digest(checkpoint)
     manifest = Manifest(
         model_type=model_type,
@@ -52,7 +53,7 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         checkpoint_sha256=checkpoint_sha256,
         model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape),
         encoder={"file": "encoder.onnx"},
-        decoder={"file": "decoder.onnx"},
+        decoder={"file": "decoder.onnx", "image_file": "decoder_image.onnx", "points_file": "decoder_points.onnx"},
     )
     manifest.save(staging)
     if backend == "tensorrt":

@@ -2,18 +2,26 @@
 
 Encoder: `images` (B, 3, S, S) normalised and padded → `image_embeddings` (B, C, E, E).
 
-Decoder, for B prompts against one image embedding, each prompt a run of N points:
+Decoder (`decoder.onnx`, the general graph), for B prompts against one image embedding, each a run of N points:
   inputs  `image_embeddings` (1, C, E, E), `point_coords` (B, N, 2) in the resized input frame,
           `point_labels` (B, N) with 1 = foreground, 0 = background, 2/3 = box corners, −1 = padding,
           `mask_input` (B, 1, 4E, 4E) previous low-res logits, `has_mask_input` (B,) 1 or 0;
   outputs `iou_predictions` (B, 4) and `low_res_masks` (B, 4, 4E, 4E) for all four mask tokens
           (token 0 is the single-mask answer, tokens 1–3 the multimask ones).
+Two more graphs split the decoder's work on prompts without a mask input, the common case: in the first
+transformer block the image tokens have not yet seen a prompt, so their projections depend on the image
+alone. `decoder_image.onnx` computes them once per image (`image_embeddings` → `image_keys`,
+`image_values`, `image_queries`, each (1, heads, E·E, d)); `decoder_points.onnx` takes them with
+`image_embeddings`, `point_coords` and `point_labels` and returns the same two outputs, broadcasting the
+image side over the batch instead of repeating it per prompt.
+
 The arithmetic is the reference's; only its order differs where that lets the runtime fuse work (see
 `upscale_masks`), so ONNX Runtime matches PyTorch to float noise.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,6 +35,10 @@ ENCODER_INPUTS = ["images"]
 ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
+IMAGE_FEATURES = ["image_keys", "image_values", "image_queries"]
+POINTS_INPUTS = ["image_embeddings", *IMAGE_FEATURES, "point_coords", "point_labels"]
+PROMPT_AXES = {"point_coords": {0: "batch", 1: "points"}, "point_labels": {0: "batch", 1: "points"},
+               "iou_predictions": {0: "batch"}, "low_res_masks": {0: "batch"}}
 
 
 class PromptDecoder(nn.Module):
@@ -54,20 +66,94 @@ class PromptDecoder(nn.Module):
         dense = has_mask * self.prompt_encoder.mask_downscaling(mask_input) + (
             1 - has_mask
         ) * self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-
-        decoder = self.mask_decoder
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
         src = image_embeddings + dense
         pos_src = self.image_pe.expand(src.shape[0], -1, -1, -1)
-        hs, src = decoder.transformer(src, pos_src, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+        queries, keys = self.mask_decoder.transformer(src, pos_src, self.prompt_tokens(sparse))
+        return self.heads(queries, keys)
+
+    def prompt_tokens(self, sparse: torch.Tensor) -> torch.Tensor:
+        """The output tokens (IoU, then the four masks') followed by the prompt's point embeddings."""
+        decoder = self.mask_decoder
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        return torch.cat([tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1)
+
+    def image_tokens(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image as (1, E·E, C) tokens with no mask input added, and its positional encoding likewise."""
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return ((image_embeddings + no_mask).flatten(2).transpose(1, 2),
+                self.image_pe.flatten(2).transpose(1, 2))
+
+    def heads(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's outputs → (IoU predictions (B, 4), low-res mask logits (B, 4, 4E, 4E))."""
+        decoder = self.mask_decoder
+        mask_tokens_out = queries[:, 1 : 1 + decoder.num_mask_tokens, :]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
         side = self.image_pe.shape[-1]
-        return decoder.iou_prediction_head(iou_token_out), upscale_masks(decoder.output_upscaling, src, hyper_in, side)
+        return decoder.iou_prediction_head(queries[:, 0, :]), upscale_masks(decoder.output_upscaling, keys, hyper_in, side)
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, N, C) → (B, n, N, C/n), as SAM's Attention separates heads."""
+    b, t, c = x.shape
+    return x.reshape(b, t, n, c // n).transpose(1, 2)
+
+
+def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SAM's Attention after its input projections: q, k, v already projected and split into heads."""
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    out = weights @ v
+    b, n, t, d = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, n * d))
+
+
+class DecoderImagePart(nn.Module):
+    """The first block's projections of the image tokens: they depend on the image only (given no mask input)."""
+
+    def __init__(self, sam) -> None:
+        super().__init__()
+        self.decoder = PromptDecoder(sam)
+
+    def forward(self, image_embeddings):
+        d = self.decoder
+        block = d.mask_decoder.transformer.layers[0]
+        tokens, pe = d.image_tokens(image_embeddings)
+        to_image, to_token = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        return (_heads(to_image.k_proj(tokens + pe), to_image.num_heads),
+                _heads(to_image.v_proj(tokens), to_image.num_heads),
+                _heads(to_token.q_proj(tokens + pe), to_token.num_heads))
+
+
+class PointsDecoder(nn.Module):
+    """The decoder for prompts without a mask input, given `DecoderImagePart`'s outputs: SAM's two-way
+    transformer with its first block's image-side projections taken as inputs, shared by the batch."""
+
+    def __init__(self, sam) -> None:
+        super().__init__()
+        self.decoder = PromptDecoder(sam)
+
+    def forward(self, image_embeddings, image_keys, image_values, image_queries, point_coords, point_labels):
+        d = self.decoder
+        mask_decoder = d.mask_decoder
+        transformer = mask_decoder.transformer
+        prompt = d.prompt_tokens(d._embed_points(point_coords, point_labels))
+        keys, pe = d.image_tokens(image_embeddings)
+        block = transformer.layers[0]  # SAM's first block skips the positional encoding in self-attention
+        queries = block.norm1(block.self_attn(q=prompt, k=prompt, v=prompt))
+        to_image = block.cross_attn_token_to_image
+        q = _heads(to_image.q_proj(queries + prompt), to_image.num_heads)
+        queries = block.norm2(queries + _attend(to_image, q, image_keys, image_values))
+        queries = block.norm3(queries + block.mlp(queries))
+        to_token = block.cross_attn_image_to_token
+        k = _heads(to_token.k_proj(queries + prompt), to_token.num_heads)
+        v = _heads(to_token.v_proj(queries), to_token.num_heads)
+        keys = block.norm4(keys + _attend(to_token, image_queries, k, v))
+        for layer in transformer.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=prompt, key_pe=pe)
+        queries = transformer.norm_final_attn(
+            queries + transformer.final_attn_token_to_image(q=queries + prompt, k=keys + pe, v=keys))
+        return d.heads(queries, keys)
 
 
 def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
@@ -137,14 +223,16 @@ def export_encoder(sam, path: Path) -> None:
 
 @torch.no_grad()
 def export_decoder(sam, path: Path) -> None:
-    _export(
-        PromptDecoder(sam).eval(), decoder_example_inputs(sam), path, DECODER_INPUTS, DECODER_OUTPUTS,
-        {
-            "point_coords": {0: "batch", 1: "points"},
-            "point_labels": {0: "batch", 1: "points"},
-            "mask_input": {0: "batch"},
-            "has_mask_input": {0: "batch"},
-            "iou_predictions": {0: "batch"},
-            "low_res_masks": {0: "batch"},
-        },
-    )
+    """The general decoder graph; with `export_points_decoder`, `path`'s `_image` and `_points` siblings."""
+    _export(PromptDecoder(sam).eval(), decoder_example_inputs(sam), path, DECODER_INPUTS, DECODER_OUTPUTS,
+            {**PROMPT_AXES, "mask_input": {0: "batch"}, "has_mask_input": {0: "batch"}})
+
+
+@torch.no_grad()
+def export_points_decoder(sam, image_path: Path, points_path: Path) -> None:
+    """The split decoder for prompts without a mask input: `DecoderImagePart` and `PointsDecoder`."""
+    embeddings, coords, labels = decoder_example_inputs(sam)[:3]
+    image_part = DecoderImagePart(sam).eval()
+    _export(image_part, (embeddings,), image_path, ["image_embeddings"], IMAGE_FEATURES, None)
+    _export(PointsDecoder(sam).eval(), (embeddings, *image_part(embeddings), coords, labels), points_path,
+            POINTS_INPUTS, DECODER_OUTPUTS, PROMPT_AXES)

@@ -1,7 +1,8 @@
 """Runtimes that execute a model directory, behind two small interfaces:
 
 - an encoder: `encode(images (B, 3, S, S)) -> embeddings (B, C, E, E)`;
-- a decoder: `decode(embedding, coords, labels, mask_input, has_mask_input) -> (iou (B, 4), logits (B, 4, M, M))`.
+- a decoder: `prepare(embedding) -> features | None`, once per image, then
+  `decode(embedding, coords, labels, mask_input, has_mask_input, features) -> (iou (B, 4), logits (B, 4, M, M))`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class Manifest:
     checkpoint_sha256: str
     model_version: str
     encoder: dict  # {"file": ..., plus backend details}
-    decoder: dict
+    decoder: dict  # "file": the general graph; ONNX Runtime also "image_file" + "points_file" (see build/export.py)
     format: int = FORMAT
     extra: dict = field(default_factory=dict)  # backend specifics: TensorRT GPU architecture, profiles
 
@@ -65,8 +65,9 @@ class Manifest:
         m.embedding_shape = tuple(m.embedding_shape)
         m.pixel_mean, m.pixel_std = tuple(m.pixel_mean), tuple(m.pixel_std)
         for part in (m.encoder, m.decoder):
-            if not (Path(directory) / part["file"]).is_file():
-                raise ModelDirError(f"{directory}: {part['file']} named by the manifest is missing")
+            for key in ("file", "image_file", "points_file"):
+                if key in part and not (Path(directory) / part[key]).is_file():
+                    raise ModelDirError(f"{directory}: {part[key]} named by the manifest is missing")
         return m
 
 

@@ -33,13 +33,31 @@ class OnnxEncoder:
 
 
 class OnnxDecoder:
-    """Runs the prompt decoder on a batch of prompts of equal point count against one embedding."""
+    """Runs the prompt decoder on a batch of prompts of equal point count against one embedding.
+
+    Where the model directory has the split decoder (build/export.py), `prepare` does the image's share of
+    the work once per image and `decode` given its result answers prompts without a mask input from it."""
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
-        self.session = _session(Path(model_dir) / manifest.decoder["file"], threads)
+        d = manifest.decoder
+        self.session = _session(Path(model_dir) / d["file"], threads)
+        split = "image_file" in d and "points_file" in d
+        self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
+        self.points_session = _session(Path(model_dir) / d["points_file"], threads) if split else None
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input):
+    def prepare(self, embedding: np.ndarray) -> dict | None:
+        """The per-image tensors `decode` takes as `features`; None without a split decoder."""
+        if self.image_session is None:
+            return None
+        names = [o.name for o in self.image_session.get_outputs()]
+        return dict(zip(names, self.image_session.run(None, {"image_embeddings": embedding})))
+
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None):
         """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens."""
+        if features is not None and not np.any(has_mask_input):
+            iou, masks = self.points_session.run(None, {
+                "image_embeddings": embedding, **features, "point_coords": coords, "point_labels": labels})
+            return iou, masks
         iou, masks = self.session.run(None, {
             "image_embeddings": embedding,
             "point_coords": coords,

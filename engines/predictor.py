@@ -37,6 +37,7 @@ class Predictor:
     def set_embedding(self, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
         """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W)."""
         self.features = np.ascontiguousarray(embedding, np.float32).reshape(1, *self.manifest.embedding_shape)
+        self.decoder_features = self.model.decoder.prepare(self.features)
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = transforms.resized_shape(*self.original_size, self.manifest.image_size)
         self.is_image_set = True
@@ -47,7 +48,7 @@ class Predictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features = None
+        self.features = self.decoder_features = None
         self.original_size = None
         self.input_size = None
 
@@ -65,7 +66,7 @@ class Predictor:
         self._require_image()
         prompt = prompts.Prompt(point_coords, point_labels, box, mask_input)
         (answer,) = prompts.decode(self.model.decoder, self.manifest, self.features, self.original_size,
-                                   [prompt], multimask_output)
+                                   [prompt], multimask_output, features=self.decoder_features)
         logits = prompts.full_resolution_logits(answer.low_res_logits, self.manifest, self.original_size)
         masks = logits if return_logits else logits > 0.0
         return masks, answer.iou_predictions, answer.low_res_logits

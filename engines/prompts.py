@@ -92,8 +92,10 @@ def validate(prompt: Prompt, original_size: tuple[int, int], mask_input_size: in
 def decode(
     decoder, manifest: Manifest, embedding: np.ndarray, original_size: tuple[int, int],
     prompts: list[Prompt], multimask_output: bool = True, max_points: int = MAX_POINTS,
+    features: dict | None = None,
 ) -> list[Answer]:
-    """Answer each prompt (validated here) against one image embedding (1, C, E, E)."""
+    """Answer each prompt (validated here) against one image embedding (1, C, E, E); `features` is what
+    `decoder.prepare(embedding)` returned, if the caller keeps it."""
     size, m = manifest.image_size, manifest.mask_input_size
     prepared = []
     for p in prompts:
@@ -103,9 +105,9 @@ def decode(
         pts, lbl = transforms.prompt_points(coords, p.point_labels, corners)
         prepared.append((pts, lbl, p.mask_input))
 
-    groups: dict[int, list[int]] = {}
-    for i, (pts, _, _) in enumerate(prepared):
-        groups.setdefault(len(pts), []).append(i)
+    groups: dict[tuple[int, bool], list[int]] = {}  # by point count, and mask input or not
+    for i, (pts, _, mask) in enumerate(prepared):
+        groups.setdefault((len(pts), mask is not None), []).append(i)
     answers: list[Answer | None] = [None] * len(prepared)
     token_slice = slice(1, None) if multimask_output else slice(0, 1)
     embedding = np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
@@ -118,7 +120,7 @@ def decode(
             if prepared[i][2] is not None:
                 masks_in[row] = prepared[i][2]
                 has_mask[row] = 1.0
-        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask)
+        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask, features)
         for row, i in enumerate(idx):
             answers[i] = Answer(iou[row, token_slice].copy(), low[row, token_slice].copy())
     return answers  # type: ignore[return-value]

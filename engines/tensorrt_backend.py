@@ -117,7 +117,10 @@ class TensorRTDecoder:
         self.engine = _Engine(model_dir, manifest, manifest.decoder)
         self.max_batch = int(manifest.decoder.get("max_batch", 1))
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input):
+    def prepare(self, embedding: np.ndarray) -> None:
+        return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough
+
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features=None):
         ious, masks = [], []
         for i in range(0, len(coords), self.max_batch):
             s = slice(i, i + self.max_batch)

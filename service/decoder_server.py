@@ -198,8 +198,11 @@ class Segmenter(pb_grpc.SegmenterServicer):
     # -- decoding -------------------------------------------------------------------------------------
     def _answer(self, emb: store.Embedding, prompts: list, options) -> list:
         start = time.perf_counter()
+        if emb.decoder_features is None:  # first prompt on this image in this process
+            emb.decoder_features = self.model.decoder.prepare(emb.array)
         answers = prompt_lib.decode(self.model.decoder, self.manifest, emb.array, emb.original_size, prompts,
-                                    multimask_output=not options.single_mask, max_points=self.settings.max_points)
+                                    multimask_output=not options.single_mask, max_points=self.settings.max_points,
+                                    features=emb.decoder_features)
         metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
         start = time.perf_counter()
         results = [self._result(a, emb.original_size, options) for a in answers]

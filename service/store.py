@@ -21,6 +21,7 @@ class Embedding:
     array: np.ndarray  # (1, C, E, E) float32
     model_version: str
     original_size: tuple[int, int]  # (H, W) of the image
+    decoder_features: dict | None = None  # the decoder's per-image work, kept with the embedding in the LRU
 
 
 def key(model_version: str, image_id: str) -> str:

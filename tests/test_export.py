@@ -83,6 +83,24 @@ def test_decoder_batch_equals_prompts_one_by_one(built, tiny_checkpoint):
         assert np.abs(ref[0].numpy()[0] - iou[i]).max() < 1e-5
 
 
+def test_split_decoder_answers_like_the_general_graph(built):
+    """Prompts without a mask input take decoder_image + decoder_points; they must answer as decoder.onnx."""
+    out, _ = built
+    decoder = load(out, encoder=False).decoder
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(1, 64, 32, 32)).astype(np.float32)
+    features = decoder.prepare(emb)
+    assert features is not None and set(features) == {"image_keys", "image_values", "image_queries"}
+    for b, n in ((1, 2), (6, 3)):
+        coords = rng.uniform(0, 256, (b, n, 2)).astype(np.float32)
+        labels = rng.choice([0.0, 1.0, -1.0, 2.0, 3.0], (b, n)).astype(np.float32)
+        no_masks = (np.zeros((b, 1, 128, 128), np.float32), np.zeros(b, np.float32))
+        general = decoder.decode(emb, coords, labels, *no_masks)
+        split = decoder.decode(emb, coords, labels, *no_masks, features=features)
+        assert np.abs(general[0] - split[0]).max() < 1e-5
+        assert np.abs(general[1] - split[1]).max() < 1e-4
+
+
 def test_encoder_takes_a_batch(built):
     out, _ = built
     encoder = load(out, decoder=False).encoder
@@ -92,7 +110,7 @@ def test_encoder_takes_a_batch(built):
     assert np.abs(batch[1:2] - encoder.encode(x[1:2])).max() < 1e-4
 
 
-@pytest.mark.parametrize("name", ["encoder.onnx", "decoder.onnx"])
+@pytest.mark.parametrize("name", ["encoder.onnx", "decoder.onnx", "decoder_image.onnx", "decoder_points.onnx"])
 def test_graphs_are_valid_onnx_with_the_dynamic_axes_tensorrt_profiles_use(built, name):
     out, _ = built
     model = onnx.load(str(out / name))
@@ -100,10 +118,15 @@ def test_graphs_are_valid_onnx_with_the_dynamic_axes_tensorrt_profiles_use(built
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     if name == "encoder.onnx":
         assert dims == {"images": ["batch", 3, 256, 256]}
+    elif name == "decoder_image.onnx":
+        assert dims == {"image_embeddings": [1, 64, 32, 32]}
     else:
         assert dims["image_embeddings"] == [1, 64, 32, 32]
         assert dims["point_coords"] == ["batch", "points", 2]
-        assert dims["mask_input"] == ["batch", 1, 128, 128]
+        if name == "decoder.onnx":
+            assert dims["mask_input"] == ["batch", 1, 128, 128]
+        else:
+            assert dims["image_keys"][:2] == [1, 4] and dims["image_keys"][2] == 32 * 32
     # Only standard-domain operators: what TensorRT's ONNX parser reads.
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
 
