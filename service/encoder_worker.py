@@ -28,6 +28,9 @@ log = logging.getLogger("maskserve.encoder")
 
 class EncoderWorker:
     def __init__(self, settings: Settings, name: str | None = None, stopping: threading.Event | None = None) -> None:
+        if settings.embedding_dtype not in store.DTYPES:
+            raise ValueError(f"MASKSERVE_EMBEDDING_DTYPE must be one of {', '.join(store.DTYPES)}, "
+                             f"got {settings.embedding_dtype!r}")
         self.settings = settings
         self.stopping = stopping or threading.Event()
         self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False, threads=settings.ort_threads or None)
@@ -121,8 +124,8 @@ class EncoderWorker:
         metrics.BATCH.observe(len(good))
         cache = self.cache.pipeline(transaction=False)
         for (_, fields), emb, size in zip(good, embeddings, sizes):
-            cache.set(store.key(self.version, fields[b"image_id"].decode()), store.pack(emb[None], self.version, size),
-                      ex=self.settings.embedding_ttl_s)
+            blob = store.pack(emb[None], self.version, size, self.settings.embedding_dtype)
+            cache.set(store.key(self.version, fields[b"image_id"].decode()), blob, ex=self.settings.embedding_ttl_s)
         cache.execute()  # stored first: only then is the job done
         pipe = self.redis.pipeline()
         for (entry_id, fields) in good:

@@ -42,10 +42,12 @@ def check_parity(model_name, checkpoint, model_type, model_dir, images):
 
     reference = SamPredictor(load_model(checkpoint, model_type))
     ours = Predictor(model_dir)
-    worst_iou, worst_score = (1.0, ""), (0.0, "")
+    half = Predictor(model_dir)  # with the embedding as MASKSERVE_EMBEDDING_DTYPE=float16 stores it
+    worst_iou, worst_score, worst_half = (1.0, ""), (0.0, ""), (1.0, "")
     for image_name, image in images.items():
         reference.set_image(image)
         ours.set_image(image)
+        half.set_embedding(ours.get_image_embedding().astype(np.float16), image.shape[:2])
         h, w = image.shape[:2]
         previous = None
         for case, kwargs in _prompt_cases(h, w):
@@ -53,6 +55,7 @@ def check_parity(model_name, checkpoint, model_type, model_dir, images):
                 kwargs = dict(kwargs, mask_input=previous)
             ref = reference.predict(**kwargs)
             got = ours.predict(**kwargs)
+            got_half = half.predict(**kwargs)
             for r, g in zip(ref, got):
                 assert g.shape == r.shape and g.dtype == r.dtype, (case, g.shape, r.shape, g.dtype, r.dtype)
             where = f"{model_name} {image_name} {case}"
@@ -60,6 +63,9 @@ def check_parity(model_name, checkpoint, model_type, model_dir, images):
                 iou = _iou(ref[0][k], got[0][k])
                 if iou < worst_iou[0]:
                     worst_iou = (iou, f"{where} mask {k}")
+                iou = _iou(ref[0][k], got_half[0][k])
+                if iou < worst_half[0]:
+                    worst_half = (iou, f"{where} mask {k}")
             delta = float(np.abs(ref[1] - got[1]).max())
             if delta > worst_score[0]:
                 worst_score = (delta, where)
@@ -69,8 +75,10 @@ def check_parity(model_name, checkpoint, model_type, model_dir, images):
         assert logits_got.dtype == np.float32
         assert np.abs(logits_ref - logits_got).max() < 1e-2
     report(f"parity {model_name}: worst mask IoU {worst_iou[0]:.6f} ({worst_iou[1]}); "
-           f"worst |Δ predicted IoU| {worst_score[0]:.2e} ({worst_score[1]})")
+           f"worst |Δ predicted IoU| {worst_score[0]:.2e} ({worst_score[1]}); "
+           f"float16 embeddings: worst mask IoU {worst_half[0]:.6f} ({worst_half[1]})")
     assert worst_iou[0] >= IOU_MIN, worst_iou
+    assert worst_half[0] >= IOU_MIN, worst_half
     assert worst_score[0] <= SCORE_TOL, worst_score
 
 

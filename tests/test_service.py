@@ -537,3 +537,26 @@ def test_queue_redis_out_of_memory_is_resource_exhausted(stack, tmp_path):
             stop(proc)
     finally:
         stop(queue_redis)
+
+
+def test_float16_embeddings_halve_the_store_and_keep_masks(stack, photos, tiny_model_dir, tmp_path):
+    """MASKSERVE_EMBEDDING_DTYPE=float16: half the bytes in Redis, masks within the parity bound."""
+    from maskserve.service import store
+
+    image = photos["coffee_400x600"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+    url = stack.redis_url.rsplit("/", 1)[0] + "/1"  # the same server, a keyspace of its own
+    with LocalStack(redis_url=url, log_dir=tmp_path, extra_env={"MASKSERVE_EMBEDDING_DTYPE": "float16"}) as s, \
+            grpc.insecure_channel(s.target) as channel:
+        stub16 = pb_grpc.SegmenterStub(channel)
+        encoded = stub16.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
+        blob = redis.Redis.from_url(url).get(store.key(encoded.model_version, encoded.image_id))
+        assert len(blob) < 64 * 32 * 32 * 2 + 200
+        assert store.unpack(blob).array.dtype == np.float32
+        for x, y in ((300, 200), (100, 80), (500, 350)):
+            reply = stub16.SegmentPrompt(_point_request(encoded.image_id, x, y), timeout=30).results[0]
+            expected = local.predict(np.array([[x, y]]), np.array([1]))[0]
+            for m, e in zip(reply.masks, expected):
+                got = decode_mask(m)
+                assert np.logical_and(got, e).sum() / max(1, np.logical_or(got, e).sum()) >= 0.995
