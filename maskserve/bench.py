@@ -146,6 +146,9 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         r = redis.Redis.from_url(stack.redis_url)
         key = store.key(m.model_version, image_id)
         series["embedding fetch from Redis"] = _timed(lambda: store.unpack(r.get(key)), requests)
+        stored = store.unpack(r.get(key))
+        r.set(key + ":float16", store.pack(stored.array, m.model_version, stored.original_size, "float16"), ex=600)
+        series["embedding fetch from Redis, float16"] = _timed(lambda: store.unpack(r.get(key + ":float16")), requests)
         distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(encode_images)]
         ids: list[str] = []
         start = time.perf_counter()
