@@ -102,8 +102,10 @@ def _stream(stub, image_id: str, points: list) -> list[float]:
         t = time.perf_counter()
         outbox.put(pb.StreamSegmentRequest(sequence=i, prompt=prompt_message([[x, y]], [1]),
                                            options=pb.OutputOptions(best_mask_only=True)))
-        next(replies)
+        reply = next(replies)
         latencies.append(time.perf_counter() - t)
+        if reply.HasField("error"):
+            raise RuntimeError(f"stream message {i} failed: {reply.error.message}")
     outbox.put(None)
     return latencies
 
@@ -139,7 +141,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
                                        options=pb.OutputOptions(single_mask=True))
         series[f"{len(boxes)} boxes in one call"] = _timed(lambda: stub.SegmentPrompt(many, timeout=120),
                                                            max(3, requests // 10), warmup=1)
-        gaze = [(w * (0.3 + 0.4 * np.sin(i / 7)), h * (0.4 + 0.2 * np.cos(i / 5))) for i in range(requests)]
+        gaze = [(w * (0.5 + 0.35 * np.sin(i / 7)), h * (0.4 + 0.2 * np.cos(i / 5))) for i in range(requests)]
         series["stream, gaze points"] = _stream(stub, image_id, gaze)
         import redis
 
