@@ -69,7 +69,7 @@ class PromptDecoder(nn.Module):
         src = image_embeddings + dense
         pos_src = self.image_pe.expand(src.shape[0], -1, -1, -1)
         queries, keys = self.mask_decoder.transformer(src, pos_src, self.prompt_tokens(sparse))
-        return self.heads(queries, keys)
+        return self.outputs(queries, keys)
 
     def prompt_tokens(self, sparse: torch.Tensor) -> torch.Tensor:
         """The output tokens (IoU, then the four masks') followed by the prompt's point embeddings."""
@@ -83,7 +83,7 @@ class PromptDecoder(nn.Module):
         return ((image_embeddings + no_mask).flatten(2).transpose(1, 2),
                 self.image_pe.flatten(2).transpose(1, 2))
 
-    def heads(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformer's outputs → (IoU predictions (B, 4), low-res mask logits (B, 4, 4E, 4E))."""
         decoder = self.mask_decoder
         mask_tokens_out = queries[:, 1 : 1 + decoder.num_mask_tokens, :]
@@ -153,7 +153,7 @@ class PointsDecoder(nn.Module):
             queries, keys = layer(queries=queries, keys=keys, query_pe=prompt, key_pe=pe)
         queries = transformer.norm_final_attn(
             queries + transformer.final_attn_token_to_image(q=queries + prompt, k=keys + pe, v=keys))
-        return d.heads(queries, keys)
+        return d.outputs(queries, keys)
 
 
 def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
