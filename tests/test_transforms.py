@@ -67,3 +67,14 @@ def test_prompt_points_pad_like_the_reference():
     assert pts.tolist() == [[1, 2], [3, 4], [5, 6]] and lbl.tolist() == [0, 2, 3]
     pts, lbl = transforms.prompt_points(None, None, np.array([[3, 4], [5, 6]]))
     assert lbl.tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("low_side,long_side,size", [(64, 256, (256, 171)), (100, 256, (170, 256)), (128, 256, (33, 256))])
+def test_upscaled_logits_for_other_model_sizes(low_side, long_side, size):
+    """The tiny model's 2x scale, a non-integral scale, and a very elongated image."""
+    low = np.random.default_rng(5).normal(0, 4, (2, low_side, low_side)).astype(np.float32)
+    input_size = transforms.resized_shape(*size, long_side)
+    t = F.interpolate(torch.from_numpy(low)[None], (long_side, long_side), mode="bilinear", align_corners=False)
+    ref = F.interpolate(t[..., : input_size[0], : input_size[1]], size, mode="bilinear", align_corners=False)[0]
+    got = transforms.upscale_logits(low, input_size, size, long_side)
+    assert np.abs(got - ref.numpy()).max() < 1e-4
