@@ -43,6 +43,20 @@ def _timed(fn, n: int, warmup: int = 3) -> list[float]:
     return out
 
 
+def _stage_totals(metrics_port: int) -> dict[str, float]:
+    """The decoder's own per-stage time sums and counts, from its /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    totals = {}
+    for line in text.splitlines():
+        if line.startswith("maskserve_stage_duration_seconds_sum{") or line.startswith(
+                "maskserve_stage_duration_seconds_count{"):
+            name, value = line.rsplit(" ", 1)
+            totals[name] = float(value)
+    return totals
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -128,9 +142,15 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         rle3 = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])])
         best = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])],
                                        options=pb.OutputOptions(best_mask_only=True))
-        cpu0 = _cpu_seconds(stack.decoder.pid)
+        cpu0, stages0 = _cpu_seconds(stack.decoder.pid), _stage_totals(stack.metrics_ports[0])
         series["segment 1 point, 3 masks RLE"] = _timed(lambda: stub.SegmentPrompt(rle3, timeout=60), requests)
         cpu_per_request = (_cpu_seconds(stack.decoder.pid) - cpu0) / (requests + 3)
+        stages1 = _stage_totals(stack.metrics_ports[0])
+        in_service = {}  # mean time per request of each stage inside the decoder process
+        for stage in ("decode", "postprocess"):
+            total, count = (f'maskserve_stage_duration_seconds_{k}{{stage="{stage}"}}' for k in ("sum", "count"))
+            n = stages1.get(count, 0) - stages0.get(count, 0)
+            in_service[f"{stage}_mean_ms"] = 1000 * (stages1.get(total, 0) - stages0.get(total, 0)) / n if n else None
         series["segment 1 point, best mask"] = _timed(lambda: stub.SegmentPrompt(best, timeout=60), requests)
         lat, throughput = _closed_loop(stub, rle3, clients, max(1, requests // clients))
         series[f"closed loop, {clients} clients"] = lat
@@ -191,7 +211,10 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     result["decoder"] = {"flops_per_prompt": flops, "flops_per_image_once": image_flops,
                          "cpu_seconds_per_request": cpu_per_request,
                          "achieved_flops": flops / (dec["p50_ms"] / 1000) if flops else None,
-                         "serving_overhead_p50_ms": seg["p50_ms"] - dec["p50_ms"]}
+                         "serving_overhead_p50_ms": seg["p50_ms"] - dec["p50_ms"],
+                         "in_service": in_service}
+    if in_service.get("decode_mean_ms"):  # the same measured inside the service, free of run-to-run drift
+        result["decoder"]["serving_overhead_mean_ms"] = seg["mean_ms"] - in_service["decode_mean_ms"]
     if flops:
         result["decoder"]["fraction_of_peak"] = result["decoder"]["achieved_flops"] / result["machine"]["peak_flops"]
 
