@@ -553,10 +553,26 @@ def test_float16_embeddings_halve_the_store_and_keep_masks(stack, photos, tiny_m
         encoded = stub16.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
         blob = redis.Redis.from_url(url).get(store.key(encoded.model_version, encoded.image_id))
         assert len(blob) < 64 * 32 * 32 * 2 + 200
-        assert store.unpack(blob).array.dtype == np.float32
+        array = store.unpack(blob).array
+        stored = np.frombuffer(blob[-array.size * 2:], np.float16).reshape(array.shape)
+        assert array.dtype == np.float32 and np.array_equal(array, stored.astype(np.float32))
         for x, y in ((300, 200), (100, 80), (500, 350)):
             reply = stub16.SegmentPrompt(_point_request(encoded.image_id, x, y), timeout=30).results[0]
             expected = local.predict(np.array([[x, y]]), np.array([1]))[0]
             for m, e in zip(reply.masks, expected):
                 got = decode_mask(m)
                 assert np.logical_and(got, e).sum() / max(1, np.logical_or(got, e).sum()) >= 0.995
+
+
+def test_float16_to_float32_is_exact_for_every_value():
+    """The embedding reader's fast conversion, over all 65536 float16 bit patterns: infinities and
+    subnormals bit for bit, NaNs stay NaN (signalling ones come back quiet)."""
+    from maskserve.service.store import half_to_float
+
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    converted = half_to_float(every)
+    assert converted.dtype == np.float32 and converted.shape == every.shape
+    expected = every.astype(np.float32)
+    assert np.array_equal(converted, expected, equal_nan=True)
+    finite = np.isfinite(expected)
+    assert np.array_equal(converted[finite].view(np.uint32), expected[finite].view(np.uint32))  # -0.0 too
