@@ -38,6 +38,8 @@ test-fast: setup redis
 tiny-model: setup
 	$(PY) -m maskserve.build.tiny.train --steps 2000 --out out/tiny-stage1.pth
 	$(PY) -m maskserve.build.tiny.train --steps 6000 --lr 1e-3 --seed 3 --init out/tiny-stage1.pth \
+		--out out/tiny-stage2.pth
+	$(PY) -m maskserve.build.tiny.train --steps 4500 --lr 4e-4 --seed 4 --init out/tiny-stage2.pth \
 		--out maskserve/models/sam_tiny.pth
 	$(VENV)/bin/maskserve build --model-type tiny --checkpoint maskserve/models/sam_tiny.pth --out maskserve/models/tiny
 	$(PY) -m maskserve.build.tiny.evaluate

@@ -8,7 +8,7 @@ NumPy pre-processing the Predictor uses.
 
     python -m maskserve.build.tiny.train --steps 2000 --out maskserve/models/sam_tiny.pth
 
-(`make tiny-model` runs the two stages the shipped weights came from.)
+(`make tiny-model` runs the current recipe: three stages, each continuing the last with a fresh schedule.)
 """
 
 from __future__ import annotations
