@@ -399,5 +399,5 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 def main(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, "decoder")
     asyncio.run(serve(settings))

