@@ -260,9 +260,12 @@ def _plot(series: dict[str, list[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 6))
-    for name, values in series.items():
+    colours = plt.get_cmap("tab20").colors[::2]  # ten distinct ones; the reference is drawn black, dashed
+    for i, (name, values) in enumerate(series.items()):
         ms = np.sort(np.asarray(values) * 1000)
-        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=name)
+        reference = name.startswith("reference")
+        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=name, color="black" if reference else
+                colours[i % len(colours)], linestyle="--" if reference else "-")
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("fraction of requests ≤ latency")
