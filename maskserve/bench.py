@@ -43,18 +43,16 @@ def _timed(fn, n: int, warmup: int = 3) -> list[float]:
     return out
 
 
-def _stage_totals(metrics_port: int) -> dict[str, float]:
-    """The decoder's own per-stage time sums and counts, from its /metrics."""
+def _stage_totals(metrics_port: int) -> dict[tuple[str, str], float]:
+    """The decoder's own per-stage time sums and counts, from its /metrics: {(stage, "sum"|"count"): value}."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    totals = {}
-    for line in text.splitlines():
-        if line.startswith("maskserve_stage_duration_seconds_sum{") or line.startswith(
-                "maskserve_stage_duration_seconds_count{"):
-            name, value = line.rsplit(" ", 1)
-            totals[name] = float(value)
-    return totals
+    return {(sample.labels["stage"], sample.name.rsplit("_", 1)[1]): sample.value
+            for family in text_string_to_metric_families(text) if family.name == "maskserve_stage_duration_seconds"
+            for sample in family.samples if sample.name.endswith(("_sum", "_count"))}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -148,9 +146,8 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         stages1 = _stage_totals(stack.metrics_ports[0])
         in_service = {}  # mean time per request of each stage inside the decoder process
         for stage in ("decode", "postprocess"):
-            total, count = (f'maskserve_stage_duration_seconds_{k}{{stage="{stage}"}}' for k in ("sum", "count"))
-            n = stages1.get(count, 0) - stages0.get(count, 0)
-            in_service[f"{stage}_mean_ms"] = 1000 * (stages1.get(total, 0) - stages0.get(total, 0)) / n if n else None
+            total, n = (stages1.get((stage, k), 0) - stages0.get((stage, k), 0) for k in ("sum", "count"))
+            in_service[f"{stage}_mean_ms"] = 1000 * total / n if n else None
         series["segment 1 point, best mask"] = _timed(lambda: stub.SegmentPrompt(best, timeout=60), requests)
         lat, throughput = _closed_loop(stub, rle3, clients, max(1, requests // clients))
         series[f"closed loop, {clients} clients"] = lat

@@ -329,8 +329,7 @@ def test_health_reflection_and_metrics(stack, stub, coffee_id):
                  "maskserve_embedding_cache_total", "maskserve_requests_total", "maskserve_requests_in_flight"):
         assert name in text
     assert 'code="INVALID_ARGUMENT"' in text
-    encoder = f"http://127.0.0.1:{stack.metrics_ports[1]}/metrics"
-    text = urllib.request.urlopen(encoder, timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[1]}/metrics", timeout=5).read().decode()
     for name in ("maskserve_encoder_batch_size_bucket", "maskserve_queue_depth", 'stage="encode"',
                  'stage="queue_wait"', 'outcome="dead_letter"'):
         assert name in text  # present from the worker's start, even one that has not encoded yet
