@@ -324,6 +324,7 @@ def test_health_reflection_and_metrics(stack, stub, coffee_id):
         reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in reply.list_services_response.service}
         assert {"maskserve.v1.Segmenter", "grpc.health.v1.Health"} <= names
+    _code(lambda: stub.SegmentPrompt(pb.SegmentPromptRequest(image_id=coffee_id), timeout=10))  # an error to count
     text = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports[0]}/metrics", timeout=5).read().decode()
     for name in ("maskserve_request_duration_seconds_bucket", "maskserve_stage_duration_seconds_bucket",
                  "maskserve_embedding_cache_total", "maskserve_requests_total", "maskserve_requests_in_flight"):
