@@ -33,8 +33,8 @@ test: setup redis
 test-fast: setup redis
 	$(PY) -m pytest -ra -m "not slow"
 
-# Retrain the tiny model (two stages, about 2.5 hours on two cores), rebuild its model directory, measure it.
-# The second stage continues the first at a new seed and a lower learning rate.
+# Retrain the tiny model (three stages, about 4 hours on two cores), rebuild its model directory, measure it.
+# Each stage continues the previous one at a new seed and a lower learning rate.
 tiny-model: setup
 	$(PY) -m maskserve.build.tiny.train --steps 2000 --out out/tiny-stage1.pth
 	$(PY) -m maskserve.build.tiny.train --steps 6000 --lr 1e-3 --seed 3 --init out/tiny-stage1.pth \

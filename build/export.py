@@ -9,14 +9,15 @@ Decoder (`decoder.onnx`, the general graph), for B prompts against one image emb
   outputs `iou_predictions` (B, 4) and `low_res_masks` (B, 4, 4E, 4E) for all four mask tokens
           (token 0 is the single-mask answer, tokens 1–3 the multimask ones).
 Two more graphs split the decoder's work on prompts without a mask input, the common case: in the first
-transformer block the image tokens have not yet seen a prompt, so their projections depend on the image
-alone. `decoder_image.onnx` computes them once per image (`image_embeddings` → `image_keys`,
-`image_values`, `image_queries`, each (1, heads, E·E, d)); `decoder_points.onnx` takes them with
-`image_embeddings`, `point_coords` and `point_labels` and returns the same two outputs, broadcasting the
-image side over the batch instead of repeating it per prompt.
+transformer block the image tokens have not yet seen a prompt, so their layout and projections depend on
+the image alone. `decoder_image.onnx` computes them once per image (`image_embeddings` → `image_tokens`
+(1, E·E, C), and `image_keys`, `image_values`, `image_queries`, each (1, heads, E·E, d));
+`decoder_points.onnx` takes them with `point_coords` and `point_labels` and returns the same two outputs,
+broadcasting the image side over the batch instead of repeating it per prompt.
 
-The arithmetic is the reference's; only its order differs where that lets the runtime fuse work (see
-`upscale_masks`), so ONNX Runtime matches PyTorch to float noise.
+The arithmetic is the reference's; only its order differs where that saves work (the cross-attention,
+see `attend_image_to_tokens`) or lets the runtime fuse it (`upscale_masks`), so ONNX Runtime matches
+PyTorch to float noise.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ ENCODER_INPUTS = ["images"]
 ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
-IMAGE_FEATURES = ["image_keys", "image_values", "image_queries"]
-POINTS_INPUTS = ["image_embeddings", *IMAGE_FEATURES, "point_coords", "point_labels"]
+IMAGE_FEATURES = ["image_tokens", "image_keys", "image_values", "image_queries"]
+POINTS_INPUTS = [*IMAGE_FEATURES, "point_coords", "point_labels"]
 PROMPT_AXES = {"point_coords": {0: "batch", 1: "points"}, "point_labels": {0: "batch", 1: "points"},
                "iou_predictions": {0: "batch"}, "low_res_masks": {0: "batch"}}
 
@@ -66,10 +67,9 @@ class PromptDecoder(nn.Module):
         dense = has_mask * self.prompt_encoder.mask_downscaling(mask_input) + (
             1 - has_mask
         ) * self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        src = image_embeddings + dense
-        pos_src = self.image_pe.expand(src.shape[0], -1, -1, -1)
-        queries, keys = self.mask_decoder.transformer(src, pos_src, self.prompt_tokens(sparse))
-        return self.outputs(queries, keys)
+        keys = (image_embeddings + dense).flatten(2).transpose(1, 2)
+        pe = self.image_pe.flatten(2).transpose(1, 2)
+        return self.outputs(*two_way_transformer(self.mask_decoder.transformer, self.prompt_tokens(sparse), keys, pe))
 
     def prompt_tokens(self, sparse: torch.Tensor) -> torch.Tensor:
         """The output tokens (IoU, then the four masks') followed by the prompt's point embeddings."""
@@ -108,6 +108,81 @@ def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, n * d))
 
 
+# SAM's cross-attention between a few prompt tokens (T ≈ 7) and thousands of image tokens (N = E·E) projects
+# every image token into each head (N × C × C/2 multiply-adds, four times per block). Attention is bilinear,
+# so the projections can move to the token side instead: a head's scores q·k = x·(W_qᵀ k) take a product
+# of x with T vectors of width C, and its output Σ a·v then W_o takes T vectors v·W_o. Per image token that
+# is heads × T ≈ 56 columns instead of C/2 = 128 twice — the same arithmetic, reassociated.
+
+
+def attend_image_to_tokens(attn, image_q: torch.Tensor, token_k: torch.Tensor, token_v: torch.Tensor,
+                           projected_q: torch.Tensor | None = None) -> torch.Tensor:
+    """`attn(q=image_q, k=token_k, v=token_v)` → (B, N, C). image_q: (B|1, N, C) image tokens with their
+    positional encoding, or `projected_q` (1, heads, N, d) when the image side's projection is precomputed."""
+    h = attn.num_heads
+    k = _heads(attn.k_proj(token_k), h)  # (B, h, T, d)
+    v = _heads(attn.v_proj(token_v), h)
+    b, _, t, d = k.shape
+    w_out = attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (h, d, C)
+    values = (v @ w_out).reshape(b, h * t, -1)  # each token's value already through out_proj
+    if projected_q is not None:
+        scores = k @ projected_q.transpose(-1, -2) / math.sqrt(d)  # (B, h, T, N)
+    else:
+        w_q = attn.q_proj.weight.reshape(h, d, -1)  # (h, d, C)
+        keys = (k @ w_q).reshape(b, h * t, -1) / math.sqrt(d)
+        bias = (k @ attn.q_proj.bias.reshape(h, d, 1)).reshape(b, h * t, 1) / math.sqrt(d)
+        scores = (keys @ image_q.transpose(1, 2) + bias).reshape(b, h, t, -1)
+    # Softmax over the few tokens, written out: with tokens on the second-last axis each step is a
+    # vectorised pass over the image tokens, where a Softmax node over a last axis of length T is not.
+    weights = torch.exp(scores - scores.amax(dim=2, keepdim=True))
+    weights = weights / weights.sum(dim=2, keepdim=True)
+    return weights.reshape(b, h * t, -1).transpose(1, 2) @ values + attn.out_proj.bias
+
+
+def attend_tokens_to_image(attn, token_q: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
+    """`attn(q=token_q, k=image_k, v=image_v)` → (B, T, C). image_k, image_v: (B|1, N, C).
+    k_proj's bias adds the same q·b to all of a query's scores, which softmax ignores; v_proj's bias passes
+    through unchanged because each query's weights sum to one."""
+    h = attn.num_heads
+    q = _heads(attn.q_proj(token_q), h)  # (B, h, T, d)
+    b, _, t, d = q.shape
+    queries = (q @ attn.k_proj.weight.reshape(h, d, -1)).reshape(b, h * t, -1) / math.sqrt(d)
+    weights = torch.softmax(queries @ image_k.transpose(1, 2), dim=-1)  # (B, h·T, N)
+    mixed = (weights @ image_v).reshape(b, h, t, -1)  # (B, h, T, C)
+    out = mixed @ attn.v_proj.weight.reshape(h, d, -1).transpose(1, 2) + attn.v_proj.bias.reshape(h, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+
+
+def two_way_transformer(transformer, prompt: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor,
+                        first_block: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's TwoWayTransformer on (B, T, C) prompt tokens and (B|1, N, C) image tokens with their (1, N, C)
+    positional encoding, its cross-attention reassociated as above. `first_block`: `DecoderImagePart`'s
+    projections, valid when the image tokens carry no mask input. Returns (queries, keys)."""
+    queries = prompt
+    for i, block in enumerate(transformer.layers):
+        if block.skip_first_layer_pe:
+            queries = block.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + prompt
+            queries = queries + block.self_attn(q=q, k=q, v=queries)
+        queries = block.norm1(queries)
+        to_image, to_token = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        if i == 0 and first_block is not None:
+            image_keys, image_values, image_queries = first_block
+            q = _heads(to_image.q_proj(queries + prompt), to_image.num_heads)
+            queries = block.norm2(queries + _attend(to_image, q, image_keys, image_values))
+            queries = block.norm3(queries + block.mlp(queries))
+            update = attend_image_to_tokens(to_token, None, queries + prompt, queries, projected_q=image_queries)
+        else:
+            keys_pe = keys + pe  # both cross-attentions of a block see the same image tokens
+            queries = block.norm2(queries + attend_tokens_to_image(to_image, queries + prompt, keys_pe, keys))
+            queries = block.norm3(queries + block.mlp(queries))
+            update = attend_image_to_tokens(to_token, keys_pe, queries + prompt, queries)
+        keys = block.norm4(keys + update)
+    final = attend_tokens_to_image(transformer.final_attn_token_to_image, queries + prompt, keys + pe, keys)
+    return transformer.norm_final_attn(queries + final), keys
+
+
 class DecoderImagePart(nn.Module):
     """The first block's projections of the image tokens: they depend on the image only (given no mask input)."""
 
@@ -120,40 +195,24 @@ class DecoderImagePart(nn.Module):
         block = d.mask_decoder.transformer.layers[0]
         tokens, pe = d.image_tokens(image_embeddings)
         to_image, to_token = block.cross_attn_token_to_image, block.cross_attn_image_to_token
-        return (_heads(to_image.k_proj(tokens + pe), to_image.num_heads),
+        return (tokens, _heads(to_image.k_proj(tokens + pe), to_image.num_heads),
                 _heads(to_image.v_proj(tokens), to_image.num_heads),
                 _heads(to_token.q_proj(tokens + pe), to_token.num_heads))
 
 
 class PointsDecoder(nn.Module):
-    """The decoder for prompts without a mask input, given `DecoderImagePart`'s outputs: SAM's two-way
-    transformer with its first block's image-side projections taken as inputs, shared by the batch."""
+    """The decoder for prompts without a mask input, given `DecoderImagePart`'s outputs, which the batch shares."""
 
     def __init__(self, sam) -> None:
         super().__init__()
         self.decoder = PromptDecoder(sam)
 
-    def forward(self, image_embeddings, image_keys, image_values, image_queries, point_coords, point_labels):
+    def forward(self, image_tokens, image_keys, image_values, image_queries, point_coords, point_labels):
         d = self.decoder
-        mask_decoder = d.mask_decoder
-        transformer = mask_decoder.transformer
         prompt = d.prompt_tokens(d._embed_points(point_coords, point_labels))
-        keys, pe = d.image_tokens(image_embeddings)
-        block = transformer.layers[0]  # SAM's first block skips the positional encoding in self-attention
-        queries = block.norm1(block.self_attn(q=prompt, k=prompt, v=prompt))
-        to_image = block.cross_attn_token_to_image
-        q = _heads(to_image.q_proj(queries + prompt), to_image.num_heads)
-        queries = block.norm2(queries + _attend(to_image, q, image_keys, image_values))
-        queries = block.norm3(queries + block.mlp(queries))
-        to_token = block.cross_attn_image_to_token
-        k = _heads(to_token.k_proj(queries + prompt), to_token.num_heads)
-        v = _heads(to_token.v_proj(queries), to_token.num_heads)
-        keys = block.norm4(keys + _attend(to_token, image_queries, k, v))
-        for layer in transformer.layers[1:]:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=prompt, key_pe=pe)
-        queries = transformer.norm_final_attn(
-            queries + transformer.final_attn_token_to_image(q=queries + prompt, k=keys + pe, v=keys))
-        return d.outputs(queries, keys)
+        pe = d.image_pe.flatten(2).transpose(1, 2)
+        first_block = (image_keys, image_values, image_queries)
+        return d.outputs(*two_way_transformer(d.mask_decoder.transformer, prompt, image_tokens, pe, first_block))
 
 
 def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
@@ -166,16 +225,16 @@ def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torc
     and leaves one small reorder of the final (B, 4, 4E, 4E) masks instead of transposes of the 64- and
     32-channel feature maps. tokens: (B, E·E, C) image tokens from the two-way transformer."""
     up1, norm, act1, up2, act2 = upscaling
-    b = tokens.shape[0]
     c1, c2 = up1.out_channels, up2.out_channels
+    n = side * side
     x = tokens @ up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * c1)
-    x = act1(F.layer_norm(x.reshape(b, -1, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
-    x = x @ up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    x = act2(x.reshape(b, -1, c2) + up2.bias)
-    masks = x @ hyper_in.transpose(1, 2)  # (B, E·E·16, K) rows in (i, j, di, dj, ei, ej) order
+    x = act1(F.layer_norm(x.reshape(-1, 4 * n, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
+    x = x.reshape(-1, 4 * n, c1) @ up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    x = act2(x + up2.bias.repeat(4))  # GELU is element-wise: the bias and it need not wait for the reshape
+    masks = x.reshape(-1, 16 * n, c2) @ hyper_in.transpose(1, 2)  # (B, E·E·16, K) rows in (i, j, di, dj, ei, ej) order
     k = hyper_in.shape[1]
-    masks = masks.reshape(b, side, side, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return masks.reshape(b, k, 4 * side, 4 * side)
+    masks = masks.reshape(-1, side, side, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(-1, k, 4 * side, 4 * side)
 
 
 def decoder_example_inputs(sam, batch: int = 2, points: int = 3) -> tuple[torch.Tensor, ...]:
@@ -234,5 +293,5 @@ def export_points_decoder(sam, image_path: Path, points_path: Path) -> None:
     embeddings, coords, labels = decoder_example_inputs(sam)[:3]
     image_part = DecoderImagePart(sam).eval()
     _export(image_part, (embeddings,), image_path, ["image_embeddings"], IMAGE_FEATURES, None)
-    _export(PointsDecoder(sam).eval(), (embeddings, *image_part(embeddings), coords, labels), points_path,
+    _export(PointsDecoder(sam).eval(), (*image_part(embeddings), coords, labels), points_path,
             POINTS_INPUTS, DECODER_OUTPUTS, PROMPT_AXES)

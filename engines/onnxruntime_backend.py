@@ -55,8 +55,7 @@ class OnnxDecoder:
     def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None):
         """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens."""
         if features is not None and not np.any(has_mask_input):
-            iou, masks = self.points_session.run(None, {
-                "image_embeddings": embedding, **features, "point_coords": coords, "point_labels": labels})
+            iou, masks = self.points_session.run(None, {**features, "point_coords": coords, "point_labels": labels})
             return iou, masks
         iou, masks = self.session.run(None, {
             "image_embeddings": embedding,

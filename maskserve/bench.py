@@ -194,7 +194,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     flops = image_flops = None
     if m.backend == "onnxruntime":
         if features is not None:
-            feeds = {"image_embeddings": emb, **features, "point_coords": pts[None], "point_labels": lbl[None]}
+            feeds = {**features, "point_coords": pts[None], "point_labels": lbl[None]}
             flops = count_flops(str(model_dir / m.decoder["points_file"]), feeds)["total"]
             image_flops = count_flops(str(model_dir / m.decoder["image_file"]), {"image_embeddings": emb})["total"]
         else:

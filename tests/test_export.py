@@ -12,7 +12,7 @@ import torch
 
 from maskserve.build.builder import build_model_dir
 from maskserve.build.checkpoint import load_model
-from maskserve.build.export import PromptDecoder
+from maskserve.build.export import PromptDecoder, two_way_transformer
 from maskserve.engines import load
 from maskserve.engines.model_dir import Manifest, ModelDirError
 
@@ -83,6 +83,23 @@ def test_decoder_batch_equals_prompts_one_by_one(built, tiny_checkpoint):
         assert np.abs(ref[0].numpy()[0] - iou[i]).max() < 1e-5
 
 
+@pytest.mark.parametrize("batch, tokens", [(1, 7), (3, 9)])
+def test_reassociated_attention_equals_sams_transformer(tiny_checkpoint, batch, tokens):
+    """The export's cross-attention moves the projections to the token side (build/export.py); SAM's
+    own TwoWayTransformer on the same inputs must give the same queries and image tokens."""
+    transformer = load_model(tiny_checkpoint, "tiny").mask_decoder.transformer.eval()
+    g = torch.Generator().manual_seed(batch)
+    image = torch.randn(batch, 64, 32, 32, generator=g)
+    pe = torch.randn(1, 64, 32, 32, generator=g)
+    prompt = torch.randn(batch, tokens, 64, generator=g)
+    with torch.no_grad():
+        ref_queries, ref_keys = transformer(image, pe, prompt)
+        queries, keys = two_way_transformer(transformer, prompt, image.flatten(2).transpose(1, 2),
+                                            pe.flatten(2).transpose(1, 2))
+    assert (queries - ref_queries).abs().max() < 1e-5
+    assert (keys - ref_keys).abs().max() < 1e-5
+
+
 def test_split_decoder_answers_like_the_general_graph(built):
     """Prompts without a mask input take decoder_image + decoder_points; they must answer as decoder.onnx."""
     out, _ = built
@@ -90,7 +107,7 @@ def test_split_decoder_answers_like_the_general_graph(built):
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(1, 64, 32, 32)).astype(np.float32)
     features = decoder.prepare(emb)
-    assert features is not None and set(features) == {"image_keys", "image_values", "image_queries"}
+    assert features is not None and set(features) == {"image_tokens", "image_keys", "image_values", "image_queries"}
     for b, n in ((1, 2), (6, 3)):
         coords = rng.uniform(0, 256, (b, n, 2)).astype(np.float32)
         labels = rng.choice([0.0, 1.0, -1.0, 2.0, 3.0], (b, n)).astype(np.float32)
@@ -121,11 +138,12 @@ def test_graphs_are_valid_onnx_with_the_dynamic_axes_tensorrt_profiles_use(built
     elif name == "decoder_image.onnx":
         assert dims == {"image_embeddings": [1, 64, 32, 32]}
     else:
-        assert dims["image_embeddings"] == [1, 64, 32, 32]
         assert dims["point_coords"] == ["batch", "points", 2]
         if name == "decoder.onnx":
+            assert dims["image_embeddings"] == [1, 64, 32, 32]
             assert dims["mask_input"] == ["batch", 1, 128, 128]
         else:
+            assert dims["image_tokens"] == [1, 32 * 32, 64]
             assert dims["image_keys"][:2] == [1, 4] and dims["image_keys"][2] == 32 * 32
     # Only standard-domain operators: what TensorRT's ONNX parser reads.
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
