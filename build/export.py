@@ -124,7 +124,9 @@ def attend_image_to_tokens(attn, image_q: torch.Tensor, token_k: torch.Tensor, t
     v = _heads(attn.v_proj(token_v), h)
     b, _, t, d = k.shape
     w_out = attn.out_proj.weight.reshape(-1, h, d).permute(1, 2, 0)  # (h, d, C)
-    values = (v @ w_out).reshape(b, h * t, -1)  # each token's value already through out_proj
+    # Each token's value already through out_proj, with 1/h of its bias: a head's weights sum to one, so
+    # the h heads together add the bias once, and the image-sized Add after the MatMul goes away.
+    values = (v @ w_out + attn.out_proj.bias / h).reshape(b, h * t, -1)
     if projected_q is not None:
         scores = k @ projected_q.transpose(-1, -2) / math.sqrt(d)  # (B, h, T, N)
     else:
@@ -136,7 +138,7 @@ def attend_image_to_tokens(attn, image_q: torch.Tensor, token_k: torch.Tensor, t
     # vectorised pass over the image tokens, where a Softmax node over a last axis of length T is not.
     weights = torch.exp(scores - scores.amax(dim=2, keepdim=True))
     weights = weights / weights.sum(dim=2, keepdim=True)
-    return weights.reshape(b, h * t, -1).transpose(1, 2) @ values + attn.out_proj.bias
+    return weights.reshape(b, h * t, -1).transpose(1, 2) @ values
 
 
 def attend_tokens_to_image(attn, token_q: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
@@ -219,21 +221,21 @@ def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torc
     """SAM's mask head (two 2×2 stride-2 transposed convolutions with LayerNorm2d and GELU, then the dot
     product with each mask token's hypernetwork output) computed on channels-last tokens.
 
-    A k2/s2 transposed convolution is a GEMM from C to 4·C' channels followed by depth-to-space, and the
-    depth-to-space can wait: keeping each output pixel's row in "sub-pixel" order (i, j, di, dj, ei, ej)
-    turns both convolutions into plain MatMuls, LayerNorm2d into a LayerNormalization over the last axis,
-    and leaves one small reorder of the final (B, 4, 4E, 4E) masks instead of transposes of the 64- and
-    32-channel feature maps. tokens: (B, E·E, C) image tokens from the two-way transformer."""
+    A k2/s2 transposed convolution is a GEMM from C to 4·C' channels followed by depth-to-space. Here each
+    convolution is split by its kernel row: the row offset becomes a batch axis of the MatMul and the column
+    offset stays in the GEMM's columns, so rows of pixels come out whole and in order. Both convolutions are
+    then plain MatMuls, LayerNorm2d a LayerNormalization over the last axis, and depth-to-space one reorder
+    of whole mask rows at the end. tokens: (B, E·E, C) image tokens from the two-way transformer."""
     up1, norm, act1, up2, act2 = upscaling
     c1, c2 = up1.out_channels, up2.out_channels
-    n = side * side
-    x = tokens @ up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * c1)
-    x = act1(F.layer_norm(x.reshape(-1, 4 * n, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
-    x = x.reshape(-1, 4 * n, c1) @ up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    x = act2(x + up2.bias.repeat(4))  # GELU is element-wise: the bias and it need not wait for the reshape
-    masks = x.reshape(-1, 16 * n, c2) @ hyper_in.transpose(1, 2)  # (B, E·E·16, K) rows in (i, j, di, dj, ei, ej) order
-    k = hyper_in.shape[1]
-    masks = masks.reshape(-1, side, side, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    n, k = side * side, hyper_in.shape[1]
+    w1 = up1.weight.permute(2, 0, 3, 1).reshape(2, up1.in_channels, 2 * c1)  # (di, C, (dj, c1))
+    x = tokens.unsqueeze(1) @ w1  # (B, di, (i, j), (dj, c1))
+    x = act1(F.layer_norm(x.reshape(-1, 2, 2 * n, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = up2.weight.permute(2, 0, 3, 1).reshape(2, c1, 2 * c2)  # (ei, c1, (ej, c2))
+    x = act2(x.unsqueeze(2) @ w2 + up2.bias.repeat(2))  # (B, di, ei, (i, j, dj), (ej, c2)); GELU after the bias
+    masks = hyper_in[:, None, None] @ x.reshape(-1, 2, 2, 4 * n, c2).transpose(-1, -2)  # (B, di, ei, K, (i, j, dj, ej))
+    masks = masks.reshape(-1, 4, k, side, 4 * side).permute(0, 2, 3, 1, 4)  # (B, K, i, (di, ei), (j, dj, ej))
     return masks.reshape(-1, k, 4 * side, 4 * side)
 
 
