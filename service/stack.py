@@ -110,7 +110,7 @@ class LocalStack:
         return proc
 
     def wait_encoder(self, proc: subprocess.Popen) -> None:
-        wait_listening(self.metrics_ports[1], proc, 120, f"the encoder (log: {self.log_dir / 'encoder.log'})")
+        wait_listening(self.metrics_ports[1], proc, 300, f"the encoder (log: {self.log_dir / 'encoder.log'})")
 
     def __enter__(self) -> "LocalStack":
         try:
