@@ -186,7 +186,8 @@ def two_way_transformer(transformer, prompt: torch.Tensor, keys: torch.Tensor, p
 
 
 class DecoderImagePart(nn.Module):
-    """The first block's projections of the image tokens: they depend on the image only (given no mask input)."""
+    """The image tokens (channels last) and the first block's projections of them: they depend on the image
+    only (given no mask input)."""
 
     def __init__(self, sam) -> None:
         super().__init__()
