@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from maskserve import engines
 from maskserve.engines import prompts as prompt_lib
 
-from . import images, jobs, masks, metrics, store
+from . import allocator, images, jobs, masks, metrics, store
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -398,6 +398,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 def main(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    allocator.reuse_large_blocks()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, "decoder")
     asyncio.run(serve(settings))

@@ -20,7 +20,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import transforms
 
-from . import images, jobs, metrics, store
+from . import allocator, images, jobs, metrics, store
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -164,6 +164,7 @@ class EncoderWorker:
 
 def main(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    allocator.reuse_large_blocks()
     stopping = threading.Event()  # a SIGTERM while the engine loads is a clean stop too
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
