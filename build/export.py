@@ -50,8 +50,11 @@ class PromptDecoder(nn.Module):
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
         self.image_size = sam.image_encoder.img_size
-        # The dense positional encoding depends only on the model: computed once, stored as a constant.
-        self.register_buffer("image_pe", sam.prompt_encoder.get_dense_pe().detach())
+        # The dense positional encoding depends only on the model: computed once, stored as a constant,
+        # channels last like the image tokens it is added to.
+        dense_pe = sam.prompt_encoder.get_dense_pe().detach()
+        self.side = dense_pe.shape[-1]
+        self.register_buffer("token_pe", dense_pe.flatten(2).transpose(1, 2).contiguous())
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder.pe_layer._pe_encoding((coords + 0.5) / self.image_size)
@@ -68,8 +71,8 @@ class PromptDecoder(nn.Module):
             1 - has_mask
         ) * self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         keys = (image_embeddings + dense).flatten(2).transpose(1, 2)
-        pe = self.image_pe.flatten(2).transpose(1, 2)
-        return self.outputs(*two_way_transformer(self.mask_decoder.transformer, self.prompt_tokens(sparse), keys, pe))
+        prompt = self.prompt_tokens(sparse)
+        return self.outputs(*two_way_transformer(self.mask_decoder.transformer, prompt, keys, self.token_pe))
 
     def prompt_tokens(self, sparse: torch.Tensor) -> torch.Tensor:
         """The output tokens (IoU, then the four masks') followed by the prompt's point embeddings."""
@@ -80,8 +83,7 @@ class PromptDecoder(nn.Module):
     def image_tokens(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image as (1, E·E, C) tokens with no mask input added, and its positional encoding likewise."""
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return ((image_embeddings + no_mask).flatten(2).transpose(1, 2),
-                self.image_pe.flatten(2).transpose(1, 2))
+        return (image_embeddings + no_mask).flatten(2).transpose(1, 2), self.token_pe
 
     def outputs(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformer's outputs → (IoU predictions (B, 4), low-res mask logits (B, 4, 4E, 4E))."""
@@ -90,8 +92,8 @@ class PromptDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
-        side = self.image_pe.shape[-1]
-        return decoder.iou_prediction_head(queries[:, 0, :]), upscale_masks(decoder.output_upscaling, keys, hyper_in, side)
+        masks = upscale_masks(decoder.output_upscaling, keys, hyper_in, self.side)
+        return decoder.iou_prediction_head(queries[:, 0, :]), masks
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -213,9 +215,8 @@ class PointsDecoder(nn.Module):
     def forward(self, image_tokens, image_keys, image_values, image_queries, point_coords, point_labels):
         d = self.decoder
         prompt = d.prompt_tokens(d._embed_points(point_coords, point_labels))
-        pe = d.image_pe.flatten(2).transpose(1, 2)
         first_block = (image_keys, image_values, image_queries)
-        return d.outputs(*two_way_transformer(d.mask_decoder.transformer, prompt, image_tokens, pe, first_block))
+        return d.outputs(*two_way_transformer(d.mask_decoder.transformer, prompt, image_tokens, d.token_pe, first_block))
 
 
 def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
