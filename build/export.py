@@ -13,7 +13,10 @@ transformer block the image tokens have not yet seen a prompt, so their layout a
 the image alone. `decoder_image.onnx` computes them once per image (`image_embeddings` → `image_tokens`
 (1, E·E, C), and `image_keys`, `image_values`, `image_queries`, each (1, heads, E·E, d));
 `decoder_points.onnx` takes them with `point_coords` and `point_labels` and returns the same two outputs,
-broadcasting the image side over the batch instead of repeating it per prompt.
+broadcasting the image side over the batch instead of repeating it per prompt. Its `mask_extent` (2,) int64
+input, (rows, columns) of embedding cells, limits the mask head to that top-left part of the grid: the
+padding below and right of a non-square image costs transformer work (it is attended to) but its masks are
+never shown, so `low_res_masks` is then (B, 4, 4·rows, 4·columns), the full answer's top-left corner.
 
 The arithmetic is the reference's; only its order differs where that saves work (the cross-attention,
 see `attend_image_to_tokens`) or lets the runtime fuse it (`upscale_masks`), so ONNX Runtime matches
@@ -37,9 +40,10 @@ ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
 IMAGE_FEATURES = ["image_tokens", "image_keys", "image_values", "image_queries"]
-POINTS_INPUTS = [*IMAGE_FEATURES, "point_coords", "point_labels"]
+POINTS_INPUTS = [*IMAGE_FEATURES, "point_coords", "point_labels", "mask_extent"]
 PROMPT_AXES = {"point_coords": {0: "batch", 1: "points"}, "point_labels": {0: "batch", 1: "points"},
                "iou_predictions": {0: "batch"}, "low_res_masks": {0: "batch"}}
+POINTS_AXES = {**PROMPT_AXES, "low_res_masks": {0: "batch", 2: "mask_rows", 3: "mask_columns"}}
 
 
 class PromptDecoder(nn.Module):
@@ -85,14 +89,19 @@ class PromptDecoder(nn.Module):
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return (image_embeddings + no_mask).flatten(2).transpose(1, 2), self.token_pe
 
-    def outputs(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transformer's outputs → (IoU predictions (B, 4), low-res mask logits (B, 4, 4E, 4E))."""
+    def outputs(self, queries: torch.Tensor, keys: torch.Tensor,
+                extent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's outputs → (IoU predictions (B, 4), low-res mask logits (B, 4, 4E, 4E)); with
+        `extent` (rows, columns), the masks of that top-left part of the E×E grid only."""
         decoder = self.mask_decoder
         mask_tokens_out = queries[:, 1 : 1 + decoder.num_mask_tokens, :]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
-        masks = upscale_masks(decoder.output_upscaling, keys, hyper_in, self.side)
+        rows, cols = (self.side, self.side) if extent is None else (extent[0], extent[1])
+        if extent is not None:  # each mask pixel comes from one image token: crop the tokens, not the masks
+            keys = keys.reshape(keys.shape[0], self.side, self.side, -1)[:, :rows, :cols].flatten(1, 2)
+        masks = upscale_masks(decoder.output_upscaling, keys, hyper_in, rows, cols)
         return decoder.iou_prediction_head(queries[:, 0, :]), masks
 
 
@@ -212,14 +221,15 @@ class PointsDecoder(nn.Module):
         super().__init__()
         self.decoder = PromptDecoder(sam)
 
-    def forward(self, image_tokens, image_keys, image_values, image_queries, point_coords, point_labels):
+    def forward(self, image_tokens, image_keys, image_values, image_queries, point_coords, point_labels, mask_extent):
         d = self.decoder
         prompt = d.prompt_tokens(d._embed_points(point_coords, point_labels))
         first_block = (image_keys, image_values, image_queries)
-        return d.outputs(*two_way_transformer(d.mask_decoder.transformer, prompt, image_tokens, d.token_pe, first_block))
+        queries, keys = two_way_transformer(d.mask_decoder.transformer, prompt, image_tokens, d.token_pe, first_block)
+        return d.outputs(queries, keys, mask_extent)
 
 
-def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, side: int) -> torch.Tensor:
+def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torch.Tensor, rows, cols) -> torch.Tensor:
     """SAM's mask head (two 2×2 stride-2 transposed convolutions with LayerNorm2d and GELU, then the dot
     product with each mask token's hypernetwork output) computed on channels-last tokens.
 
@@ -227,18 +237,19 @@ def upscale_masks(upscaling: nn.Sequential, tokens: torch.Tensor, hyper_in: torc
     convolution is split by its kernel row: the row offset becomes a batch axis of the MatMul and the column
     offset stays in the GEMM's columns, so rows of pixels come out whole and in order. Both convolutions are
     then plain MatMuls, LayerNorm2d a LayerNormalization over the last axis, and depth-to-space one reorder
-    of whole mask rows at the end. tokens: (B, E·E, C) image tokens from the two-way transformer."""
+    of whole mask rows at the end. tokens: (B, rows·cols, C) image tokens from the two-way transformer, row
+    by row; rows and cols are ints, or 0-d tensors for a graph that crops at run time."""
     up1, norm, act1, up2, act2 = upscaling
     c1, c2 = up1.out_channels, up2.out_channels
-    n, k = side * side, hyper_in.shape[1]
+    n, k = rows * cols, hyper_in.shape[1]
     w1 = up1.weight.permute(2, 0, 3, 1).reshape(2, up1.in_channels, 2 * c1)  # (di, C, (dj, c1))
     x = tokens.unsqueeze(1) @ w1  # (B, di, (i, j), (dj, c1))
     x = act1(F.layer_norm(x.reshape(-1, 2, 2 * n, c1) + up1.bias, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = up2.weight.permute(2, 0, 3, 1).reshape(2, c1, 2 * c2)  # (ei, c1, (ej, c2))
     x = act2(x.unsqueeze(2) @ w2 + up2.bias.repeat(2))  # (B, di, ei, (i, j, dj), (ej, c2)); GELU after the bias
     masks = hyper_in[:, None, None] @ x.reshape(-1, 2, 2, 4 * n, c2).transpose(-1, -2)  # (B, di, ei, K, (i, j, dj, ej))
-    masks = masks.reshape(-1, 4, k, side, 4 * side).permute(0, 2, 3, 1, 4)  # (B, K, i, (di, ei), (j, dj, ej))
-    return masks.reshape(-1, k, 4 * side, 4 * side)
+    masks = masks.reshape(-1, 4, k, rows, 4 * cols).permute(0, 2, 3, 1, 4)  # (B, K, i, (di, ei), (j, dj, ej))
+    return masks.reshape(-1, k, 4 * rows, 4 * cols)
 
 
 def decoder_example_inputs(sam, batch: int = 2, points: int = 3) -> tuple[torch.Tensor, ...]:
@@ -297,5 +308,7 @@ def export_points_decoder(sam, image_path: Path, points_path: Path) -> None:
     embeddings, coords, labels = decoder_example_inputs(sam)[:3]
     image_part = DecoderImagePart(sam).eval()
     _export(image_part, (embeddings,), image_path, ["image_embeddings"], IMAGE_FEATURES, None)
-    _export(PointsDecoder(sam).eval(), (*image_part(embeddings), coords, labels), points_path,
-            POINTS_INPUTS, DECODER_OUTPUTS, PROMPT_AXES)
+    side = embeddings.shape[-1]
+    extent = torch.tensor([side - 1, side - 2])  # traced as a crop of any size
+    _export(PointsDecoder(sam).eval(), (*image_part(embeddings), coords, labels, extent), points_path,
+            POINTS_INPUTS, DECODER_OUTPUTS, POINTS_AXES)

@@ -2,7 +2,9 @@
 
 - an encoder: `encode(images (B, 3, S, S)) -> embeddings (B, C, E, E)`;
 - a decoder: `prepare(embedding) -> features | None`, once per image, then
-  `decode(embedding, coords, labels, mask_input, has_mask_input, features) -> (iou (B, 4), logits (B, 4, M, M))`.
+  `decode(embedding, coords, labels, mask_input, has_mask_input, features, extent) -> (iou (B, 4), logits (B, 4, M, M))`,
+  where `extent` (rows, columns) of embedding cells, if given, lets the decoder return only that top-left
+  part of the logits (4 × rows, 4 × columns).
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ class OnnxDecoder:
         split = "image_file" in d and "points_file" in d
         self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
         self.points_session = _session(Path(model_dir) / d["points_file"], threads) if split else None
+        # Model directories exported before the points decoder took `mask_extent` still run, at full extent.
+        self.crops = split and "mask_extent" in {i.name for i in self.points_session.get_inputs()}
+        self.full_extent = np.array(manifest.embedding_shape[1:], np.int64)
 
     def prepare(self, embedding: np.ndarray) -> dict | None:
         """The per-image tensors `decode` takes as `features`; None without a split decoder."""
@@ -59,10 +62,15 @@ class OnnxDecoder:
         names = [o.name for o in self.image_session.get_outputs()]
         return dict(zip(names, self.image_session.run(None, {"image_embeddings": embedding})))
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None):
-        """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens."""
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None,
+               extent: tuple[int, int] | None = None):
+        """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens; the split
+        decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
         if features is not None and not np.any(has_mask_input):
-            iou, masks = self.points_session.run(None, {**features, "point_coords": coords, "point_labels": labels})
+            feeds = {**features, "point_coords": coords, "point_labels": labels}
+            if self.crops:
+                feeds["mask_extent"] = self.full_extent if extent is None else np.array(extent, np.int64)
+            iou, masks = self.points_session.run(None, feeds)
             return iou, masks
         iou, masks = self.session.run(None, {
             "image_embeddings": embedding,

@@ -32,7 +32,7 @@ class Prompt:
 @dataclass
 class Answer:
     iou_predictions: np.ndarray  # (C,) float32
-    low_res_logits: np.ndarray  # (C, M, M) float32
+    low_res_logits: np.ndarray  # (C, M, M) float32; its top-left part when decoded with an extent
 
 
 def _finite(name: str, a: np.ndarray) -> None:
@@ -92,10 +92,11 @@ def validate(prompt: Prompt, original_size: tuple[int, int], mask_input_size: in
 def decode(
     decoder, manifest: Manifest, embedding: np.ndarray, original_size: tuple[int, int],
     prompts: list[Prompt], multimask_output: bool = True, max_points: int = MAX_POINTS,
-    features: dict | None = None,
+    features: dict | None = None, full_logits: bool = True,
 ) -> list[Answer]:
     """Answer each prompt (validated here) against one image embedding (1, C, E, E); `features` is what
-    `decoder.prepare(embedding)` returned, if the caller keeps it."""
+    `decoder.prepare(embedding)` returned, if the caller keeps it. Without `full_logits` the low-res
+    logits may cover only what `full_resolution_logits` reads (the decoder skips the padding's masks)."""
     size, m = manifest.image_size, manifest.mask_input_size
     prepared = []
     for p in prompts:
@@ -111,6 +112,8 @@ def decode(
     answers: list[Answer | None] = [None] * len(prepared)
     token_slice = slice(1, None) if multimask_output else slice(0, 1)
     embedding = np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
+    extent = None if full_logits else transforms.mask_extent(
+        transforms.resized_shape(*original_size, size), size, m)
     for idx in groups.values():
         coords = np.stack([prepared[i][0] for i in idx])
         labels = np.stack([prepared[i][1] for i in idx])
@@ -120,7 +123,7 @@ def decode(
             if prepared[i][2] is not None:
                 masks_in[row] = prepared[i][2]
                 has_mask[row] = 1.0
-        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask, features)
+        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask, features, extent)
         for row, i in enumerate(idx):
             answers[i] = Answer(iou[row, token_slice].copy(), low[row, token_slice].copy())
     return answers  # type: ignore[return-value]
@@ -128,4 +131,5 @@ def decode(
 
 def full_resolution_logits(answer_logits: np.ndarray, manifest: Manifest, original_size: tuple[int, int]) -> np.ndarray:
     input_size = transforms.resized_shape(*original_size, manifest.image_size)
-    return transforms.upscale_logits(answer_logits, input_size, original_size, manifest.image_size)
+    return transforms.upscale_logits(answer_logits, input_size, original_size, manifest.image_size,
+                                     manifest.mask_input_size)

@@ -120,7 +120,8 @@ class TensorRTDecoder:
     def prepare(self, embedding: np.ndarray) -> None:
         return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features=None):
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features=None, extent=None):
+        """All four masks over the whole grid (`extent` is a hint the general graph does not take)."""
         ious, masks = [], []
         for i in range(0, len(coords), self.max_batch):
             s = slice(i, i + self.max_batch)

@@ -86,24 +86,44 @@ def _resize_bilinear(x: np.ndarray, height: int, width: int, out: np.ndarray | N
     return cv2.resize(x, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
-def upscale_logits(
-    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int
-) -> np.ndarray:
-    """(C, m, m) low-resolution logits → (C, H, W) logits at the original image size: the reference's
-    upscale to the padded square, crop to the resized image, resize to the original size.
+def _low_res_read(input_size: tuple[int, int], long_side: int, side: int) -> tuple[int, int] | None:
+    """The low-res (rows, columns) the upscale reads for an image that fills `input_size` of the padded
+    square, or None when the square is no integral multiple of the low-res side (then it reads all).
 
-    The square is an integral multiple s of the low-res side, so an output pixel below the crop reads
-    low-res samples only up to ceil(n / s): the low-res map is cropped first (to that plus the one sample
-    bilinear reads beyond), which computes the same values without upscaling the padding."""
+    Upscaling by an integral s, an output pixel above row n reads low-res samples only up to ceil(n / s),
+    plus the one sample bilinear reads beyond."""
+    scale = long_side // side
+    if scale * side != long_side:
+        return None
+    (ih, iw) = input_size
+    return min(side, -(-ih // scale) + 1), min(side, -(-iw // scale) + 1)
+
+
+def mask_extent(input_size: tuple[int, int], long_side: int, side: int) -> tuple[int, int] | None:
+    """The (rows, columns) of embedding cells whose masks the upscale reads (each cell makes 4×4 low-res
+    pixels): what the decoder must compute to show an image's masks; None for all of them."""
+    read = _low_res_read(input_size, long_side, side)
+    return None if read is None else (-(-read[0] // 4), -(-read[1] // 4))
+
+
+def upscale_logits(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int,
+    side: int | None = None,
+) -> np.ndarray:
+    """(C, m, m) low-resolution logits, or their top-left part with `side` = m, → (C, H, W) logits at the
+    original image size: the reference's upscale to the padded square, crop to the resized image, resize
+    to the original size. Only the low-res samples the crop reads are upscaled (`_low_res_read`)."""
     low_res = np.asarray(low_res, np.float32)
-    c, m, _ = low_res.shape
-    scale = long_side // m
+    c, side = low_res.shape[0], side or low_res.shape[-1]
     (ih, iw), (h, w) = input_size, original_size
-    if scale * m == long_side:
-        rows, cols = min(m, -(-ih // scale) + 1), min(m, -(-iw // scale) + 1)
+    read = _low_res_read(input_size, long_side, side)
+    if read is None:  # upscale the whole square
+        rows, cols, square = side, side, (long_side, long_side)
+    else:
+        (rows, cols), scale = read, long_side // side
         square = (rows * scale, cols * scale)
-    else:  # not an integral multiple: upscale the whole square
-        rows, cols, square = m, m, (long_side, long_side)
+    if low_res.shape[1] < rows or low_res.shape[2] < cols:
+        raise ValueError(f"low-res logits {low_res.shape[1:]} lack the {(rows, cols)} samples the upscale reads")
     out = np.empty((c, h, w), np.float32)
     for x, o in zip(low_res, out):
         up = _resize_bilinear(np.ascontiguousarray(x[:rows, :cols]), *square)

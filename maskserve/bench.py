@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from maskserve.engines import default_model_dir, load, transforms
-from maskserve.engines.flops import count_flops, cpu_peak_flops
+from maskserve.engines.flops import count_flops, cpu_peak_flops, measured_gemm_flops
 from maskserve.service import store
 from maskserve.service.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
@@ -147,7 +147,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     h, w = image.shape[:2]
     point = [[w * 0.5, h * 0.3]]
     result: dict = {"model": {"type": m.model_type, "version": m.model_version, "backend": m.backend},
-                    "image": [h, w], "machine": cpu_peak_flops(), "scenarios": {}}
+                    "image": [h, w], "machine": {**cpu_peak_flops(), "gemm_flops": measured_gemm_flops()}, "scenarios": {}}
     series: dict[str, list[float]] = {}
     sam = _reference_predictor(checkpoint, model_type or m.model_type, image) if reference and checkpoint else None
     with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
@@ -212,18 +212,22 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
             _timed(lambda i=i: stub.SegmentPrompt(pb.SegmentPromptRequest(
                 image_id=i, prompts=[prompt_message(point, [1])]), timeout=60), 1, warmup=0)[0] for i in ids]
 
-    # The decoder run alone (as the service runs it: the image's share prepared once), and its FLOPs.
+    # The decoder run alone as the service runs it (the image's share prepared once, masks of the image's cells
+    # only), and its FLOPs.
     emb = np.random.default_rng(0).normal(size=(1, *m.embedding_shape)).astype(np.float32)
     pts, lbl = transforms.prompt_points(transforms.transform_coords(np.array(point), (h, w), m.image_size),
                                         np.array([1.0]), None)
     no_mask = (np.zeros((1, 1, m.mask_input_size, m.mask_input_size), np.float32), np.zeros(1, np.float32))
     features = model.decoder.prepare(emb)
+    extent = transforms.mask_extent(transforms.resized_shape(h, w, m.image_size), m.image_size, m.mask_input_size)
     series["decoder run alone"] = _timed(
-        lambda: model.decoder.decode(emb, pts[None], lbl[None], *no_mask, features=features), requests)
+        lambda: model.decoder.decode(emb, pts[None], lbl[None], *no_mask, features=features, extent=extent), requests)
     flops = image_flops = None
     if m.backend == "onnxruntime":
         if features is not None:
             feeds = {**features, "point_coords": pts[None], "point_labels": lbl[None]}
+            if getattr(model.decoder, "crops", False):
+                feeds["mask_extent"] = np.array(extent or m.embedding_shape[1:], np.int64)
             flops = count_flops(str(model_dir / m.decoder["points_file"]), feeds)["total"]
             image_flops = count_flops(str(model_dir / m.decoder["image_file"]), {"image_embeddings": emb})["total"]
         else:
@@ -243,6 +247,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         result["decoder"]["serving_overhead_mean_ms"] = seg["mean_ms"] - in_service["decode_mean_ms"]
     if flops:
         result["decoder"]["fraction_of_peak"] = result["decoder"]["achieved_flops"] / result["machine"]["peak_flops"]
+        result["decoder"]["fraction_of_gemm"] = result["decoder"]["achieved_flops"] / result["machine"]["gemm_flops"]
 
     if sam is not None:
         ref = result["reference"]

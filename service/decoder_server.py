@@ -222,7 +222,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
             emb.decoder_features = decoder.prepare(emb.array)
         answers = prompt_lib.decode(decoder, self.manifest, emb.array, emb.original_size, prompts,
                                     multimask_output=not options.single_mask, max_points=self.settings.max_points,
-                                    features=emb.decoder_features)
+                                    features=emb.decoder_features, full_logits=options.return_low_res_logits)
         metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
         start = time.perf_counter()
         results = [self._result(a, emb.original_size, options) for a in answers]

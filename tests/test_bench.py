@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from maskserve import bench
+from maskserve.engines.flops import cpu_peak_flops
 
 
 def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
@@ -18,7 +21,21 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
         assert s["n"] > 0 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
     assert data["scenarios"]["encode_images_per_s"] > 0
     assert data["decoder"]["flops_per_prompt"] > 0 and 0 < data["decoder"]["fraction_of_peak"] < 1.5
+    assert 0 < data["decoder"]["fraction_of_gemm"] < 1.5 and data["machine"]["gemm_flops"] > 0
     assert set(data["ratios"]) == {"segment_p50_vs_reference_predict", "segment_p99_vs_own_p50",
                                    "closed_loop_throughput_vs_reference_sequential",
                                    "encode_throughput_vs_reference_set_image"}
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("vendor,family,flags,per_cycle", [
+    ("GenuineIntel", 6, "avx avx2 fma avx512f", 64),  # two 512-bit FMA units
+    ("AuthenticAMD", 25, "avx avx2 fma avx512f", 32),  # Zen 4: AVX-512 on 256-bit units
+    ("AuthenticAMD", 26, "avx avx2 fma avx512f", 64),  # Zen 5
+    ("GenuineIntel", 6, "avx avx2 fma", 32),
+    ("GenuineIntel", 6, "sse2", 8),
+])
+def test_cpu_peak_follows_the_fma_datapath(vendor, family, flags, per_cycle):
+    info = (f"vendor_id\t: {vendor}\ncpu family\t: {family}\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu {flags}\n") * 2
+    peak = cpu_peak_flops(cores=2, cpuinfo=info)
+    assert peak["flops_per_cycle_per_core"] == per_cycle and peak["peak_flops"] == 2 * 2e9 * per_cycle

@@ -78,3 +78,22 @@ def test_upscaled_logits_for_other_model_sizes(low_side, long_side, size):
     ref = F.interpolate(t[..., : input_size[0], : input_size[1]], size, mode="bilinear", align_corners=False)[0]
     got = transforms.upscale_logits(low, input_size, size, long_side)
     assert np.abs(got - ref.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("size", [(768, 1024), (1080, 1920), (1000, 400), (18, 600), (1024, 1024)])
+def test_upscale_from_the_mask_extent_alone(size):
+    """The decoder may compute only `mask_extent`'s cells (build/export.py): upscaling that part gives the
+    same pixels as upscaling the whole low-res map, and a part that lacks samples the upscale reads is refused."""
+    low = np.random.default_rng(6).normal(0, 4, (3, 256, 256)).astype(np.float32)
+    input_size = transforms.resized_shape(*size, 1024)
+    rows, cols = transforms.mask_extent(input_size, 1024, 256)
+    assert rows * 16 >= input_size[0] and cols * 16 >= input_size[1]
+    part = np.ascontiguousarray(low[:, : 4 * rows, : 4 * cols])
+    full = transforms.upscale_logits(low, input_size, size, 1024)
+    assert np.array_equal(transforms.upscale_logits(part, input_size, size, 1024, side=256), full)
+    with pytest.raises(ValueError, match="lack"):
+        transforms.upscale_logits(low[:, :1, :1], input_size, size, 1024, side=256)
+
+
+def test_no_mask_extent_when_the_scale_is_not_integral():
+    assert transforms.mask_extent((170, 256), 256, 100) is None
