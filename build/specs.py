@@ -71,7 +71,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     # It ships with the repository as the offline default (see build/tiny/).
     "tiny": ModelSpec(
         "tiny", 64, 4, 2, (3,),
-        image_size=256, patch_size=8, window_size=8, prompt_embed_dim=64, mask_in_chans=16,
+        image_size=512, patch_size=8, window_size=8, prompt_embed_dim=64, mask_in_chans=16,
         decoder_depth=2, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64,
     ),
 }

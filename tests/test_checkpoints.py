@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maskserve.build.checkpoint import CheckpointError, load_model, read_state_dict
-from maskserve.build.specs import UnknownModelType
+from maskserve.build.specs import UnknownModelType, get_spec
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_shipped_checkpoint_is_a_raw_meta_state_dict(state):
 
 def test_loads_strictly(tiny_checkpoint):
     sam = load_model(tiny_checkpoint, "tiny")
-    assert sam.image_encoder.img_size == 256
+    assert sam.image_encoder.img_size == get_spec("tiny").image_size
 
 
 def test_missing_keys_are_named(state, tmp_path):

@@ -26,11 +26,12 @@ def test_resize_equals_reference_pixel_for_pixel(size):
 def test_normalize_and_pad_equals_sam_preprocess():
     from maskserve.build.checkpoint import build_model
 
-    sam = build_model(get_spec("tiny"))
+    spec = get_spec("tiny")
+    sam = build_model(spec)
     image = np.random.default_rng(1).integers(0, 256, (300, 451, 3), dtype=np.uint8)
-    resized = ResizeLongestSide(256).apply_image(image)
+    resized = ResizeLongestSide(spec.image_size).apply_image(image)
     ref = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None])[0].numpy()
-    got, input_size = transforms.preprocess(image, 256, get_spec("tiny").pixel_mean, get_spec("tiny").pixel_std)
+    got, input_size = transforms.preprocess(image, spec.image_size, spec.pixel_mean, spec.pixel_std)
     assert input_size == resized.shape[:2]
     assert np.array_equal(got, ref)
 

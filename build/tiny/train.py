@@ -3,12 +3,14 @@
 The model is the real SAM code (segment_anything's modules) shrunk by the `tiny` spec. The loss differs
 from SAM's in one way: these scenes have no part/whole ambiguity (a click names one whole object), so all
 four mask outputs learn that object instead of only the best of three, which gives every output head the
-full signal; the predicted IoU is trained as in SAM (MSE to the achieved IoU). Images go through the same
-NumPy pre-processing the Predictor uses.
+full signal; the predicted IoU is trained as in SAM (MSE to the achieved IoU). The loss is taken at the
+decoder's low resolution against each cell's covered fraction. Images go through the same NumPy
+pre-processing the Predictor uses.
 
     python -m maskserve.build.tiny.train --steps 2000 --out maskserve/models/sam_tiny.pth
 
-(`make tiny-model` runs the current recipe: three stages, each continuing the last with a fresh schedule.)
+(`make tiny-model` runs the current recipe: stages that each continue the last with a fresh schedule, the
+first ones at a quarter of the input size, where a step costs a quarter as much.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +30,10 @@ from maskserve.build.checkpoint import build_model
 from maskserve.build.specs import get_spec
 from maskserve.build.tiny.scenes import centre_point, make_scene, random_size
 from maskserve.engines import transforms
+
+# Long sides of the training photos: smaller and larger than the model input, as served (the evaluation
+# draws 200–640 pixels).
+IMAGE_LONG_SIDES = (200, 768)
 
 
 def _sample_prompt(rng, mask):
@@ -61,7 +68,7 @@ def _batch(rng, spec, images_per_batch, prompts_per_image):
     long_side = spec.image_size
     batch = []
     for _ in range(images_per_batch):
-        h, w = random_size(rng, int(long_side * rng.uniform(0.8, 1.5)))
+        h, w = random_size(rng, int(rng.integers(*IMAGE_LONG_SIDES)))
         scene = make_scene(rng, h, w)
         if not scene.masks:
             continue
@@ -75,12 +82,20 @@ def _batch(rng, spec, images_per_batch, prompts_per_image):
             tb = None if box is None else transforms.transform_boxes(box, (h, w), long_side)
             pts, lbl = transforms.prompt_points(tc, labels, tb)
             target = np.zeros((long_side, long_side), np.float32)
-            target[:nh, :nw] = cv2.resize(mask.astype(np.float32), (nw, nh), interpolation=cv2.INTER_LINEAR) > 0.5
-            prompts.append((pts, lbl, multi, target))
+            target[:nh, :nw] = cv2.resize(mask.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA)
+            prompts.append((pts, lbl, multi, _low_res(target, spec)))
         valid = np.zeros((long_side, long_side), np.float32)
         valid[:nh, :nw] = 1
-        batch.append((x, prompts, valid))
+        batch.append((x, prompts, (_low_res(valid, spec) > 0).astype(np.float32)))
     return batch
+
+
+def _low_res(x: np.ndarray, spec) -> np.ndarray:
+    """A map at the decoder's low-resolution output size, each value the covered fraction of its cell: the
+    loss is taken there (the bilinear upscale only interpolates, and a logit that follows the coverage
+    crosses zero where the boundary crosses the cell), at a quarter of the cost of the input size."""
+    side = spec.mask_input_size
+    return cv2.resize(x, (side, side), interpolation=cv2.INTER_AREA)
 
 
 class _Batches(torch.utils.data.IterableDataset):
@@ -113,8 +128,9 @@ def _embed_points(prompt_encoder, pts, lbl):
 
 def _losses(logits, target, valid):
     """Per-mask loss (binary cross-entropy + dice, over the valid unpadded region) and the IoU of the
-    thresholded mask; logits and targets (N, S, S). Cross-entropy rather than SAM's focal loss: from
-    scratch, focal loss first collapses every mask to empty."""
+    thresholded mask against the cells the object covers at least half; logits and (soft) targets
+    (N, S, S). Cross-entropy rather than SAM's focal loss: from scratch, focal loss first collapses every
+    mask to empty."""
     p = torch.sigmoid(logits)
     n = valid.sum()
     ce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid).flatten(1).sum(1) / n
@@ -122,17 +138,38 @@ def _losses(logits, target, valid):
     dice = 1 - (2 * inter + 1) / ((p * valid).flatten(1).sum(1) + (target * valid).flatten(1).sum(1) + 1)
     with torch.no_grad():
         pred = (logits > 0).float() * valid
-        iou = (pred * target).flatten(1).sum(1) / ((pred + target * valid).clamp(max=1).flatten(1).sum(1) + 1e-6)
+        hard = (target > 0.5).float() * valid
+        iou = (pred * hard).flatten(1).sum(1) / ((pred + hard).clamp(max=1).flatten(1).sum(1) + 1e-6)
     return ce + dice, iou
 
 
+def _resized(state: dict, like: dict) -> dict:
+    """`state` fitted to a model of another input size: the encoder's absolute position embedding
+    (bicubic) and its global-attention relative positions (linear, as SAM's attention itself interpolates
+    them) resampled to the new token grid; every other weight is size-free."""
+    out = dict(state)
+    for key, value in state.items():
+        shape = like[key].shape if key in like else value.shape
+        if value.shape == shape:
+            continue
+        if key.endswith("pos_embed"):  # (1, E, E, C)
+            out[key] = F.interpolate(value.permute(0, 3, 1, 2), size=tuple(shape[1:3]), mode="bicubic",
+                                     align_corners=False).permute(0, 2, 3, 1)
+        elif ".rel_pos_" in key:  # (2E − 1, head dim)
+            out[key] = F.interpolate(value.T[None], size=shape[0], mode="linear", align_corners=False)[0].T
+        else:
+            raise ValueError(f"{key} has shape {tuple(value.shape)}, the model {tuple(shape)}")
+        print(f"{key}: {tuple(value.shape)} resampled to {tuple(shape)}")
+    return out
+
+
 def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
-          lr: float = 1e-3, log_every: int = 50, init: str | None = None) -> None:
+          lr: float = 1e-3, log_every: int = 50, init: str | None = None, spec=None) -> None:
     torch.manual_seed(seed)
-    spec = get_spec("tiny")
+    spec = spec or get_spec("tiny")
     sam = build_model(spec).train()
     if init:  # continue from an earlier run
-        sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        sam.load_state_dict(_resized(torch.load(init, map_location="cpu", weights_only=True), sam.state_dict()))
     params = [p for p in sam.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 30)
@@ -162,10 +199,9 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
                 dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
                     len(idx), -1, spec.embedding_size, spec.embedding_size)
                 low, iou_pred = sam.mask_decoder.predict_masks(embeddings[i:i + 1], pe_dense, sparse, dense)
-                logits = F.interpolate(low, (spec.image_size, spec.image_size), mode="bilinear", align_corners=False)
-                n, k = logits.shape[:2]
+                n, k = low.shape[:2]
                 v = torch.from_numpy(valid)
-                loss, iou = _losses(logits.flatten(0, 1), target.repeat_interleave(k, 0).view(n * k, *target.shape[1:]), v)
+                loss, iou = _losses(low.flatten(0, 1), target.repeat_interleave(k, 0), v)
                 loss, iou = loss.view(n, k), iou.view(n, k)
                 iou_loss = ((iou_pred - iou) ** 2).mean(1)
                 loss_total = loss_total + (loss.mean(1) + iou_loss).sum()
@@ -193,11 +229,19 @@ def main() -> None:
     ap.add_argument("--out", default="maskserve/models/sam_tiny.pth")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights")
+    ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights "
+                    "(one trained at another input size is resampled to this one)")
+    ap.add_argument("--prompts-per-image", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="train at another input size than the shipped spec's (the recipe's early stages)")
     args = ap.parse_args()
+    spec = get_spec("tiny")
+    if args.image_size:
+        spec = replace(spec, image_size=args.image_size)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    train(args.steps, args.out, seed=args.seed, lr=args.lr, init=args.init)
+    train(args.steps, args.out, seed=args.seed, lr=args.lr, init=args.init, prompts_per_image=args.prompts_per_image,
+          spec=spec)
 
 
 if __name__ == "__main__":
