@@ -42,7 +42,9 @@ def test_a_checkpoint_of_another_input_size_is_resampled(small_checkpoint):
 
 def test_training_steps_write_a_loadable_checkpoint(small_checkpoint, tmp_path):
     out = tmp_path / "grown.pth"
-    train.train(2, str(out), images_per_batch=1, prompts_per_image=2, init=str(small_checkpoint))
+    # Scenes drawn in this process: forking a worker from pytest, which runs gRPC and ONNX Runtime
+    # threads by now, can hang the child.
+    train.train(2, str(out), images_per_batch=1, prompts_per_image=2, init=str(small_checkpoint), workers=0)
     state = torch.load(out, weights_only=True)
     build_model(SPEC).load_state_dict(state)  # the shipped spec, strictly
     assert all(np.isfinite(v.numpy()).all() for v in state.values())

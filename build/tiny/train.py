@@ -164,7 +164,9 @@ def _resized(state: dict, like: dict) -> dict:
 
 
 def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
-          lr: float = 1e-3, log_every: int = 50, init: str | None = None, spec=None) -> None:
+          lr: float = 1e-3, log_every: int = 50, init: str | None = None, spec=None, workers: int = 1) -> None:
+    """`workers`: processes drawing scenes (0: in this process, which is safe to call from one that runs
+    threads, where forking a worker is not)."""
     torch.manual_seed(seed)
     spec = spec or get_spec("tiny")
     sam = build_model(spec).train()
@@ -179,7 +181,7 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
     start = time.time()
     running = []
     batches = iter(torch.utils.data.DataLoader(_Batches(seed, spec, images_per_batch, prompts_per_image),
-                                               batch_size=None, num_workers=1, collate_fn=_as_is))
+                                               batch_size=None, num_workers=workers, collate_fn=_as_is))
     for step in range(steps):
         batch = next(batches)
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
