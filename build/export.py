@@ -98,8 +98,10 @@ class PromptDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )
-        rows, cols = (self.side, self.side) if extent is None else (extent[0], extent[1])
-        if extent is not None:  # each mask pixel comes from one image token: crop the tokens, not the masks
+        if extent is None:
+            rows = cols = self.side
+        else:  # each mask pixel comes from one image token: crop the tokens, not the masks
+            rows, cols = extent[0], extent[1]
             keys = keys.reshape(keys.shape[0], self.side, self.side, -1)[:, :rows, :cols].flatten(1, 2)
         masks = upscale_masks(decoder.output_upscaling, keys, hyper_in, rows, cols)
         return decoder.iou_prediction_head(queries[:, 0, :]), masks

@@ -62,15 +62,19 @@ class OnnxDecoder:
         names = [o.name for o in self.image_session.get_outputs()]
         return dict(zip(names, self.image_session.run(None, {"image_embeddings": embedding})))
 
+    def points_feeds(self, features: dict, coords, labels, extent: tuple[int, int] | None = None) -> dict:
+        """The split decoder's inputs for prompts without a mask input."""
+        feeds = {**features, "point_coords": coords, "point_labels": labels}
+        if self.crops:
+            feeds["mask_extent"] = self.full_extent if extent is None else np.array(extent, np.int64)
+        return feeds
+
     def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None,
                extent: tuple[int, int] | None = None):
         """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens; the split
         decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
         if features is not None and not np.any(has_mask_input):
-            feeds = {**features, "point_coords": coords, "point_labels": labels}
-            if self.crops:
-                feeds["mask_extent"] = self.full_extent if extent is None else np.array(extent, np.int64)
-            iou, masks = self.points_session.run(None, feeds)
+            iou, masks = self.points_session.run(None, self.points_feeds(features, coords, labels, extent))
             return iou, masks
         iou, masks = self.session.run(None, {
             "image_embeddings": embedding,

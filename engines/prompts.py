@@ -112,8 +112,7 @@ def decode(
     answers: list[Answer | None] = [None] * len(prepared)
     token_slice = slice(1, None) if multimask_output else slice(0, 1)
     embedding = np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
-    extent = None if full_logits else transforms.mask_extent(
-        transforms.resized_shape(*original_size, size), size, m)
+    extent = None if full_logits else mask_extent(manifest, original_size)
     for idx in groups.values():
         coords = np.stack([prepared[i][0] for i in idx])
         labels = np.stack([prepared[i][1] for i in idx])
@@ -133,3 +132,9 @@ def full_resolution_logits(answer_logits: np.ndarray, manifest: Manifest, origin
     input_size = transforms.resized_shape(*original_size, manifest.image_size)
     return transforms.upscale_logits(answer_logits, input_size, original_size, manifest.image_size,
                                      manifest.mask_input_size)
+
+
+def mask_extent(manifest: Manifest, original_size: tuple[int, int]) -> tuple[int, int] | None:
+    """The embedding cells whose masks `full_resolution_logits` reads for an image of `original_size`."""
+    input_size = transforms.resized_shape(*original_size, manifest.image_size)
+    return transforms.mask_extent(input_size, manifest.image_size, manifest.mask_input_size)

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from maskserve.engines import default_model_dir, load, transforms
+from maskserve.engines import default_model_dir, load, prompts, transforms
 from maskserve.engines.flops import count_flops, cpu_peak_flops, measured_gemm_flops
 from maskserve.service import store
 from maskserve.service.client import image_message, prompt_message
@@ -219,15 +219,13 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
                                         np.array([1.0]), None)
     no_mask = (np.zeros((1, 1, m.mask_input_size, m.mask_input_size), np.float32), np.zeros(1, np.float32))
     features = model.decoder.prepare(emb)
-    extent = transforms.mask_extent(transforms.resized_shape(h, w, m.image_size), m.image_size, m.mask_input_size)
+    extent = prompts.mask_extent(m, (h, w))
     series["decoder run alone"] = _timed(
         lambda: model.decoder.decode(emb, pts[None], lbl[None], *no_mask, features=features, extent=extent), requests)
     flops = image_flops = None
     if m.backend == "onnxruntime":
         if features is not None:
-            feeds = {**features, "point_coords": pts[None], "point_labels": lbl[None]}
-            if getattr(model.decoder, "crops", False):
-                feeds["mask_extent"] = np.array(extent or m.embedding_shape[1:], np.int64)
+            feeds = model.decoder.points_feeds(features, pts[None], lbl[None], extent)
             flops = count_flops(str(model_dir / m.decoder["points_file"]), feeds)["total"]
             image_flops = count_flops(str(model_dir / m.decoder["image_file"]), {"image_embeddings": emb})["total"]
         else:
