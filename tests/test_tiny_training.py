@@ -40,14 +40,20 @@ def test_a_checkpoint_of_another_input_size_is_resampled(small_checkpoint):
         train._resized(state, model.state_dict())
 
 
-def test_training_steps_write_a_loadable_checkpoint(small_checkpoint, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bfloat16-autocast"])
+def test_training_steps_write_a_loadable_checkpoint(small_checkpoint, tmp_path, bf16):
     out = tmp_path / "grown.pth"
     # Scenes drawn in this process: forking a worker from pytest, which runs gRPC and ONNX Runtime
     # threads by now, can hang the child.
-    train.train(2, str(out), images_per_batch=1, prompts_per_image=2, init=str(small_checkpoint), workers=0)
+    train.train(2, str(out), images_per_batch=1, prompts_per_image=2, init=str(small_checkpoint), workers=0,
+                bf16=bf16)
     state = torch.load(out, weights_only=True)
     build_model(SPEC).load_state_dict(state)  # the shipped spec, strictly
+    # Autocast computes in bfloat16 but the checkpoint stays in Meta's float32 format.
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     assert all(np.isfinite(v.numpy()).all() for v in state.values())
+    start = torch.load(small_checkpoint, weights_only=True)
+    assert not torch.equal(state["mask_decoder.iou_token.weight"], start["mask_decoder.iou_token.weight"])
 
 
 def test_loss_targets_are_cell_coverage_at_the_decoders_resolution():

@@ -164,9 +164,12 @@ def _resized(state: dict, like: dict) -> dict:
 
 
 def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompts_per_image: int = 8,
-          lr: float = 1e-3, log_every: int = 50, init: str | None = None, spec=None, workers: int = 1) -> None:
+          lr: float = 1e-3, log_every: int = 50, init: str | None = None, spec=None, workers: int = 1,
+          bf16: bool = False) -> None:
     """`workers`: processes drawing scenes (0: in this process, which is safe to call from one that runs
-    threads, where forking a worker is not)."""
+    threads, where forking a worker is not). `bf16`: forward passes in bfloat16 autocast (weights, gradients
+    and the loss stay float32): 2–2.7× faster steps on a CPU with AVX512-BF16 (measured on Zen 4), slower
+    on one without."""
     torch.manual_seed(seed)
     spec = spec or get_spec("tiny")
     sam = build_model(spec).train()
@@ -185,8 +188,10 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
     for step in range(steps):
         batch = next(batches)
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
-        embeddings = sam.image_encoder(images)
-        pe_dense = sam.prompt_encoder.get_dense_pe()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+        with autocast:
+            embeddings = sam.image_encoder(images)
+            pe_dense = sam.prompt_encoder.get_dense_pe()
         loss_total, ious = 0.0, []
         for i, (_, prompts, valid) in enumerate(batch):
             groups = {}
@@ -200,7 +205,9 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
                 sparse = _embed_points(sam.prompt_encoder, pts, lbl)
                 dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
                     len(idx), -1, spec.embedding_size, spec.embedding_size)
-                low, iou_pred = sam.mask_decoder.predict_masks(embeddings[i:i + 1], pe_dense, sparse, dense)
+                with autocast:
+                    low, iou_pred = sam.mask_decoder.predict_masks(embeddings[i:i + 1], pe_dense, sparse, dense)
+                low, iou_pred = low.float(), iou_pred.float()
                 n, k = low.shape[:2]
                 v = torch.from_numpy(valid)
                 loss, iou = _losses(low.flatten(0, 1), target.repeat_interleave(k, 0), v)
@@ -234,6 +241,8 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights "
                     "(one trained at another input size is resampled to this one)")
     ap.add_argument("--prompts-per-image", type=int, default=8)
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 autocast for the forward passes (fast on CPUs with AVX512-BF16 or AMX)")
     ap.add_argument("--image-size", type=int, default=None,
                     help="train at another input size than the shipped spec's (the recipe's early stages)")
     args = ap.parse_args()
@@ -243,7 +252,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     train(args.steps, args.out, seed=args.seed, lr=args.lr, init=args.init, prompts_per_image=args.prompts_per_image,
-          spec=spec)
+          spec=spec, bf16=args.bf16)
 
 
 if __name__ == "__main__":
