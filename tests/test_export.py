@@ -155,7 +155,8 @@ def test_split_decoder_answers_like_the_general_graph(built):
         general = decoder.decode(emb, coords, labels, *no_masks)
         split = decoder.decode(emb, coords, labels, *no_masks, features=features)
         assert np.abs(general[0] - split[0]).max() < 1e-5
-        assert np.abs(general[1] - split[1]).max() < 1e-4
+        # Logits of ~20 from a random embedding: the split graph's reassociated attention sums in another order.
+        np.testing.assert_allclose(split[1], general[1], rtol=1e-5, atol=1e-4)
 
 
 def test_encoder_takes_a_batch(built):
