@@ -74,8 +74,7 @@ class OnnxDecoder:
         """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens; the split
         decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
         if features is not None and not np.any(has_mask_input):
-            iou, masks = self.points_session.run(None, self.points_feeds(features, coords, labels, extent))
-            return iou, masks
+            return tuple(self.points_session.run(None, self.points_feeds(features, coords, labels, extent)))
         iou, masks = self.session.run(None, {
             "image_embeddings": embedding,
             "point_coords": coords,

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import report
 
 from maskserve import Predictor
+from maskserve.engines.model_dir import Manifest
 from maskserve.service import jobs, masks
 from maskserve.service.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
@@ -557,7 +558,7 @@ def test_float16_embeddings_halve_the_store_and_keep_masks(stack, photos, tiny_m
         stub16 = pb_grpc.SegmenterStub(channel)
         encoded = stub16.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
         blob = redis.Redis.from_url(url).get(store.key(encoded.model_version, encoded.image_id))
-        assert len(blob) < np.prod(Predictor(tiny_model_dir).manifest.embedding_shape) * 2 + 200
+        assert len(blob) < np.prod(Manifest.load(tiny_model_dir).embedding_shape) * 2 + 200
         array = store.unpack(blob).array
         stored = np.frombuffer(blob[-array.size * 2:], np.float16).reshape(array.shape)
         assert array.dtype == np.float32 and np.array_equal(array, stored.astype(np.float32))

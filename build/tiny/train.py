@@ -185,10 +185,10 @@ def train(steps: int, out: str, seed: int = 0, images_per_batch: int = 4, prompt
     running = []
     batches = iter(torch.utils.data.DataLoader(_Batches(seed, spec, images_per_batch, prompts_per_image),
                                                batch_size=None, num_workers=workers, collate_fn=_as_is))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # reused by every forward pass
     for step in range(steps):
         batch = next(batches)
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
         with autocast:
             embeddings = sam.image_encoder(images)
             pe_dense = sam.prompt_encoder.get_dense_pe()
