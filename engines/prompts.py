@@ -134,6 +134,12 @@ def full_resolution_logits(answer_logits: np.ndarray, manifest: Manifest, origin
                                      manifest.mask_input_size)
 
 
+def full_resolution_map(logits: np.ndarray, manifest: Manifest, original_size: tuple[int, int]) -> np.ndarray:
+    """One mask's (M, M) low-res logits → (H, W) logits (`upscale_map`)."""
+    input_size = transforms.resized_shape(*original_size, manifest.image_size)
+    return transforms.upscale_map(logits, input_size, original_size, manifest.image_size, manifest.mask_input_size)
+
+
 def mask_extent(manifest: Manifest, original_size: tuple[int, int]) -> tuple[int, int] | None:
     """The embedding cells whose masks `full_resolution_logits` reads for an image of `original_size`."""
     input_size = transforms.resized_shape(*original_size, manifest.image_size)

@@ -111,10 +111,22 @@ def upscale_logits(
     side: int | None = None,
 ) -> np.ndarray:
     """(C, m, m) low-resolution logits, or their top-left part with `side` = m, → (C, H, W) logits at the
+    original image size (`upscale_map` on each)."""
+    low_res = np.asarray(low_res, np.float32)
+    out = np.empty((low_res.shape[0], *original_size), np.float32)
+    for x, o in zip(low_res, out):
+        upscale_map(x, input_size, original_size, long_side, side, out=o)
+    return out
+
+
+def upscale_map(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], long_side: int,
+    side: int | None = None, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """One (m, m) low-resolution logit map, or its top-left part with `side` = m, → (H, W) logits at the
     original image size: the reference's upscale to the padded square, crop to the resized image, resize
     to the original size. Only the low-res samples the crop reads are upscaled (`_low_res_read`)."""
-    low_res = np.asarray(low_res, np.float32)
-    c, side = low_res.shape[0], side or low_res.shape[-1]
+    side = side or low_res.shape[-1]
     (ih, iw), (h, w) = input_size, original_size
     read = _low_res_read(input_size, long_side, side)
     if read is None:  # upscale the whole square
@@ -122,10 +134,9 @@ def upscale_logits(
     else:
         (rows, cols), scale = read, long_side // side
         square = (rows * scale, cols * scale)
-    if low_res.shape[1] < rows or low_res.shape[2] < cols:
-        raise ValueError(f"low-res logits {low_res.shape[1:]} lack the {(rows, cols)} samples the upscale reads")
-    out = np.empty((c, h, w), np.float32)
-    for x, o in zip(low_res, out):
-        up = _resize_bilinear(np.ascontiguousarray(x[:rows, :cols]), *square)
-        _resize_bilinear(up[:ih, :iw], h, w, out=o)
-    return out
+    if low_res.shape[0] < rows or low_res.shape[1] < cols:
+        raise ValueError(f"low-res logits {low_res.shape} lack the {(rows, cols)} samples the upscale reads")
+    up = _resize_bilinear(np.ascontiguousarray(low_res[:rows, :cols], np.float32), *square)
+    if out is None and (ih, iw) == (h, w):  # a contiguous copy of the crop: later passes over a view run slower
+        return np.ascontiguousarray(up[:ih, :iw])
+    return _resize_bilinear(up[:ih, :iw], h, w, out=out)

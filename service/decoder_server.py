@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import grpc
 import numpy as np
 import redis
@@ -233,12 +234,12 @@ class Segmenter(pb_grpc.SegmenterServicer):
         keep = range(len(answer.iou_predictions))
         if options.best_mask_only:
             keep = [int(np.argmax(answer.iou_predictions))]
-        # Work in the transposed frame (W, H): COCO RLE is column-major, so its runs are then contiguous.
-        low_t = np.ascontiguousarray(answer.low_res_logits[list(keep)].transpose(0, 2, 1))
         h, w = original_size
-        logits_t = prompt_lib.full_resolution_logits(low_t, self.manifest, (w, h))
         result = pb.PromptResult()
-        for k, lt in zip(keep, logits_t):
+        for k in keep:
+            # Work in the transposed frame (W, H): COCO RLE is column-major, so its runs are then contiguous.
+            # One mask at a time: its full-size maps are still in cache from the upscale to the RLE.
+            lt = prompt_lib.full_resolution_map(cv2.transpose(answer.low_res_logits[k]), self.manifest, (w, h))
             binary_t = lt > 0.0
             y, x, bh, bw = masks.bbox_xywh(binary_t)
             m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
