@@ -291,7 +291,8 @@ def _plot(series: dict[str, list[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 6))
-    colours = plt.get_cmap("tab20").colors[::2]  # ten distinct ones; the reference is drawn black, dashed
+    tab20 = plt.get_cmap("tab20").colors  # its ten dark colours, then their light pairs: 20 distinct lines
+    colours = tab20[::2] + tab20[1::2]  # the reference is drawn black, dashed
     for i, (name, values) in enumerate(series.items()):
         ms = np.sort(np.asarray(values) * 1000)
         reference = name.startswith("reference")
