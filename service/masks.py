@@ -26,14 +26,9 @@ def bbox_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
-def encode_rle(mask: np.ndarray) -> bytes:
-    """COCO compressed RLE counts of an (H, W) mask, by pycocotools."""
-    return encode_rle_transposed(np.ascontiguousarray(mask.T))
-
-
 def encode_rle_transposed(mask_t: np.ndarray) -> bytes:
-    """The same from the transposed mask (W, H), whose memory already is the column-major layout that
-    pycocotools reads, so no copy is made."""
+    """COCO compressed RLE counts (pycocotools) of an (H, W) mask given transposed, (W, H): its memory
+    already is the column-major layout that pycocotools reads, so no copy is made."""
     column_major = np.ascontiguousarray(mask_t).view(np.uint8).T[:, :, None]
     return coco_mask.encode(column_major)[0]["counts"]
 
