@@ -78,9 +78,9 @@ def prompt_points(
 def _resize_bilinear(x: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resize of a (h, w) float32 map with half-pixel centres and no antialiasing, i.e. torch's
     `F.interpolate(mode="bilinear", align_corners=False)`; OpenCV computes the same sample positions."""
-    if x.shape == (height, width):
+    if x.shape == (height, width):  # a contiguous copy of a cropped view: later passes over a view run slower
         if out is None:
-            return x
+            return np.ascontiguousarray(x)
         out[...] = x
         return out
     return cv2.resize(x, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
@@ -137,6 +137,4 @@ def upscale_map(
     if low_res.shape[0] < rows or low_res.shape[1] < cols:
         raise ValueError(f"low-res logits {low_res.shape} lack the {(rows, cols)} samples the upscale reads")
     up = _resize_bilinear(np.ascontiguousarray(low_res[:rows, :cols], np.float32), *square)
-    if out is None and (ih, iw) == (h, w):  # a contiguous copy of the crop: later passes over a view run slower
-        return np.ascontiguousarray(up[:ih, :iw])
     return _resize_bilinear(up[:ih, :iw], h, w, out=out)
