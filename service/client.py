@@ -7,7 +7,10 @@ import grpc
 
 from maskserve.engines import transforms
 
-from . import masks as mask_codec
+from maskserve.engines import masks as mask_codec
+from maskserve.engines.automatic import MaskSet, Options
+
+from . import everything
 from .proto import pb, pb_grpc
 
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
@@ -74,6 +77,14 @@ class _Base:
         return np.stack([decode_mask(m) for m in result.masks]), ious, low
 
 
+def _pages(responses, progress):
+    for r in responses:
+        if r.WhichOneof("payload") == "masks":
+            yield r.masks
+        elif progress is not None:
+            progress(r.progress.stage, r.progress.done, r.progress.total)
+
+
 class Client(_Base):
     """Blocking client. `set_image` encodes (once per distinct image, on the encoder pool), then `predict`
     answers like `SamPredictor.predict`: masks (C, H, W), iou_predictions (C,), low_res_logits (C, M, M)."""
@@ -92,6 +103,18 @@ class Client(_Base):
 
     def set_image(self, image, image_format: str = "RGB") -> None:
         self.image_id = self.encode(image, image_format)
+
+    def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
+                           progress=None) -> MaskSet:
+        """The automatic generator on the service for an image (array or file bytes) or an image_id (str);
+        `progress(stage, done, total)` is called as the service reports it."""
+        request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options or Options()))
+        if isinstance(image, str):
+            request.image_id = image
+        else:
+            request.image.CopyFrom(image_message(image, image_format))
+        found, _ = everything.from_pages(_pages(self.stub.SegmentEverything(request, timeout=self.timeout), progress))
+        return found
 
     def model_info(self) -> pb.ModelInfo:
         if self._info is None:

@@ -26,6 +26,9 @@ class Settings:
     max_prompts: int = 256  # prompts in one SegmentPrompt
     max_points: int = 64  # points in one prompt
     max_image_pixels: int = 40_000_000
+    everything_max_points: int = 16384  # SegmentEverything: point prompts over all crops of one request
+    everything_max_crop_layers: int = 2  # SegmentEverything: crop layers (layer i has 4^i crops to encode)
+    everything_concurrency: int = 1  # SegmentEverything requests decoding at once per process; more wait
     max_message_mb: int = 64  # gRPC message limit both ways
     decode_threads: int = 2  # decoder service: concurrent decoder runs
     ort_threads: int = 0  # ONNX Runtime threads per run; 0 = one per core

@@ -8,6 +8,7 @@ Decoder runs and mask encoding happen on a small thread pool so the event loop s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -24,9 +25,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
-from maskserve.engines import prompts as prompt_lib
+from maskserve.engines import automatic, prompts as prompt_lib
 
-from . import allocator, images, jobs, masks, metrics, store
+from maskserve.engines import masks
+
+from . import allocator, everything, images, jobs, metrics, store
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -46,7 +49,7 @@ class ServiceError(Exception):
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
-    if isinstance(exc, (prompt_lib.PromptError, images.ImageError)):
+    if isinstance(exc, (prompt_lib.PromptError, images.ImageError, automatic.ParameterError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
         return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly"
@@ -118,6 +121,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.stream = settings.stream(self.version)
         self.lru = store.LRU(settings.lru_entries)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # Automatic mask generation runs for seconds: on threads of its own, so prompts are not queued behind it.
+        self.everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
         self.waiters: dict[str, asyncio.Event] = {}
 
     # -- embeddings -----------------------------------------------------------------------------------
@@ -207,15 +212,21 @@ class Segmenter(pb_grpc.SegmenterServicer):
         return image_id, wait, rgb.shape[:2]
 
     # -- decoding -------------------------------------------------------------------------------------
-    def _answer(self, emb: store.Embedding, prompts: list, options) -> list:
+    @contextlib.contextmanager
+    def _decoder(self):
+        """The decoder for a run: all threads when it runs alone, one when another run is under way."""
         with self.decoding_lock:
             decoder = self.narrow_decoder if self.decoding and self.narrow_decoder else self.model.decoder
             self.decoding += 1
         try:
-            return self._decode_and_encode(decoder, emb, prompts, options)
+            yield decoder
         finally:
             with self.decoding_lock:
                 self.decoding -= 1
+
+    def _answer(self, emb: store.Embedding, prompts: list, options) -> list:
+        with self._decoder() as decoder:
+            return self._decode_and_encode(decoder, emb, prompts, options)
 
     def _decode_and_encode(self, decoder, emb: store.Embedding, prompts: list, options) -> list:
         start = time.perf_counter()
@@ -288,6 +299,127 @@ class Segmenter(pb_grpc.SegmenterServicer):
             raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
         results = await self._segment(image_id, request.prompts, request.options)
         return pb.SegmentPromptResponse(image_id=image_id, results=results, model_version=self.version)
+
+    # -- automatic mask generation -------------------------------------------------------------------
+    async def _everything_images(self, request, options: automatic.Options):
+        """(image_id, original size, [(crop box, layer, crop's image_id, its payload)]) for a request."""
+        target = request.WhichOneof("target")
+        if target == "image_id":
+            if options.crop_n_layers:
+                raise automatic.ParameterError("crop_n_layers", "crops are cut from the image's pixels: send the "
+                                               "image itself, not its image_id")
+            emb = await self._embedding(request.image_id)
+            if emb is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {request.image_id!r} "
+                                   "(unknown, or expired from the store); send the image with EncodeImage again")
+            h, w = emb.original_size
+            return request.image_id, (h, w), [([0, 0, w, h], 0, request.image_id, None)]
+        if target != "image":
+            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
+        payload = images.canonical_payload(request.image)
+        rgb = await asyncio.get_running_loop().run_in_executor(
+            self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
+        image_id = images.image_id(payload, self.version)
+        crops = []
+        for box, layer in automatic.crop_boxes(rgb.shape[:2], options.crop_n_layers, options.crop_overlap_ratio):
+            if layer == 0:
+                crops.append((box, 0, image_id, payload))
+            else:  # a crop is an image like any other: content-addressed, queued, cached
+                crop_payload = images.rgb_payload(rgb[box[1]:box[3], box[0]:box[2]])
+                crops.append((box, layer, images.image_id(crop_payload, self.version), crop_payload))
+        return image_id, rgb.shape[:2], crops
+
+    async def SegmentEverything(self, request, context):
+        metrics.IN_FLIGHT.inc()
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        cancel = threading.Event()
+        try:
+            s = self.settings
+            options = everything.options_from_proto(request.options).validate(
+                s.everything_max_crop_layers, s.everything_max_points)
+            image_id, size, crops = await self._everything_images(request, options)
+            timings: dict[str, float] = {}
+            t = time.perf_counter()
+            missing = [(cid, p) for _, _, cid, p in crops
+                       if p is not None and not await self.redis.exists(store.key(self.version, cid))]
+            yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(
+                stage="encoding", done=len(crops) - len(missing), total=len(crops)))
+            for cid, p in missing:
+                await self._enqueue(cid, p)
+            waits = [asyncio.ensure_future(self._wait_encoded(cid, p, context)) for cid, p in missing]
+            try:
+                for i, done in enumerate(asyncio.as_completed(waits)):
+                    await done
+                    yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(
+                        stage="encoding", done=len(crops) - len(missing) + i + 1, total=len(crops)))
+            finally:
+                for w in waits:
+                    w.cancel()
+            timings["encode"] = time.perf_counter() - t
+            grids = options.layer_grids()
+            total = sum(len(grids[layer]) for _, layer, _, _ in crops)
+            progress = [0]
+
+            def advance(n: int) -> None:
+                progress[0] += n
+                metrics.EVERYTHING_POINTS.inc(n)
+
+            loop = asyncio.get_running_loop()
+            found = []
+            for box, layer, cid, _ in crops:
+                emb = await self._embedding(cid)
+                if emb is None:
+                    raise ServiceError(grpc.StatusCode.UNAVAILABLE, "a crop's embedding left the store before it was "
+                                       "decoded (the store is short of memory); retry")
+                work = loop.run_in_executor(self.everything_pool, self._everything_crop, emb, box, grids[layer],
+                                            size, options, cancel, advance, timings)
+                work.add_done_callback(lambda f: f.cancelled() or f.exception())  # a cancelled call's is dropped
+                while True:
+                    finished, _ = await asyncio.wait({work}, timeout=0.25)
+                    yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(
+                        stage="decoding", done=progress[0], total=total))
+                    if finished:
+                        break
+                found.append(work.result())
+            if options.min_mask_region_area:
+                yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(stage="cleanup", done=0, total=1))
+            result = await loop.run_in_executor(self.everything_pool, self._everything_merge, found, size,
+                                                options, timings)
+            for stage, seconds in timings.items():
+                metrics.EVERYTHING_STAGE.labels(stage).observe(seconds)
+            for page in everything.pages(result, image_id, self.version, timings):
+                yield pb.SegmentEverythingResponse(masks=page)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never crashes the server
+            code, message = _status_of(exc)
+            await context.abort(code, message)
+        finally:
+            cancel.set()  # a cancelled call stops its decoder work at the next batch
+            metrics.IN_FLIGHT.dec()
+            metrics.REQUEST_LATENCY.labels("SegmentEverything").observe(time.perf_counter() - start)
+            metrics.REQUESTS.labels("SegmentEverything", code.name).inc()
+
+    def _everything_crop(self, emb, box, grid, size, options, cancel, advance, timings):
+        with self._decoder() as decoder:
+            if emb.decoder_features is None:
+                emb.decoder_features = decoder.prepare(emb.array)
+            return automatic.process_crop(decoder, self.manifest, emb.array, emb.decoder_features, box, grid, size,
+                                          options, cancel=cancel, progress=advance, timings=timings)
+
+    @staticmethod
+    def _everything_merge(found, size, options, timings):
+        t = time.perf_counter()
+        result = automatic.merge_crops(found, size, options)
+        timings["crop_merge"] = time.perf_counter() - t
+        if options.min_mask_region_area > 0:
+            t = time.perf_counter()
+            result = automatic.clean_up(result, options.min_mask_region_area,
+                                        max(options.box_nms_thresh, options.crop_nms_thresh))
+            timings["cleanup"] = time.perf_counter() - t
+        return result
 
     @_rpc
     async def GetModelInfo(self, request, context):

@@ -29,8 +29,17 @@ def canonical_payload(image) -> bytes:
         return b"E" + image.encoded
     if kind == "raw":
         r = image.raw
-        return b"R" + f"{r.width}x{r.height}x{r.format}:".encode() + r.data
+        return _raw_payload(r.width, r.height, r.format, r.data)
     raise ImageError("the image is empty: set `encoded` (JPEG/PNG/WebP bytes) or `raw` pixels")
+
+
+def _raw_payload(width: int, height: int, pixel_format: int, data: bytes) -> bytes:
+    return b"R" + f"{width}x{height}x{pixel_format}:".encode() + data
+
+
+def rgb_payload(rgb: np.ndarray) -> bytes:
+    """The payload of (H, W, 3) uint8 RGB pixels, the same bytes as a client sending them raw (RGB8)."""
+    return _raw_payload(rgb.shape[1], rgb.shape[0], 1, np.ascontiguousarray(rgb).tobytes())
 
 
 def decode_payload(payload: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -17,6 +17,10 @@ BATCH = Histogram("maskserve_encoder_batch_size", "Images per encoder run.", buc
 QUEUE_DEPTH = Gauge("maskserve_queue_depth", "Entries in the encode job stream (waiting or in work).")
 CACHE = Counter("maskserve_embedding_cache_total", "Embedding look-ups: hit (in process), redis, miss.", ["result"])
 JOBS = Counter("maskserve_encoder_jobs_total", "Encode jobs finished: done or dead_letter.", ["outcome"])
+EVERYTHING_STAGE = Histogram("maskserve_everything_stage_duration_seconds",
+                             "SegmentEverything time per stage and request: encode (waiting for the pool), "
+                             "grid_decode, filter, nms, crop_merge, cleanup.", ["stage"], buckets=LATENCY_BUCKETS)
+EVERYTHING_POINTS = Counter("maskserve_everything_points_total", "Point prompts decoded by SegmentEverything.")
 REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
 
 
@@ -24,7 +28,8 @@ REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations 
 # replacement) worker shows up on dashboards and in rate() before its first job.
 SERIES = {
     "encoder": ((STAGE, ("queue_wait", "encode")), (JOBS, ("done", "dead_letter"))),
-    "decoder": ((STAGE, ("embedding_fetch", "decode", "postprocess")), (CACHE, ("hit", "redis", "miss"))),
+    "decoder": ((STAGE, ("embedding_fetch", "decode", "postprocess")), (CACHE, ("hit", "redis", "miss")),
+                (EVERYTHING_STAGE, ("encode", "grid_decode", "filter", "nms", "crop_merge", "cleanup"))),
 }
 
 

@@ -18,7 +18,8 @@ from conftest import report
 
 from maskserve import Predictor
 from maskserve.engines.model_dir import Manifest
-from maskserve.service import jobs, masks
+from maskserve.engines import masks
+from maskserve.service import jobs
 from maskserve.service.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_role, stop, wait_serving

@@ -33,6 +33,11 @@ def encode_rle_transposed(mask_t: np.ndarray) -> bytes:
     return coco_mask.encode(column_major)[0]["counts"]
 
 
+def rle_area(rle: dict) -> int:
+    """Pixels in a COCO RLE ({"size": [h, w], "counts": bytes})."""
+    return int(coco_mask.area(rle))
+
+
 def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
     return coco_mask.decode({"size": [height, width], "counts": counts}).astype(bool)
 

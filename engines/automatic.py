@@ -1,0 +1,438 @@
+"""Automatic mask generation ("segment everything"): the paper's grid generator, without torch.
+
+The same records as `segment_anything.SamAutomaticMaskGenerator` for the same model and image: per crop
+(the whole image, then `crop_n_layers` levels of overlapping zoomed-in crops) a grid of single-point
+prompts, three masks each, kept if predicted IoU and stability pass, masks touching a crop's inner edge
+dropped, duplicates removed by box NMS within each crop and across crops, then optionally small holes and
+islands removed. What differs is only where and when the work happens:
+- the grid runs as large decoder batches against the crop's embedding and the split decoder's per-image
+  tensors, computing only the mask cells the crop shows (`mask_extent`);
+- predicted IoU is filtered on the decoder's output, before anything is upscaled; each survivor is then
+  upscaled, scored, thresholded and RLE-encoded alone, in the transposed frame COCO's RLE reads, so memory
+  holds RLEs, never thousands of full-size masks.
+NMS and comparisons follow torchvision's and torch's float32 arithmetic, ties broken by order as theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field, fields
+from itertools import product
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from . import masks, prompts, transforms
+from .model_dir import Manifest
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Prompts per decoder run. Measured on the points decoder (2 threads, this repository's VM): per prompt,
+# ViT-B costs the same from 16 to 128 prompts, and the tiny model gains little past 64; larger batches
+# only hold more low-res logits at once.
+DECODE_BATCH = 16
+EDGE_TOLERANCE = 20.0  # pixels: a mask box this close to a crop's inner edge is cut off by the crop
+
+
+class ParameterError(ValueError):
+    """A generator parameter out of range; `parameter` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+class Cancelled(Exception):
+    """The caller stopped waiting (a cancelled RPC); the work in hand was abandoned."""
+
+
+@dataclass
+class Options:
+    """The reference generator's parameters, names and defaults (`SamAutomaticMaskGenerator.__init__`)."""
+
+    points_per_side: int | None = 32
+    points_per_batch: int = 64  # accepted for compatibility; the answer does not depend on it
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    point_grids: list[np.ndarray] | None = None
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+
+    def validate(self, max_crop_layers: int = 3, max_points: int = 65536) -> "Options":
+        """Check every parameter (one clear error naming it) and return the options with grids as arrays."""
+        def integer(name, low, high=None):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ParameterError(name, f"must be an integer, got {v!r}")
+            if v < low or (high is not None and v > high):
+                bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+                raise ParameterError(name, f"must be {bound}, got {v}")
+
+        def number(name, low, high, high_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v):
+                raise ParameterError(name, f"must be a finite number, got {v!r}")
+            if v < low or v > high or (high_open and v == high):
+                raise ParameterError(name, f"must lie in [{low}, {high}{')' if high_open else ']'}, got {v}")
+
+        if (self.points_per_side is None) == (self.point_grids is None):
+            raise ParameterError("points_per_side", "give exactly one of points_per_side and point_grids")
+        integer("crop_n_layers", 0, max_crop_layers)
+        if self.points_per_side is not None:
+            integer("points_per_side", 1, int(math.isqrt(max_points)))
+        integer("points_per_batch", 1)
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+            number(name, 0.0, 1.0)
+        number("stability_score_offset", 0.0, 1e6)
+        number("crop_overlap_ratio", 0.0, 1.0, high_open=True)
+        integer("crop_n_points_downscale_factor", 1)
+        integer("min_mask_region_area", 0)
+        if self.output_mode not in OUTPUT_MODES:
+            raise ParameterError("output_mode", f"must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
+        grids = self.point_grids
+        if grids is not None:
+            grids = [np.asarray(g, np.float64) for g in grids]
+            if len(grids) < self.crop_n_layers + 1:
+                raise ParameterError("point_grids", f"needs one grid per crop layer: {self.crop_n_layers + 1} "
+                                                    f"for crop_n_layers={self.crop_n_layers}, got {len(grids)}")
+            for i, g in enumerate(grids):
+                if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+                    raise ParameterError("point_grids", f"grid {i} must have shape (N, 2) with N ≥ 1, got {g.shape}")
+                if not np.all(np.isfinite(g)) or g.min() < 0 or g.max() > 1:
+                    raise ParameterError("point_grids", f"grid {i} must hold coordinates in [0, 1] (fractions of "
+                                                        "the crop's width and height)")
+        checked = Options(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "point_grids": grids})
+        total = checked.total_points()
+        if total > max_points:
+            raise ParameterError("points_per_side" if grids is None else "point_grids",
+                                 f"{total} point prompts over all crops; at most {max_points} are allowed")
+        return checked
+
+    def layer_grids(self) -> list[np.ndarray]:
+        """One normalised (N, 2) grid per crop layer."""
+        if self.point_grids is not None:
+            return self.point_grids
+        return [point_grid(int(self.points_per_side / self.crop_n_points_downscale_factor ** i))
+                for i in range(self.crop_n_layers + 1)]
+
+    def total_points(self) -> int:
+        grids = self.layer_grids()
+        return sum(len(grids[i]) * 4 ** i for i in range(self.crop_n_layers + 1))
+
+
+def point_grid(n_per_side: int) -> np.ndarray:
+    """n × n points at the centres of a regular grid over [0, 1]², x varying fastest."""
+    offset = 1 / (2 * n_per_side) if n_per_side else 0.0
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    return np.stack([np.tile(side[None, :], (n_per_side, 1)), np.tile(side[:, None], (1, n_per_side))],
+                    axis=-1).reshape(-1, 2)
+
+
+def crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> list[tuple[list[int], int]]:
+    """(XYXY box, layer) of every crop: the whole image, then 2^i × 2^i overlapping crops in layer i."""
+    h, w = image_size
+    out = [([0, 0, w, h], 0)]
+    for layer in range(1, n_layers + 1):
+        n = 2 ** layer
+        overlap = int(overlap_ratio * min(h, w) * (2 / n))
+        crop_w = int(math.ceil((overlap * (n - 1) + w) / n))
+        crop_h = int(math.ceil((overlap * (n - 1) + h) / n))
+        xs = [int((crop_w - overlap) * i) for i in range(n)]
+        ys = [int((crop_h - overlap) * i) for i in range(n)]
+        out += [([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)], layer) for x0, y0 in product(xs, ys)]
+    return out
+
+
+@dataclass
+class MaskSet:
+    """Masks in the whole image's frame: COCO RLE counts plus the reference's per-mask fields."""
+
+    image_size: tuple[int, int]
+    rles: list[bytes] = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # XYXY, inclusive
+    iou_preds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    stability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
+    crop_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # XYXY
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def take(self, idx) -> "MaskSet":
+        idx = np.asarray(idx, np.int64)
+        return MaskSet(self.image_size, [self.rles[i] for i in idx], self.boxes[idx], self.iou_preds[idx],
+                       self.stability[idx], self.points[idx], self.crop_boxes[idx])
+
+    @staticmethod
+    def concat(sets: list["MaskSet"], image_size: tuple[int, int]) -> "MaskSet":
+        if not sets:
+            return MaskSet(image_size)
+        return MaskSet(image_size, [r for s in sets for r in s.rles],
+                       *(np.concatenate([getattr(s, k) for s in sets])
+                         for k in ("boxes", "iou_preds", "stability", "points", "crop_boxes")))
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS, highest score first (ties in input order), as torchvision's `nms`:
+    float32 boxes, area (x1 − x0)·(y1 − y0), a box suppressed when its IoU with a kept one exceeds
+    `threshold`."""
+    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    b = np.asarray(boxes, np.float32)[order]
+    x0, y0, x1, y1 = b.T
+    areas = (x1 - x0) * (y1 - y0)
+    suppressed = np.zeros(len(b), bool)
+    keep = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in range(len(b)):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            rest = slice(i + 1, None)
+            w = np.maximum(np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]), np.float32(0))
+            h = np.maximum(np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]), np.float32(0))
+            inter = w * h
+            suppressed[rest] |= inter / (areas[i] + areas[rest] - inter) > np.float32(threshold)
+    return order[np.asarray(keep, np.int64)]
+
+
+def _stability(logits: np.ndarray, offset: float) -> np.float32:
+    """The reference's stability score: pixels above +offset over pixels above −offset, in float32."""
+    inner = np.count_nonzero(logits > np.float32(offset))
+    outer = np.count_nonzero(logits > np.float32(-offset))
+    return np.float32(inner) / np.float32(outer) if outer else np.float32(np.nan)
+
+
+def _near_crop_edge(box: np.ndarray, crop_box: list[int], image_size: tuple[int, int]) -> bool:
+    """A box (image frame) within EDGE_TOLERANCE of an edge of its crop that is not an edge of the image."""
+    h, w = image_size
+    b = box.astype(np.float32)
+    near_crop = np.abs(b - np.asarray(crop_box, np.float32)) <= EDGE_TOLERANCE
+    near_image = np.abs(b - np.array([0, 0, w, h], np.float32)) <= EDGE_TOLERANCE
+    return bool(np.any(near_crop & ~near_image))
+
+
+def _box_of_transposed(mask_t: np.ndarray) -> np.ndarray:
+    """XYXY box (inclusive) of a mask given transposed, (W, H); zeros for an empty mask."""
+    y0, x0, h, w = masks.bbox_xywh(mask_t)  # the transposed frame's (x, y, width, height)
+    if h == 0:
+        return np.zeros(4, np.int64)
+    return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.int64)
+
+
+def process_crop(
+    decoder, manifest: Manifest, embedding: np.ndarray, features: dict | None, crop_box: list[int],
+    grid: np.ndarray, image_size: tuple[int, int], options: Options, *, batch: int = DECODE_BATCH,
+    cancel: threading.Event | None = None, progress: Callable[[int], None] | None = None,
+    timings: dict | None = None,
+) -> MaskSet:
+    """The masks of one crop's point grid, filtered and de-duplicated (NMS within the crop) as the reference
+    does, in the whole image's frame. `progress(n)` is told of each batch of n points; `cancel` is checked
+    between batches. `timings` accumulates seconds per stage (grid_decode, filter, nms)."""
+    import time
+
+    timings = timings if timings is not None else {}
+    x0, y0, x1, y1 = crop_box
+    crop_size = (y1 - y0, x1 - x0)
+    ch, cw = crop_size
+    points = grid * np.array([[cw, ch]], np.float64)
+    size = manifest.image_size
+    embedding = np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
+    extent = prompts.mask_extent(manifest, crop_size)
+    m = manifest.mask_input_size
+    iou_thresh, stab_thresh = np.float32(options.pred_iou_thresh), np.float32(options.stability_score_thresh)
+    whole = crop_size == tuple(image_size)
+    canvas = None if whole else np.zeros((image_size[1], image_size[0]), bool)  # the image, transposed
+    kept: list[tuple] = []
+    for start in range(0, len(points), batch):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        t = time.perf_counter()
+        chunk = points[start:start + batch]
+        n = len(chunk)
+        coords = np.zeros((n, 2, 2), np.float32)
+        coords[:, 0] = transforms.transform_coords(chunk, crop_size, size)
+        labels = np.tile(np.array([[1, -1]], np.float32), (n, 1))
+        iou, low = decoder.decode(embedding, coords, labels, np.zeros((n, 1, m, m), np.float32),
+                                  np.zeros(n, np.float32), features, extent)
+        iou, low = iou[:, 1:], low[:, 1:]  # multimask: tokens 1–3
+        t2 = time.perf_counter()
+        timings["grid_decode"] = timings.get("grid_decode", 0.0) + t2 - t
+        survivors = np.argwhere(iou > iou_thresh) if options.pred_iou_thresh > 0 else np.argwhere(np.ones_like(iou, bool))
+        for p, k in survivors:  # point-major, as the reference flattens (point, mask)
+            lt = prompts.full_resolution_map(cv2.transpose(low[p, k]), manifest, (cw, ch))
+            stability = _stability(lt, options.stability_score_offset)
+            if options.stability_score_thresh > 0 and not stability >= stab_thresh:
+                continue
+            binary_t = lt > 0.0
+            box = _box_of_transposed(binary_t) + np.array([x0, y0, x0, y0], np.int64)
+            if _near_crop_edge(box, crop_box, image_size):
+                continue
+            if whole:
+                rle = masks.encode_rle_transposed(binary_t)
+            else:
+                canvas[x0:x1, y0:y1] = binary_t
+                rle = masks.encode_rle_transposed(canvas)
+                canvas[x0:x1, y0:y1] = False
+            kept.append((rle, box, iou[p, k], stability, chunk[p] + (x0, y0)))
+        timings["filter"] = timings.get("filter", 0.0) + time.perf_counter() - t2
+        if progress is not None:
+            progress(n)
+    t = time.perf_counter()
+    found = MaskSet(image_size)
+    if kept:
+        rles, boxes, ious, stab, pts = zip(*kept)
+        found = MaskSet(image_size, list(rles), np.stack(boxes), np.array(ious, np.float32),
+                        np.array(stab, np.float32), np.stack(pts), np.tile(np.array(crop_box, np.int64), (len(rles), 1)))
+        found = found.take(box_nms(found.boxes, found.iou_preds, options.box_nms_thresh))
+    timings["nms"] = timings.get("nms", 0.0) + time.perf_counter() - t
+    return found
+
+
+def merge_crops(sets: list[MaskSet], image_size: tuple[int, int], options: Options) -> MaskSet:
+    """All crops' masks, duplicates across crops removed by NMS that prefers the smaller crop."""
+    merged = MaskSet.concat(sets, image_size)
+    if len(sets) > 1 and len(merged):
+        cb = merged.crop_boxes
+        area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float32)
+        merged = merged.take(box_nms(merged.boxes, np.float32(1) / area, options.crop_nms_thresh))
+    return merged
+
+
+def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (mode "holes") or drop islands ("islands") smaller than `area` pixels, 8-connected, as
+    the reference does (an all-small mask keeps its largest island); returns (mask, changed)."""
+    holes = mode == "holes"
+    working = (holes ^ mask).astype(np.uint8)
+    n, regions, stats, _ = cv2.connectedComponentsWithStats(working, 8)
+    sizes = stats[1:, -1]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if not holes:
+        fill = [i for i in range(n) if i not in fill] or [int(np.argmax(sizes)) + 1]
+    return np.isin(regions, fill), True
+
+
+def clean_up(found: MaskSet, min_area: int, nms_thresh: float) -> MaskSet:
+    """Small holes and islands removed from every mask, then NMS again, unchanged masks preferred."""
+    if not len(found):
+        return found
+    h, w = found.image_size
+    scores = np.zeros(len(found), np.float32)
+    new_boxes = np.zeros((len(found), 4), np.int64)
+    new_rles: dict[int, bytes] = {}
+    for i, counts in enumerate(found.rles):
+        mask = masks.decode_rle(counts, h, w)
+        mask, changed_holes = remove_small_regions(mask, min_area, "holes")
+        mask, changed_islands = remove_small_regions(mask, min_area, "islands")
+        scores[i] = float(not (changed_holes or changed_islands))
+        new_boxes[i] = _box_of_transposed(mask.T)
+        if scores[i] == 0.0:
+            new_rles[i] = masks.encode_rle_transposed(np.ascontiguousarray(mask.T))
+    keep = box_nms(new_boxes, scores, nms_thresh)
+    boxes = found.boxes.copy()
+    rles = list(found.rles)
+    for i, counts in new_rles.items():
+        rles[i], boxes[i] = counts, new_boxes[i]
+    return MaskSet(found.image_size, rles, boxes, found.iou_preds, found.stability, found.points,
+                   found.crop_boxes).take(keep)
+
+
+def uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """The reference's uncompressed RLE counts of an (H, W) mask: column-major runs, zeros first."""
+    flat = np.asarray(mask, bool).T.reshape(-1)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(edges).tolist()
+    return runs if not flat[0] else [0] + runs
+
+
+def records(found: MaskSet, output_mode: str = "binary_mask") -> list[dict]:
+    """The reference generator's list of dicts, in its output mode."""
+    h, w = found.image_size
+    out = []
+    for i, counts in enumerate(found.rles):
+        rle = {"size": [h, w], "counts": counts}
+        if output_mode == "coco_rle":
+            segmentation = {"size": [h, w], "counts": counts.decode()}
+        else:
+            mask = masks.decode_rle(counts, h, w)
+            segmentation = mask if output_mode == "binary_mask" else {"size": [h, w], "counts": uncompressed_counts(mask)}
+        x0, y0, x1, y1 = (int(v) for v in found.boxes[i])
+        cx0, cy0, cx1, cy1 = (int(v) for v in found.crop_boxes[i])
+        out.append({
+            "segmentation": segmentation,
+            "area": masks.rle_area(rle),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "predicted_iou": float(found.iou_preds[i]),
+            "point_coords": [[float(found.points[i][0]), float(found.points[i][1])]],
+            "stability_score": float(found.stability[i]),
+            "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+        })
+    return out
+
+
+class AutomaticMaskGenerator:
+    """Drop-in for `segment_anything.SamAutomaticMaskGenerator`: the same parameters and defaults, and
+    `generate(image)` returns the same records.
+
+    `model` is a model directory or a `Predictor` (runs in this process; None = the shipped tiny model),
+    or a `maskserve.Client` (runs on the service: crops go through its encoder pool and embedding store)."""
+
+    def __init__(self, model=None, points_per_side: int | None = 32, points_per_batch: int = 64,
+                 pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+                 stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
+                 crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
+                 crop_n_points_downscale_factor: int = 1, point_grids: list[np.ndarray] | None = None,
+                 min_mask_region_area: int = 0, output_mode: str = "binary_mask") -> None:
+        self.options = Options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                               stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
+                               crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
+                               min_mask_region_area, output_mode).validate(max_crop_layers=8, max_points=2**24)
+        self.client = model if hasattr(model, "segment_everything") else None
+        if self.client is None:
+            from .predictor import Predictor
+
+            self.predictor = model if isinstance(model, Predictor) else Predictor(model)
+        self.timings: dict[str, float] = {}
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if self.client is not None:
+            found = self.client.segment_everything(image, self.options)
+        else:
+            found = self._generate(image)
+        return records(found, self.options.output_mode)
+
+    def _generate(self, image: np.ndarray) -> MaskSet:
+        import time
+
+        o, p = self.options, self.predictor
+        size = image.shape[:2]
+        grids = o.layer_grids()
+        self.timings = {}
+        sets = []
+        for box, layer in crop_boxes(size, o.crop_n_layers, o.crop_overlap_ratio):
+            t = time.perf_counter()
+            p.set_image(image[box[1]:box[3], box[0]:box[2]])
+            self.timings["encode"] = self.timings.get("encode", 0.0) + time.perf_counter() - t
+            sets.append(process_crop(p.model.decoder, p.manifest, p.features, p.decoder_features, box,
+                                     grids[layer], size, o, timings=self.timings))
+        t = time.perf_counter()
+        found = merge_crops(sets, size, o)
+        self.timings["crop_merge"] = time.perf_counter() - t
+        if o.min_mask_region_area > 0:
+            t = time.perf_counter()
+            found = clean_up(found, o.min_mask_region_area, max(o.box_nms_thresh, o.crop_nms_thresh))
+            self.timings["cleanup"] = time.perf_counter() - t
+        return found
