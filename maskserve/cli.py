@@ -175,6 +175,57 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
     print(summary)
 
 
+@app.command("segment-everything")
+def segment_everything(
+    image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
+    target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run here on --model-dir instead of the service."),
+    model_dir: Optional[Path] = typer.Option(None, help="With --in-process: a model directory (default the tiny model)."),
+    out: Path = typer.Option(Path("out"), help="Folder for IMAGE.json and IMAGE_overlay.png."),
+    points_per_side: int = typer.Option(32), pred_iou_thresh: float = typer.Option(0.88),
+    stability_score_thresh: float = typer.Option(0.95), stability_score_offset: float = typer.Option(1.0),
+    box_nms_thresh: float = typer.Option(0.7), crop_n_layers: int = typer.Option(0),
+    crop_nms_thresh: float = typer.Option(0.7), crop_overlap_ratio: float = typer.Option(512 / 1500),
+    crop_n_points_downscale_factor: int = typer.Option(1), min_mask_region_area: int = typer.Option(0),
+) -> None:
+    """Every object in an image (the paper's automatic mode) → COCO-style JSON with SA-1B's fields and an
+    overlay PNG with one colour per mask."""
+    import grpc
+    from rich.progress import Progress
+
+    from maskserve.engines.automatic import Options, ParameterError
+    from maskserve.service.segment_file import segment_everything_file
+
+    try:
+        options = Options(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                          stability_score_thresh=stability_score_thresh,
+                          stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+                          crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+                          crop_overlap_ratio=crop_overlap_ratio,
+                          crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+                          min_mask_region_area=min_mask_region_area).validate(max_crop_layers=8, max_points=2**24)
+    except ParameterError as exc:
+        _fail(str(exc))
+    with Progress(console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            summary = segment_everything_file(image, out, options, target=None if in_process else target,
+                                              model_dir=str(model_dir) if model_dir else None, progress=progress)
+        except ValueError as exc:
+            _fail(str(exc))
+        except grpc.RpcError as exc:
+            hint = (f"; is a service running at {target}? Start one with `maskserve up`, or use --in-process"
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE else "")
+            _fail(f"{exc.code().name}: {exc.details()}{hint}")
+    print(summary)
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("out"), help="Folder for the results.")) -> None:
     """Start the local stack, segment the bundled photo through it, write mask and overlay PNGs, stop."""

@@ -39,13 +39,14 @@ def options_from_proto(msg: pb.AutomaticOptions) -> Options:
     return Options(**values)
 
 
-def pages(found: MaskSet, image_id: str, model_version: str, stage_seconds: dict[str, float]):
-    """The answer as EverythingMasks pages of at most about PAGE_BYTES of RLE each; the last one says so."""
+def pages(found: MaskSet, image_id: str, model_version: str, stage_seconds: dict[str, float],
+          page_bytes: int = PAGE_BYTES):
+    """The answer as EverythingMasks pages of at most about `page_bytes` of RLE each; the last one says so."""
     h, w = found.image_size
     page = pb.EverythingMasks(image_id=image_id, model_version=model_version, width=w, height=h)
     size = 0
     for i, counts in enumerate(found.rles):
-        if size + len(counts) > PAGE_BYTES and page.masks:
+        if size + len(counts) > page_bytes and page.masks:
             yield page
             page = pb.EverythingMasks(image_id=image_id, model_version=model_version, width=w, height=h)
             size = 0

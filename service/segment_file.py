@@ -37,3 +37,44 @@ def segment_file(target: str, image_path: Path, points, box, out: Path) -> str:
     Image.fromarray(overlay.astype(np.uint8)).save(out / "overlay.png")
     return (f"{image_path.name}: mask {best} of {len(scores)} (predicted IoU {scores[best]:.3f}, "
             f"{int(mask.sum())} pixels) → {out / 'mask.png'}, {out / 'overlay.png'}")
+
+
+def overlay_masks(rgb: np.ndarray, masks_in_order) -> np.ndarray:
+    """Each mask in its own colour at half opacity, the largest painted first so small ones stay visible."""
+    rng = np.random.default_rng(0)
+    out = rgb.astype(np.float32)
+    for mask in sorted(masks_in_order, key=lambda m: -int(m.sum())):
+        out[mask] = 0.5 * out[mask] + 0.5 * rng.integers(40, 256, 3)
+    return out.astype(np.uint8)
+
+
+def segment_everything_file(image_path: Path, out: Path, options, target: str | None = None,
+                            model_dir: str | None = None, progress=None) -> str:
+    """The automatic generator on an image file, through the service at `target` or in process on
+    `model_dir`; writes `<name>.json` (SA-1B's annotation fields, COCO RLE) and `<name>_overlay.png`."""
+    import json
+
+    from maskserve.engines import automatic
+
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise ValueError(f"{image_path} is not a file" if image_path.exists() else f"{image_path} does not exist")
+    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    if target is not None:
+        with Client(target) as client:
+            found = client.segment_everything(image_path.read_bytes(), options, progress=progress)
+    else:
+        generator = automatic.AutomaticMaskGenerator(model_dir, **{**vars(options), "output_mode": "coco_rle"})
+        found = generator._generate(rgb)
+    records = automatic.records(found, "coco_rle")
+    h, w = found.image_size
+    doc = {"image": {"file_name": image_path.name, "width": w, "height": h},
+           "annotations": [{"id": i, **r} for i, r in enumerate(records)]}
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / f"{image_path.stem}.json", out / f"{image_path.stem}_overlay.png"
+    json_path.write_text(json.dumps(doc))
+    from maskserve.engines.masks import decode_rle
+
+    shown = rgb if rgb.shape[:2] == (h, w) else np.asarray(Image.open(image_path).convert("RGB"))
+    Image.fromarray(overlay_masks(shown, (decode_rle(c, h, w) for c in found.rles))).save(png_path)
+    return f"{image_path.name}: {len(records)} masks → {json_path}, {png_path}"
