@@ -137,9 +137,79 @@ def _stream(stub, image_id: str, points: list) -> list[float]:
     return latencies
 
 
+def _peak_rss_during(pid: int, fn) -> tuple[float, float]:
+    """(seconds, peak resident MB above the start) of `fn()`, for process `pid` (the kernel's high-water
+    mark, reset first through /proc/PID/clear_refs)."""
+    def status(field):
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS:")
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, status("VmHWM:") - before
+
+
+# The generator's settings the bench runs: the reference's defaults (with the tiny model's low predicted IoUs
+# and random weights' none survive the IoU filter), and both filters off, so that every one of the grid's
+# masks is upscaled, scored and encoded: the most post-processing any weights can cause.
+EVERYTHING_CASES = {"defaults": {}, "filters off": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)}
+
+
+def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, grid: int) -> dict:
+    """SegmentEverything (a grid×grid grid; 32 by default, as the reference) against the reference generator on the same weights, alternating: on a
+    cached embedding, and end to end on an image neither side has seen."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from maskserve.engines.automatic import Options
+    from maskserve.service import everything
+
+    def ours(target, options):
+        request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options), **target)
+        masks = [r.masks for r in stub.SegmentEverything(request, timeout=3600) if r.WhichOneof("payload") == "masks"]
+        return masks[-1]
+
+    out = {}
+    features = (sam.features, sam.original_size, sam.input_size)
+    for name, kwargs in EVERYTHING_CASES.items():
+        kwargs = dict(kwargs, points_per_side=grid)
+        options = Options(**kwargs)
+        reference = SamAutomaticMaskGenerator(sam.model, **kwargs)
+        cached_reference = SamAutomaticMaskGenerator(sam.model, **kwargs)
+
+        def cached_set_image(_image):  # the embedding of `image`, as the service has it cached
+            p = cached_reference.predictor
+            p.features, p.original_size, p.input_size = features
+            p.is_image_set = True
+
+        cached_reference.predictor.set_image = cached_set_image
+        mine, theirs, mine_mb, theirs_mb = [], [], [], []
+        for _ in range(reps):
+            seconds, mb = _peak_rss_during(stack.decoder.pid, lambda: ours({"image_id": image_id}, options))
+            mine.append(seconds), mine_mb.append(mb)
+            result = {}
+            seconds, mb = _peak_rss_during(os.getpid(), lambda: result.update(n=len(cached_reference.generate(image))))
+            theirs.append(seconds), theirs_mb.append(mb)
+        last = ours({"image_id": image_id}, options)
+        fresh = np.ascontiguousarray(np.roll(image, 101, axis=0))  # an image neither side has encoded
+        e2e = _peak_rss_during(stack.decoder.pid, lambda: ours({"image": image_message(fresh)}, options))[0]
+        e2e_reference = _peak_rss_during(os.getpid(), lambda: reference.generate(fresh))[0]
+        out[name] = {
+            "masks": last.total_masks, "reference_masks": result["n"],
+            "cached_s": float(np.median(mine)), "reference_cached_s": float(np.median(theirs)),
+            "cached_vs_reference": float(np.median(mine) / np.median(theirs)),
+            "stage_seconds": dict(last.stage_seconds),
+            "peak_mb_decoder_process": float(max(mine_mb)), "peak_mb_reference": float(max(theirs_mb)),
+            "end_to_end_s": e2e, "reference_end_to_end_s": e2e_reference, "end_to_end_vs_reference": e2e / e2e_reference,
+        }
+    return out
+
+
 def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, clients: int = 4,
         rate: float = 10.0, seconds: float = 5.0, encode_images: int = 8, out: Path = Path("bench"),
-        reference: bool = True) -> dict:
+        reference: bool = True, everything_reps: int = 3, everything_grid: int = 32) -> dict:
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     model = load(model_dir, encoder=False)
     m = model.manifest
@@ -207,6 +277,9 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
         if sam is not None:  # next to the encoder's figure in time
             result["reference"] = {"set_image_s": _set_image_seconds(sam, image)}
+            if everything_reps:
+                result["everything"] = _everything(stack, stub, image_id, image, sam, everything_reps,
+                                                  everything_grid)
         # The decoder has not seen these embeddings: each first prompt fetches from Redis and prepares.
         series["segment, cache miss (embedding from Redis)"] = [
             _timed(lambda i=i: stub.SegmentPrompt(pb.SegmentPromptRequest(

@@ -244,15 +244,20 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
           model_type: Optional[str] = typer.Option(None),
           requests: int = typer.Option(200), clients: int = typer.Option(4),
           rate: float = typer.Option(10.0, help="Open-loop request rate."), seconds: float = typer.Option(10.0),
-          encode_images: int = typer.Option(8), out: Path = typer.Option(Path("bench"))) -> None:
+          encode_images: int = typer.Option(8),
+          everything_reps: int = typer.Option(3, help="SegmentEverything runs against the reference generator "
+                                                      "per setting (0: skip)."),
+          out: Path = typer.Option(Path("bench"))) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
     from maskserve import bench as bench_lib
     from maskserve.engines import default_model_dir
 
     if checkpoint is None and model_dir is None:
         checkpoint = default_model_dir().parent / "sam_tiny.pth"
-    result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out)
-    print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"]}, indent=2))
+    result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out,
+                           everything_reps=everything_reps)
+    print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"],
+                      "everything": result.get("everything")}, indent=2))
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 

@@ -16,7 +16,7 @@ class Settings:
     grpc_port: int = 50051  # decoder service
     metrics_port: int = 9090  # /metrics; 0 = off
     embedding_dtype: str = "float32"  # encoder: store embeddings as float32, or float16 (half the bytes)
-    embedding_ttl_s: int = 3600  # how long an embedding stays in Redis after its last write
+    embedding_ttl_s: int = 3600  # how long an embedding stays in Redis after its last use (a sliding TTL)
     lru_entries: int = 64  # embeddings each decoder keeps in process
     max_queue: int = 1000  # jobs waiting before EncodeImage answers RESOURCE_EXHAUSTED
     batch_size: int = 4  # encoder: most images in one batch

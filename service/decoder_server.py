@@ -123,17 +123,26 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # Automatic mask generation runs for seconds: on threads of its own, so prompts are not queued behind it.
         self.everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
-        self.waiters: dict[str, asyncio.Event] = {}
+        self.waiters: dict[str, set[asyncio.Event]] = {}  # image_id → the events of the calls waiting for it
+        self.renewing: set[asyncio.Task] = set()
+        metrics.WAITING_IMAGES.set_function(lambda: len(self.waiters))
+        metrics.LRU_ENTRIES.set_function(lambda: len(self.lru.items))
 
     # -- embeddings -----------------------------------------------------------------------------------
     async def _embedding(self, image_id: str) -> store.Embedding | None:
+        """The embedding from this process's LRU, else from Redis. Every use renews its TTL in Redis (a sliding
+        lifetime: an image in use does not expire), and an LRU entry whose Redis key is gone is dropped, so
+        this process never holds on to what the store has lost."""
         k = store.key(self.version, image_id)
         found = self.lru.get(k)
         if found is not None:
             metrics.CACHE.labels("hit").inc()
+            task = asyncio.create_task(self._renew(k))  # off the request's path
+            self.renewing.add(task)
+            task.add_done_callback(self.renewing.discard)
             return found
         start = time.perf_counter()
-        blob = await self.redis.get(k)
+        blob = await self.redis.getex(k, ex=self.settings.embedding_ttl_s)
         if blob is None:
             metrics.CACHE.labels("miss").inc()
             return None
@@ -142,6 +151,16 @@ class Segmenter(pb_grpc.SegmenterServicer):
         metrics.CACHE.labels("redis").inc()
         self.lru.put(k, found)
         return found
+
+    async def _renew(self, k: str) -> bool:
+        """Renew an embedding's TTL; False (and out of the LRU) when the store no longer has it."""
+        try:
+            if await self.redis.expire(k, self.settings.embedding_ttl_s):
+                return True
+        except (redis.ConnectionError, redis.TimeoutError, ConnectionError):
+            return False  # unknown while Redis is away: keep serving from the LRU
+        self.lru.discard(k)
+        return False
 
     async def _enqueue(self, image_id: str, payload: bytes) -> None:
         if not await self.queue.set(jobs.pending_key(self.version, image_id), 1, nx=True, ex=jobs.PENDING_TTL_S):
@@ -155,30 +174,40 @@ class Segmenter(pb_grpc.SegmenterServicer):
                                             "enqueued": repr(time.time())})
 
     async def _wait_encoded(self, image_id: str, payload: bytes, context) -> None:
-        """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes."""
-        while True:
-            event = self.waiters.setdefault(image_id, asyncio.Event())
-            if await self.redis.exists(store.key(self.version, image_id)):
-                return
-            async with self.queue.pipeline(transaction=False) as pipe:
-                pipe.get(jobs.error_key(self.version, image_id))
-                pipe.exists(jobs.pending_key(self.version, image_id))
-                error, pending = await pipe.execute()
-            if await self.redis.exists(store.key(self.version, image_id)):  # finished meanwhile
-                return
-            if error is not None:
-                raise ServiceError(grpc.StatusCode.INTERNAL,
-                                   f"the encoder could not encode image {image_id}: {error.decode()}")
-            if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
-                await self._enqueue(image_id, payload)
-            remaining = context.time_remaining() if context is not None else None
-            if remaining is not None and remaining <= 0.01:
-                raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   f"image {image_id} was not encoded before the deadline; it stays queued")
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(0.25, remaining or 0.25))
-            except asyncio.TimeoutError:
-                pass
+        """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes. Each call
+        registers its own wake-up event and removes it when it ends: no bookkeeping outlives a call."""
+        event = asyncio.Event()
+        try:
+            while True:
+                event.clear()
+                self.waiters.setdefault(image_id, set()).add(event)
+                if await self.redis.exists(store.key(self.version, image_id)):
+                    return
+                async with self.queue.pipeline(transaction=False) as pipe:
+                    pipe.get(jobs.error_key(self.version, image_id))
+                    pipe.exists(jobs.pending_key(self.version, image_id))
+                    error, pending = await pipe.execute()
+                if await self.redis.exists(store.key(self.version, image_id)):  # finished meanwhile
+                    return
+                if error is not None:
+                    raise ServiceError(grpc.StatusCode.INTERNAL,
+                                       f"the encoder could not encode image {image_id}: {error.decode()}")
+                if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
+                    await self._enqueue(image_id, payload)
+                remaining = context.time_remaining() if context is not None else None
+                if remaining is not None and remaining <= 0.01:
+                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       f"image {image_id} was not encoded before the deadline; it stays queued")
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=min(0.25, remaining or 0.25))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            waiting = self.waiters.get(image_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self.waiters[image_id]
 
     async def _listen(self) -> None:
         """Wake waiters when the encoder pool announces an embedding; reconnects after Redis outages."""
@@ -188,8 +217,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 await pubsub.subscribe(jobs.done_channel(self.version))
                 async for message in pubsub.listen():
                     if message["type"] == "message":
-                        event = self.waiters.pop(message["data"].decode(), None)
-                        if event is not None:
+                        for event in self.waiters.pop(message["data"].decode(), ()):
                             event.set()
             except asyncio.CancelledError:
                 raise
@@ -197,12 +225,13 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 await asyncio.sleep(0.5)
 
     async def _image_for(self, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
+        """(image_id, in the store, (H, W)); `ready` is true only when Redis holds the embedding now."""
         payload = images.canonical_payload(image)
         image_id = images.image_id(payload, self.version)
-        emb = self.lru.get(store.key(self.version, image_id))
-        if emb is not None or await self.redis.exists(store.key(self.version, image_id)):
-            size = emb.original_size if emb is not None else images.image_size(payload)
-            return image_id, True, size
+        k = store.key(self.version, image_id)
+        if await self._renew(k):
+            emb = self.lru.get(k)
+            return image_id, True, emb.original_size if emb is not None else images.image_size(payload)
         # A new image: decode it fully here, so a bad one is refused now and never reaches the queue.
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
@@ -342,7 +371,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
             timings: dict[str, float] = {}
             t = time.perf_counter()
             missing = [(cid, p) for _, _, cid, p in crops
-                       if p is not None and not await self.redis.exists(store.key(self.version, cid))]
+                       if p is not None and not await self._renew(store.key(self.version, cid))]
             yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(
                 stage="encoding", done=len(crops) - len(missing), total=len(crops)))
             for cid, p in missing:

@@ -6,7 +6,7 @@ import hashlib
 import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000  # 40 MP: larger is refused, not resized, so the caller knows
 FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -25,8 +25,8 @@ def image_id(payload: bytes, model_version: str) -> str:
 def canonical_payload(image) -> bytes:
     """The bytes an image is identified and queued by: the encoded file, or a small header plus raw pixels."""
     kind = image.WhichOneof("source")
-    if kind == "encoded":
-        return b"E" + image.encoded
+    if kind == "encoded":  # "E": turned upright by its EXIF orientation; "F": the pixels as stored
+        return (b"F" if image.ignore_exif_orientation else b"E") + image.encoded
     if kind == "raw":
         r = image.raw
         return _raw_payload(r.width, r.height, r.format, r.data)
@@ -44,8 +44,8 @@ def rgb_payload(rgb: np.ndarray) -> bytes:
 
 def decode_payload(payload: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """`canonical_payload` bytes → (H, W, 3) uint8 RGB."""
-    if payload[:1] == b"E":
-        return _decode_file(payload[1:], max_pixels)
+    if payload[:1] in (b"E", b"F"):
+        return _decode_file(payload[1:], max_pixels, upright=payload[:1] == b"E")
     if payload[:1] == b"R":
         header, _, data = payload[1:].partition(b":")
         w, h, fmt = (int(v) for v in header.decode().split("x"))
@@ -60,7 +60,7 @@ def _check_size(w: int, h: int, max_pixels: int) -> None:
         raise ImageError(f"the image is {w}x{h} = {w * h} pixels; at most {max_pixels} are accepted")
 
 
-def _decode_file(data: bytes, max_pixels: int) -> np.ndarray:
+def _decode_file(data: bytes, max_pixels: int, upright: bool = True) -> np.ndarray:
     if not data:
         raise ImageError("the image is empty (zero bytes)")
     try:
@@ -76,7 +76,16 @@ def _decode_file(data: bytes, max_pixels: int) -> np.ndarray:
         img.load()
     except Exception as exc:
         raise ImageError(f"the {img.format} file is damaged ({exc})") from None
+    if upright and _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
     return np.asarray(img.convert("RGB"))
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))  # EXIF Orientation
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels as stored
+        return 1
 
 
 def _decode_raw(w: int, h: int, fmt: int, data: bytes, max_pixels: int) -> np.ndarray:
@@ -102,4 +111,6 @@ def image_size(payload: bytes) -> tuple[int, int]:
         w, h, _ = (int(v) for v in payload[1:].partition(b":")[0].decode().split("x"))
         return h, w
     img = Image.open(io.BytesIO(payload[1:]))
+    if payload[:1] == b"E" and _orientation(img) in (5, 6, 7, 8):  # turned by a quarter
+        return img.width, img.height
     return img.height, img.width

@@ -21,6 +21,9 @@ EVERYTHING_STAGE = Histogram("maskserve_everything_stage_duration_seconds",
                              "SegmentEverything time per stage and request: encode (waiting for the pool), "
                              "grid_decode, filter, nms, crop_merge, cleanup.", ["stage"], buckets=LATENCY_BUCKETS)
 EVERYTHING_POINTS = Counter("maskserve_everything_points_total", "Point prompts decoded by SegmentEverything.")
+# The decoder's own bookkeeping, so that a slow leak shows in a soak before it shows in memory.
+WAITING_IMAGES = Gauge("maskserve_waiting_images", "Images the decoder has calls waiting on (for the encoder pool).")
+LRU_ENTRIES = Gauge("maskserve_lru_entries", "Embeddings held in the decoder's in-process cache.")
 REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .client import Client
 
 # Eileen Collins, NASA portrait (public domain), as bundled with scikit-image.
 BUNDLED_PHOTO = Path(__file__).resolve().parent.parent / "maskserve" / "data" / "astronaut.jpg"
+
+
+def _upright(path: Path) -> np.ndarray:
+    """The file's pixels as viewers show them (EXIF orientation applied), as the service decodes them."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
 
 
 def segment_file(target: str, image_path: Path, points, box, out: Path) -> str:
@@ -19,7 +24,7 @@ def segment_file(target: str, image_path: Path, points, box, out: Path) -> str:
         raise ValueError(f"{image_path} does not exist")
     if not points and box is None:
         raise ValueError("give at least one --point X,Y or a --box")
-    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    rgb = _upright(image_path)
     coords = np.array([p[:2] for p in points], np.float64).reshape(-1, 2) if points else None
     labels = np.array([int(p[2]) if len(p) > 2 else 1 for p in points]) if points else None
     with Client(target) as client:
@@ -59,7 +64,7 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
     image_path = Path(image_path)
     if not image_path.is_file():
         raise ValueError(f"{image_path} is not a file" if image_path.exists() else f"{image_path} does not exist")
-    rgb = np.asarray(Image.open(image_path).convert("RGB"))
+    rgb = _upright(image_path)
     if target is not None:
         with Client(target) as client:
             found = client.segment_everything(image_path.read_bytes(), options, progress=progress)
@@ -75,6 +80,5 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
     json_path.write_text(json.dumps(doc))
     from maskserve.engines.masks import decode_rle
 
-    shown = rgb if rgb.shape[:2] == (h, w) else np.asarray(Image.open(image_path).convert("RGB"))
-    Image.fromarray(overlay_masks(shown, (decode_rle(c, h, w) for c in found.rles))).save(png_path)
+    Image.fromarray(overlay_masks(rgb, (decode_rle(c, h, w) for c in found.rles))).save(png_path)
     return f"{image_path.name}: {len(records)} masks → {json_path}, {png_path}"

@@ -89,6 +89,9 @@ class LRU:
             self.items.move_to_end(k)
         return item
 
+    def discard(self, k: str) -> None:
+        self.items.pop(k, None)
+
     def put(self, k: str, value: Embedding) -> None:
         self.items[k] = value
         self.items.move_to_end(k)

@@ -19,6 +19,14 @@ def report(line: str) -> None:
     _report.append(line)
 
 
+def metric(port: int, name: str) -> float:
+    """The sum of a process's /metrics samples whose line starts with `name` (a name, or name{labels})."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _report:
         terminalreporter.section("maskserve measurements")

@@ -12,7 +12,7 @@ from maskserve.engines.flops import cpu_peak_flops
 
 def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
     result = bench.run(checkpoint=tiny_checkpoint, requests=8, clients=2, rate=5, seconds=1, encode_images=2,
-                       out=tmp_path)
+                       out=tmp_path, everything_reps=1, everything_grid=4)
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data == json.loads(json.dumps(result))
     for name in ("segment 1 point, 3 masks RLE", "segment 1 point, best mask", "closed loop, 2 clients",
@@ -25,6 +25,10 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
     assert set(data["ratios"]) == {"segment_p50_vs_reference_predict", "segment_p99_vs_own_p50",
                                    "closed_loop_throughput_vs_reference_sequential",
                                    "encode_throughput_vs_reference_set_image"}
+    for case in bench.EVERYTHING_CASES:
+        e = data["everything"][case]
+        assert e["masks"] == e["reference_masks"] and e["cached_s"] > 0 and e["reference_end_to_end_s"] > 0
+        assert e["peak_mb_decoder_process"] >= 0 and "grid_decode" in e["stage_seconds"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

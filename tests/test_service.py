@@ -14,7 +14,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from conftest import report
+from conftest import metric as _metric, report
 
 from maskserve import Predictor
 from maskserve.engines.model_dir import Manifest
@@ -63,11 +63,6 @@ def assert_same_masks(a: np.ndarray, b: np.ndarray) -> None:
     flip a pixel whose logit is within that noise of zero."""
     assert a.shape == b.shape and a.dtype == b.dtype
     assert np.count_nonzero(a != b) <= max(2, a.size // 100_000)
-
-
-def _metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_encoded_once_prompted_many_times_equals_in_process_predictor(stack, photos, tiny_model_dir):
@@ -583,3 +578,53 @@ def test_float16_to_float32_is_exact_for_every_value():
     assert np.array_equal(converted, expected, equal_nan=True)
     finite = np.isfinite(expected)
     assert np.array_equal(converted[finite].view(np.uint32), expected[finite].view(np.uint32))  # -0.0 too
+
+
+def _jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(image).save(out, format="JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
+def test_exif_orientation_is_honoured_unless_turned_off(stub, photos, tiny_model_dir):
+    stored = np.ascontiguousarray(photos["chelsea_300x451"][:200, :300])
+    data = _jpeg_with_orientation(stored, 6)  # viewers turn it a quarter clockwise: 200 wide, 300 high
+    upright = stub.EncodeImage(pb.EncodeImageRequest(image=pb.Image(encoded=data), wait=True), timeout=60)
+    assert (upright.width, upright.height) == (200, 300)
+    as_stored = stub.EncodeImage(pb.EncodeImageRequest(image=pb.Image(encoded=data, ignore_exif_orientation=True),
+                                                       wait=True), timeout=60)
+    assert (as_stored.width, as_stored.height) == (300, 200) and as_stored.image_id != upright.image_id
+    shown = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    local = Predictor(tiny_model_dir)
+    local.set_image(shown)
+    expected = local.predict(point_coords=[[60, 220]], point_labels=[1])[0]
+    reply = stub.SegmentPrompt(_point_request(upright.image_id, 60, 220), timeout=30)
+    got = np.stack([decode_mask(m) for m in reply.results[0].masks])
+    assert_same_masks(got, expected)
+
+
+def test_ready_means_in_the_store_and_use_renews_the_ttl(stack, stub, photos):
+    r = redis.Redis.from_url(stack.redis_url)
+    image = np.ascontiguousarray(photos["coffee_400x600"][::3, ::3])
+    first = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
+    key = f"emb:{first.model_version}:{first.image_id}"
+    stub.SegmentPrompt(_point_request(first.image_id, 50, 50), timeout=30)  # now in the decoder's LRU too
+    r.expire(key, 5)
+    stub.SegmentPrompt(_point_request(first.image_id, 60, 50), timeout=30)
+    time.sleep(0.3)
+    assert r.ttl(key) > 1000  # a sliding TTL: use renews it
+    r.delete(key)  # evicted, expired or lost in a restart
+    again = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=False), timeout=10)
+    assert not again.ready  # the decoder's LRU still holds it, but the store does not
+    assert stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60).ready
+    assert r.exists(key)
+
+
+def test_no_bookkeeping_outlives_its_calls(stack, stub, photos):
+    base = photos["astronaut_512x512"][:64, :64]
+    for i in range(12):  # distinct images, each waited for
+        image = np.ascontiguousarray(np.roll(base, i + 1, axis=0))
+        assert stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60).ready
+    assert _metric(stack.metrics_ports[0], "maskserve_waiting_images") == 0
