@@ -139,23 +139,30 @@ def decoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = Mode
 def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instead of starting one."),
        model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
        port: int = typer.Option(50051, help="gRPC port of the decoder."),
-       metrics_port: int = typer.Option(9090, help="Decoder /metrics port; the encoder's is the next one.")) -> None:
+       metrics_port: int = typer.Option(9090, help="Decoder /metrics port; the encoder's is the next one."),
+       host: str = typer.Option("127.0.0.1", help="Address gRPC and /metrics listen on (0.0.0.0: every interface).")) -> None:
     """Start a local stack on this machine (Redis, one encoder, one decoder) until Ctrl-C."""
     import signal as _signal
     import time as _time
 
     from maskserve.service.stack import LocalStack
 
-    with LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1)) as stack:
-        console.print(f"[green]maskserve is up[/]  gRPC {stack.target}  metrics :{metrics_port} (decoder) "
+    stack = LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1), host=host)
+    try:
+        stack.__enter__()
+    except RuntimeError as exc:
+        _fail(str(exc))
+    try:
+        console.print(f"[green]maskserve is up[/]  gRPC {host}:{port}  metrics :{metrics_port} (decoder) "
                       f":{metrics_port + 1} (encoder)  redis {stack.redis_url}  logs {stack.log_dir}")
         stopping = []
         _signal.signal(_signal.SIGTERM, lambda *_: stopping.append(1))
-        try:
-            while not stopping:
-                _time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        while not stopping:
+            _time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.__exit__(None, None, None)
 
 
 @app.command()
@@ -165,14 +172,42 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
             target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
             out: Path = typer.Option(Path("out"), help="Folder for mask.png and overlay.png.")) -> None:
     """Segment an image through a running service; writes the best mask and an overlay."""
+    import grpc
+
     from maskserve.service.segment_file import segment_file
 
-    points = [tuple(float(v) for v in p.split(",")) for p in point]
+    def numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) not in counts:
+            _fail(f"{what} {text!r}: expected {' or '.join(_SHAPES[n] for n in counts)}")
+        return values
+
+    points = [numbers(p, "--point", (2, 3)) for p in point]
+    for p in points:
+        if len(p) == 3 and p[2] not in (0.0, 1.0):
+            _fail(f"--point {','.join(f'{v:g}' for v in p)}: the label is 1 (foreground) or 0 (background)")
     try:
-        summary = segment_file(target, image, points, [float(v) for v in box.split(",")] if box else None, out)
+        summary = segment_file(target, image, points, numbers(box, "--box", (4,)) if box else None, out)
     except ValueError as exc:
         _fail(str(exc))
+    except grpc.RpcError as exc:
+        _fail_rpc(exc, target)
     print(summary)
+
+
+_SHAPES = {2: "X,Y", 3: "X,Y,LABEL", 4: "X0,Y0,X1,Y1"}
+
+
+def _fail_rpc(exc, target: str) -> None:
+    """One line for a failed call; how to start a service when none answers."""
+    import grpc
+
+    hint = (f" (is a service running at {target}? Start one with `maskserve up`)"
+            if exc.code() == grpc.StatusCode.UNAVAILABLE else "")
+    _fail(f"{exc.code().name}: {exc.details()}{hint}")
 
 
 @app.command("segment-everything")
@@ -220,9 +255,7 @@ def segment_everything(
         except ValueError as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
-            hint = (f"; is a service running at {target}? Start one with `maskserve up`, or use --in-process"
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE else "")
-            _fail(f"{exc.code().name}: {exc.details()}{hint}")
+            _fail_rpc(exc, target)
     print(summary)
 
 

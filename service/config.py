@@ -13,7 +13,9 @@ class Settings:
     queue: str = ""  # job stream name; empty = jobs:{model_version}
     engine_cache: str = ""  # TensorRT: folder of engines compiled per GPU architecture (maskserve compile)
     model_dir: str = ""  # model directory; empty = the shipped tiny model
+    grpc_host: str = "[::]"  # decoder service: the address it listens on (all interfaces; the local stack: loopback)
     grpc_port: int = 50051  # decoder service
+    metrics_host: str = "0.0.0.0"  # the address /metrics listens on (all interfaces; the local stack: loopback)
     metrics_port: int = 9090  # /metrics; 0 = off
     embedding_dtype: str = "float32"  # encoder: store embeddings as float32, or float16 (half the bytes)
     embedding_ttl_s: int = 3600  # how long an embedding stays in Redis after its last use (a sliding TTL)

@@ -235,6 +235,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         # A new image: decode it fully here, so a bad one is refused now and never reaches the queue.
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
+        images.check_fits(*rgb.shape[:2], self.manifest.image_size)
         await self._enqueue(image_id, payload)
         if wait:
             await self._wait_encoded(image_id, payload, context)
@@ -348,6 +349,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         payload = images.canonical_payload(request.image)
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
+        images.check_fits(*rgb.shape[:2], self.manifest.image_size)
         image_id = images.image_id(payload, self.version)
         crops = []
         for box, layer in automatic.crop_boxes(rgb.shape[:2], options.crop_n_layers, options.crop_overlap_ratio):
@@ -532,6 +534,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         # Bounded connection age so clients re-resolve and spread over new replicas (Kubernetes).
         ("grpc.max_connection_age_ms", 300_000), ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a port shared with another server
     ])
     segmenter = Segmenter(settings)
     pb_grpc.add_SegmenterServicer_to_server(segmenter, server)
@@ -539,7 +542,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port(f"[::]:{settings.grpc_port}")
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
     tasks = [asyncio.create_task(segmenter._listen()), asyncio.create_task(_watch_health(segmenter, health_servicer))]
     log.info("decoder: model %s on port %d", segmenter.version, port)
@@ -562,5 +565,5 @@ def main(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     allocator.reuse_large_blocks()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, "decoder")
+        metrics.serve(settings.metrics_port, "decoder", settings.metrics_host)
     asyncio.run(serve(settings))

@@ -107,21 +107,47 @@ class EncoderWorker:
             enqueued = float(fields.get(b"enqueued", b"0") or 0)
             if enqueued:
                 metrics.STAGE.labels("queue_wait").observe(max(0.0, time.time() - enqueued))
-            try:
+            try:  # everything about one job that depends on its input alone: it fails for that job only
                 rgb = images.decode_payload(fields[b"payload"], self.settings.max_image_pixels)
+                images.check_fits(*rgb.shape[:2], m.image_size)
+                x, _ = transforms.preprocess(rgb, m.image_size, m.pixel_mean, m.pixel_std)
             except images.ImageError as exc:  # never retried: it cannot get better
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
-            x, _ = transforms.preprocess(rgb, m.image_size, m.pixel_mean, m.pixel_std)
+            except Exception as exc:  # noqa: BLE001 - deterministic too: the same bytes fail the same way
+                log.exception("job %s: preparing the image failed", entry_id)
+                self._dead_letter(entry_id, fields, f"the image could not be prepared: {exc.__class__.__name__}: {exc}")
+                continue
             prepared.append(x)
             sizes.append(rgb.shape[:2])
             good.append((entry_id, fields))
         if not good:
             return
         start = time.perf_counter()
-        embeddings = self.model.encoder.encode(np.stack(prepared))
+        try:
+            embeddings = self.model.encoder.encode(np.stack(prepared))
+        except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
+            log.exception("a batch of %d failed in the encoder; encoding its jobs one by one", len(good))
+            if len(good) == 1:
+                self._dead_letter(*good[0], "the encoder failed on this image")
+                return
+            for job, x in zip(good, prepared):
+                self._encode_alone(job, x)
+            return
         metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
         metrics.BATCH.observe(len(good))
+        self._store(good, embeddings, sizes)
+
+    def _encode_alone(self, job, x) -> None:
+        try:
+            embedding = self.model.encoder.encode(x[None])
+        except Exception as exc:  # noqa: BLE001
+            self._dead_letter(*job, f"the encoder failed on this image: {exc.__class__.__name__}: {exc}")
+            return
+        rgb = images.decode_payload(job[1][b"payload"], self.settings.max_image_pixels)
+        self._store([job], embedding, [rgb.shape[:2]])
+
+    def _store(self, good: list, embeddings, sizes) -> None:
         cache = self.cache.pipeline(transaction=False)
         for (_, fields), emb, size in zip(good, embeddings, sizes):
             blob = store.pack(emb[None], self.version, size, self.settings.embedding_dtype)
@@ -159,6 +185,9 @@ class EncoderWorker:
                 log.warning("redis unavailable (%s); retrying", exc)
                 metrics.REDIS_ERRORS.inc()
                 self.stopping.wait(1.0)
+            except Exception:  # noqa: BLE001 - never die of one batch: its entries stay pending and are retried
+                log.exception("processing a batch failed; its jobs will be retried")
+                self.stopping.wait(1.0)
         log.info("encoder %s stopped", self.name)
 
 
@@ -171,5 +200,5 @@ def main(settings: Settings) -> None:
     worker = EncoderWorker(settings, stopping=stopping)
     worker.warm_up()
     if settings.metrics_port:  # only once the engine is warm: the startup probe waits on this port
-        metrics.serve(settings.metrics_port, "encoder")
+        metrics.serve(settings.metrics_port, "encoder", settings.metrics_host)
     worker.run()

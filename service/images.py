@@ -105,6 +105,18 @@ def _decode_raw(w: int, h: int, fmt: int, data: bytes, max_pixels: int) -> np.nd
     return np.ascontiguousarray(a)
 
 
+def check_fits(height: int, width: int, long_side: int) -> None:
+    """Refuse an image the model cannot take: resized to `long_side` on its long side, its short side must
+    keep at least one pixel (a 2×2100 image has none at 512)."""
+    from maskserve.engines.transforms import resized_shape
+
+    if min(resized_shape(height, width, long_side)) < 1:
+        limit = 2 * long_side
+        raise ImageError(f"the image is {width}x{height}: too elongated for the model, whose {long_side}-pixel "
+                         f"input would leave its short side under one pixel; aspect ratios up to {limit}:1 "
+                         "are accepted")
+
+
 def image_size(payload: bytes) -> tuple[int, int]:
     """(H, W) without decoding the pixels."""
     if payload[:1] == b"R":

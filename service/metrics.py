@@ -36,8 +36,8 @@ SERIES = {
 }
 
 
-def serve(port: int, role: str) -> None:
+def serve(port: int, role: str, host: str = "0.0.0.0") -> None:
     for metric, labels in SERIES[role]:
         for label in labels:
             metric.labels(label)
-    start_http_server(port)
+    start_http_server(port, addr=host)

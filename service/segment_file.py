@@ -15,13 +15,19 @@ BUNDLED_PHOTO = Path(__file__).resolve().parent.parent / "maskserve" / "data" / 
 
 def _upright(path: Path) -> np.ndarray:
     """The file's pixels as viewers show them (EXIF orientation applied), as the service decodes them."""
-    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises for what it cannot read
+        raise ValueError(f"{path} is not an image file that can be read (JPEG, PNG or WebP): {exc}") from None
 
 
 def segment_file(target: str, image_path: Path, points, box, out: Path) -> str:
     image_path = Path(image_path)
-    if not image_path.is_file():
-        raise ValueError(f"{image_path} does not exist")
     if not points and box is None:
         raise ValueError("give at least one --point X,Y or a --box")
     rgb = _upright(image_path)
@@ -62,8 +68,6 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
     from maskserve.engines import automatic
 
     image_path = Path(image_path)
-    if not image_path.is_file():
-        raise ValueError(f"{image_path} is not a file" if image_path.exists() else f"{image_path} does not exist")
     rgb = _upright(image_path)
     if target is not None:
         with Client(target) as client:

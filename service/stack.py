@@ -22,6 +22,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_free(host: str, port: int, what: str) -> None:
+    """Refuse to start on a port that something already listens on (another local stack, say): otherwise a
+    readiness check would find that one and report this stack up while its processes died."""
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError:
+            raise RuntimeError(f"port {port} ({what}) is already in use on {host.strip('[]')}: is another "
+                               "`maskserve up` running? Stop it, or choose other ports (--port, --metrics-port)") from None
+
+
 def start_redis(port: int, directory: str | Path) -> subprocess.Popen:
     binary = shutil.which("redis-server")
     if binary is None:
@@ -83,12 +94,15 @@ class LocalStack:
 
     def __init__(self, model_dir: str = "", redis_url: str | None = None, grpc_port: int | None = None,
                  metrics_ports: tuple[int, int] | None = None, log_dir: str | Path | None = None,
-                 extra_env: dict[str, str] | None = None, encoder_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, encoder_env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.grpc_port = grpc_port or free_port()
         self.metrics_ports = metrics_ports or (free_port(), free_port())
+        self.own_log_dir = log_dir is None  # a temporary folder, removed after a clean run
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
+        self.host = host  # where gRPC and /metrics listen: loopback unless told otherwise
         self.extra_env = extra_env or {}
         self.encoder_env = encoder_env or {}
         self.redis = self.encoder = self.decoder = None
@@ -100,6 +114,7 @@ class LocalStack:
     def env(self, role: str) -> dict[str, str]:
         port = self.metrics_ports[0 if role == "decoder" else 1]
         return {"MASKSERVE_REDIS_URL": self.redis_url, "MASKSERVE_MODEL_DIR": self.model_dir,
+                "MASKSERVE_GRPC_HOST": self.host, "MASKSERVE_METRICS_HOST": self.host,
                 "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port), **self.extra_env}
 
     def start_encoder(self, wait: bool = True, **env: str) -> subprocess.Popen:
@@ -114,6 +129,9 @@ class LocalStack:
 
     def __enter__(self) -> "LocalStack":
         try:
+            check_free(self.host, self.grpc_port, "decoder gRPC")
+            for port, role in zip(self.metrics_ports, ("decoder", "encoder")):
+                check_free(self.host, port, f"{role} metrics")
             if self.redis_url is None:
                 port = free_port()
                 self.redis = start_redis(port, self.log_dir)
@@ -123,10 +141,12 @@ class LocalStack:
             wait_serving(self.target, proc=self.decoder)
             self.wait_encoder(self.encoder)
         except BaseException:
-            self.__exit__()
+            self.__exit__(*sys.exc_info())  # keeps the logs of a stack that failed to start
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         for proc in (self.decoder, self.encoder, self.redis):
             stop(proc)
+        if self.own_log_dir and not any(exc):
+            shutil.rmtree(self.log_dir, ignore_errors=True)

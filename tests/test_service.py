@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -628,3 +630,92 @@ def test_no_bookkeeping_outlives_its_calls(stack, stub, photos):
         image = np.ascontiguousarray(np.roll(base, i + 1, axis=0))
         assert stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60).ready
     assert _metric(stack.metrics_ports[0], "maskserve_waiting_images") == 0
+
+
+@pytest.mark.parametrize("width, height", [(20000, 1), (2100, 2), (2, 2100)])
+def test_too_elongated_images_are_refused_up_front(stub, width, height):
+    image = np.full((height, width, 3), 90, np.uint8)
+    code, details = _code(lambda: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True),
+                                                   timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "too elongated" in details
+
+
+def test_a_poison_job_is_dead_lettered_at_once_and_the_worker_lives(stack, stub, photos):
+    """A job that fails on its input (here queued past the decoder's checks) is reported for that job alone,
+    at its first delivery, and the worker goes on with the next."""
+    from maskserve.service import images
+
+    version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
+    r = redis.Redis.from_url(stack.redis_url)
+    pid = stack.encoder.pid
+    poison = [images.canonical_payload(image_message(np.full((2, 2100, 3), 9, np.uint8))),
+              b"R3x2x1:" + b"\0" * 5,  # a raw payload whose bytes do not match its size
+              b"Znot a payload"]
+    ids = [images.image_id(p, version) for p in poison]
+    for image_id, payload in zip(ids, poison):
+        r.xadd(f"jobs:{version}", {"image_id": image_id, "payload": payload, "model_version": version})
+    deadline = time.monotonic() + 30
+    while not all(r.exists(jobs.error_key(version, i)) for i in ids):
+        assert time.monotonic() < deadline and stack.encoder.poll() is None
+        time.sleep(0.2)
+    assert b"too elongated" in r.get(jobs.error_key(version, ids[0]))
+    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
+    good = np.ascontiguousarray(photos["chelsea_300x451"][::-2])
+    assert stub.EncodeImage(pb.EncodeImageRequest(image=image_message(good), wait=True), timeout=60).ready
+    assert stack.encoder.pid == pid and stack.encoder.poll() is None
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} gives them) with a listening socket on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_local_stack_listens_on_loopback_refuses_taken_ports_and_cleans_up():
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    with LocalStack() as first:
+        for port in (first.grpc_port, *first.metrics_ports):
+            assert _listening_addresses(port) and _listening_addresses(port) <= loopback, port
+        with pytest.raises(RuntimeError, match="already in use"):
+            LocalStack(grpc_port=first.grpc_port).__enter__()
+        with pytest.raises(RuntimeError, match="already in use"):
+            LocalStack(metrics_ports=first.metrics_ports).__enter__()
+        logs = first.log_dir
+        assert logs.is_dir()
+    assert not logs.exists()  # a clean run leaves no temporary folder behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--point", "10"], "expected X,Y or X,Y,LABEL"),
+    (["--point", "10,20,7"], "the label is 1 (foreground) or 0 (background)"),
+    (["--point", "5000,20"], "INVALID_ARGUMENT: point (5000, 20) lies outside"),
+    (["--box", "1,2,3"], "expected X0,Y0,X1,Y1"),
+    ([], "give at least one --point"),
+])
+def test_cli_user_errors_are_one_clear_line(stack, args, message):
+    from maskserve.service.segment_file import BUNDLED_PHOTO
+
+    run = subprocess.run([sys.executable, "-m", "maskserve.cli", "segment", str(BUNDLED_PHOTO), "--target",
+                          stack.target, *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 2, run.stderr
+
+
+def test_cli_file_and_server_errors_are_one_clear_line(tmp_path):
+    from maskserve.service.segment_file import BUNDLED_PHOTO
+
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    for path, target, message in [(tmp_path, "127.0.0.1:1", "is not a file"),
+                                  (tmp_path / "missing.jpg", "127.0.0.1:1", "does not exist"),
+                                  (not_image, "127.0.0.1:1", "is not an image file"),
+                                  (BUNDLED_PHOTO, f"127.0.0.1:{free_port()}", "Start one with `maskserve up`")]:
+        run = subprocess.run([sys.executable, "-m", "maskserve.cli", "segment", str(path), "--point", "1,1",
+                              "--target", target], capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
