@@ -105,6 +105,7 @@ class TensorRTEncoder:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
         self.engine = _Engine(model_dir, manifest, manifest.encoder)
         self.max_batch = int(manifest.encoder.get("max_batch", 1))
+        self.run_size = self.max_batch  # images per run: the worker stores each run's as soon as it is done
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         chunks = [self.engine.run({"images": images[i:i + self.max_batch]}, ["image_embeddings"])[0]

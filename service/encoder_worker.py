@@ -2,7 +2,8 @@
 
 Batches fill up to `batch_size` images or `batch_wait_ms`, whichever comes first. An entry is acknowledged
 only after its embedding is stored, so a worker that dies mid-batch loses nothing: another worker takes its
-entries over after `claim_idle_ms`. On SIGTERM the worker finishes the batch in hand and stops reading.
+entries over after `claim_idle_ms`. On SIGTERM the worker finishes the engine run in hand (one image on the CPU), hands the rest of its batch
+back to the pool at once and stops reading.
 """
 
 from __future__ import annotations
@@ -121,22 +122,33 @@ class EncoderWorker:
             prepared.append(x)
             sizes.append(rgb.shape[:2])
             good.append((entry_id, fields))
-        if not good:
-            return
-        start = time.perf_counter()
-        try:
-            embeddings = self.model.encoder.encode(np.stack(prepared))
-        except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
-            log.exception("a batch of %d failed in the encoder; encoding its jobs one by one", len(good))
-            if len(good) == 1:
-                self._dead_letter(*good[0], "the encoder failed on this image")
+        # One engine run at a time (one image on the CPU, the engine's batch on TensorRT), each stored as soon as
+        # it is done; a stop between runs hands the rest back to the pool at once.
+        run = getattr(self.model.encoder, "run_size", len(good)) or len(good)
+        for i in range(0, len(good), run):
+            if self.stopping.is_set():
+                self.hand_back([entry_id for entry_id, _ in good[i:]])
                 return
-            for job, x in zip(good, prepared):
-                self._encode_alone(job, x)
-            return
-        metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
-        metrics.BATCH.observe(len(good))
-        self._store(good, embeddings, sizes)
+            jobs_, xs = good[i:i + run], prepared[i:i + run]
+            start = time.perf_counter()
+            try:
+                embeddings = self.model.encoder.encode(np.stack(xs))
+            except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
+                log.exception("an encoder run of %d images failed; encoding them one by one", len(jobs_))
+                for job, x in zip(jobs_, xs):
+                    self._encode_alone(job, x)
+                continue
+            metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
+            metrics.BATCH.observe(len(jobs_))
+            self._store(jobs_, embeddings, sizes[i:i + run])
+
+    def hand_back(self, entry_ids: list) -> None:
+        """Make entries this worker holds claimable by any other worker now, not after claim_idle_ms: their idle
+        time is set past it (XCLAIM IDLE, not counted as a delivery)."""
+        if entry_ids:
+            self.redis.xclaim(self.stream, jobs.GROUP, self.name, 0, entry_ids, idle=self.settings.claim_idle_ms,
+                              justid=True)
+            log.info("encoder %s: handed %d unfinished jobs back to the pool", self.name, len(entry_ids))
 
     def _encode_alone(self, job, x) -> None:
         try:
@@ -144,8 +156,7 @@ class EncoderWorker:
         except Exception as exc:  # noqa: BLE001
             self._dead_letter(*job, f"the encoder failed on this image: {exc.__class__.__name__}: {exc}")
             return
-        rgb = images.decode_payload(job[1][b"payload"], self.settings.max_image_pixels)
-        self._store([job], embedding, [rgb.shape[:2]])
+        self._store([job], embedding, [images.image_size(job[1][b"payload"])])
 
     def _store(self, good: list, embeddings, sizes) -> None:
         cache = self.cache.pipeline(transaction=False)

@@ -719,3 +719,45 @@ def test_cli_file_and_server_errors_are_one_clear_line(tmp_path):
         run = subprocess.run([sys.executable, "-m", "maskserve.cli", "segment", str(path), "--point", "1,1",
                               "--target", target], capture_output=True, text=True, timeout=60)
         assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, photos):
+    """SIGTERM between engine runs: the run in hand is stored, the rest of the batch goes back to the pool at
+    once (claimable now, not after MASKSERVE_CLAIM_IDLE_MS), and another worker finishes it."""
+    from maskserve.service import images, store
+    from maskserve.service.config import Settings
+    from maskserve.service.encoder_worker import EncoderWorker
+    from maskserve.service.stack import start_redis
+
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    try:
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", claim_idle_ms=600_000, batch_size=4)
+        first, second = EncoderWorker(settings, name="first"), EncoderWorker(settings, name="second")
+        r = redis.Redis.from_url(settings.redis_url)
+        ids = []
+        for i in range(3):
+            payload = images.canonical_payload(image_message(np.ascontiguousarray(photos["chelsea_300x451"][i::3])))
+            ids.append(images.image_id(payload, first.version))
+            r.xadd(first.stream, {"image_id": ids[-1], "payload": payload, "model_version": first.version})
+        first._ensure_group()
+        batch = first._read_batch()
+        assert len(batch) == 3
+        encode = first.model.encoder.encode
+
+        def encode_then_sigterm(x):
+            out = encode(x)
+            first.stopping.set()  # what the SIGTERM handler does
+            return out
+
+        first.model.encoder.encode = encode_then_sigterm
+        first.process(batch)
+        assert r.exists(store.key(first.version, ids[0]))
+        assert not any(r.exists(store.key(first.version, i)) for i in ids[1:])
+        handed = second._claim_abandoned(4)  # at once, though the claim timeout is ten minutes
+        assert sorted(entry for entry, _ in handed) == sorted(entry for entry, _ in batch[1:])
+        second.process(handed)
+        assert all(r.exists(store.key(first.version, i)) for i in ids)
+        assert r.xpending(first.stream, jobs.GROUP)["pending"] == 0
+    finally:
+        stop(server)
