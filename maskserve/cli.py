@@ -294,6 +294,20 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 
+@app.command()
+def soak(seconds: float = typer.Option(300, help="How long (the documented long form: 1800)."),
+         rate: float = typer.Option(20, help="Requests per second, open loop."),
+         new_image_every: int = typer.Option(10, help="Every Nth request encodes a new distinct image."),
+         window: float = typer.Option(60, help="Seconds per reported window."),
+         model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
+         out: Path = typer.Option(Path("out/soak"))) -> None:
+    """A local stack under a fixed request rate (loopback only): latency, errors, memory and the decoder's
+    bookkeeping per window → soak.json."""
+    from maskserve import soak as soak_lib
+
+    print(soak_lib.report(soak_lib.run(seconds, rate, new_image_every, window, model_dir), out))
+
+
 def main() -> None:
     app()
 
