@@ -510,6 +510,44 @@ class Segmenter(pb_grpc.SegmenterServicer):
             reader.cancel()
 
 
+def _handlers(servicer: Segmenter) -> grpc.GenericRpcHandler:
+    """The Segmenter's methods with requests parsed here rather than by gRPC, whose own deserializer answers
+    malformed protobuf bytes with UNKNOWN: here they are INVALID_ARGUMENT, like any other bad input."""
+    from google.protobuf.message import DecodeError
+
+    def parser(cls):
+        async def parse(raw: bytes, context):
+            try:
+                return cls.FromString(raw)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request is not a valid {cls.DESCRIPTOR.full_name} (malformed protobuf)")
+        return parse
+
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Segmenter"].methods:
+        parse, impl = parser(getattr(pb, method.input_type.name)), getattr(servicer, method.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        if method.client_streaming:
+            async def handler(raw_requests, context, parse=parse, impl=impl):
+                async def requests():
+                    async for raw in raw_requests:
+                        yield await parse(raw, context)
+                async for response in impl(requests(), context):
+                    yield response
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
+        elif method.server_streaming:
+            async def handler(raw, context, parse=parse, impl=impl):
+                async for response in impl(await parse(raw, context), context):
+                    yield response
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
+        else:
+            async def handler(raw, context, parse=parse, impl=impl):
+                return await impl(await parse(raw, context), context)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
 async def _watch_health(segmenter: Segmenter, health_servicer) -> None:
     """Readiness follows Redis: NOT_SERVING while the store is unreachable, SERVING when it is back."""
     status = None
@@ -537,7 +575,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a port shared with another server
     ])
     segmenter = Segmenter(settings)
-    pb_grpc.add_SegmenterServicer_to_server(segmenter, server)
+    server.add_generic_rpc_handlers((_handlers(segmenter),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
