@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from itertools import product
 from typing import Callable
@@ -235,8 +236,6 @@ def process_crop(
     """The masks of one crop's point grid, filtered and de-duplicated (NMS within the crop) as the reference
     does, in the whole image's frame. `progress(n)` is told of each batch of n points; `cancel` is checked
     between batches. `timings` accumulates seconds per stage (grid_decode, filter, nms)."""
-    import time
-
     timings = timings if timings is not None else {}
     x0, y0, x1, y1 = crop_box
     crop_size = (y1 - y0, x1 - x0)
@@ -411,12 +410,11 @@ class AutomaticMaskGenerator:
         if self.client is not None:
             found = self.client.segment_everything(image, self.options)
         else:
-            found = self._generate(image)
+            found = self.generate_masks(image)
         return records(found, self.options.output_mode)
 
-    def _generate(self, image: np.ndarray) -> MaskSet:
-        import time
-
+    def generate_masks(self, image: np.ndarray) -> MaskSet:
+        """The masks as RLEs with their fields (`MaskSet`), in this process; `timings` holds seconds per stage."""
         o, p = self.options, self.predictor
         size = image.shape[:2]
         grids = o.layer_grids()

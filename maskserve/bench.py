@@ -173,7 +173,7 @@ def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, g
 
     out = {}
     features = (sam.features, sam.original_size, sam.input_size)
-    for name, kwargs in EVERYTHING_CASES.items():
+    for case, (name, kwargs) in enumerate(EVERYTHING_CASES.items()):
         kwargs = dict(kwargs, points_per_side=grid)
         options = Options(**kwargs)
         reference = SamAutomaticMaskGenerator(sam.model, **kwargs)
@@ -193,7 +193,7 @@ def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, g
             seconds, mb = _peak_rss_during(os.getpid(), lambda: result.update(n=len(cached_reference.generate(image))))
             theirs.append(seconds), theirs_mb.append(mb)
         last = ours({"image_id": image_id}, options)
-        fresh = np.ascontiguousarray(np.roll(image, 101, axis=0))  # an image neither side has encoded
+        fresh = np.ascontiguousarray(np.roll(image, 101 + 37 * case, axis=0))  # one neither side has encoded
         e2e = _peak_rss_during(stack.decoder.pid, lambda: ours({"image": image_message(fresh)}, options))[0]
         e2e_reference = _peak_rss_during(os.getpid(), lambda: reference.generate(fresh))[0]
         out[name] = {

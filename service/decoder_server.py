@@ -25,9 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
-from maskserve.engines import automatic, prompts as prompt_lib
-
-from maskserve.engines import masks
+from maskserve.engines import automatic, masks, prompts as prompt_lib
 
 from . import allocator, everything, images, jobs, metrics, store
 from .config import Settings

@@ -74,7 +74,7 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
             found = client.segment_everything(image_path.read_bytes(), options, progress=progress)
     else:
         generator = automatic.AutomaticMaskGenerator(model_dir, **{**vars(options), "output_mode": "coco_rle"})
-        found = generator._generate(rgb)
+        found = generator.generate_masks(rgb)
     records = automatic.records(found, "coco_rle")
     h, w = found.image_size
     doc = {"image": {"file_name": image_path.name, "width": w, "height": h},

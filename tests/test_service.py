@@ -19,8 +19,8 @@ from PIL import Image
 from conftest import metric as _metric, report
 
 from maskserve import Predictor
-from maskserve.engines.model_dir import Manifest
 from maskserve.engines import masks
+from maskserve.engines.model_dir import Manifest
 from maskserve.service import jobs
 from maskserve.service.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
@@ -405,9 +405,6 @@ def test_redis_restart_under_traffic(tmp_path, photos):
 
 
 def test_cli_segment_writes_mask_and_overlay(stack, tmp_path):
-    import subprocess
-    import sys
-
     from maskserve.service.segment_file import BUNDLED_PHOTO
 
     out = subprocess.run([sys.executable, "-m", "maskserve.cli", "segment", str(BUNDLED_PHOTO), "--point", "256,140",
