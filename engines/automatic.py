@@ -29,10 +29,6 @@ from . import masks, prompts, transforms
 from .model_dir import Manifest
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-# Prompts per decoder run. Measured on the points decoder (2 threads, this repository's VM): per prompt,
-# ViT-B costs the same from 16 to 128 prompts, and the tiny model gains little past 64; larger batches
-# only hold more low-res logits at once.
-DECODE_BATCH = 16
 EDGE_TOLERANCE = 20.0  # pixels: a mask box this close to a crop's inner edge is cut off by the crop
 
 
@@ -229,12 +225,13 @@ def _box_of_transposed(mask_t: np.ndarray) -> np.ndarray:
 
 def process_crop(
     decoder, manifest: Manifest, embedding: np.ndarray, features: dict | None, crop_box: list[int],
-    grid: np.ndarray, image_size: tuple[int, int], options: Options, *, batch: int = DECODE_BATCH,
+    grid: np.ndarray, image_size: tuple[int, int], options: Options, *, batch: int | None = None,
     cancel: threading.Event | None = None, progress: Callable[[int], None] | None = None,
     timings: dict | None = None,
 ) -> MaskSet:
     """The masks of one crop's point grid, filtered and de-duplicated (NMS within the crop) as the reference
-    does, in the whole image's frame. `progress(n)` is told of each batch of n points; `cancel` is checked
+    does, in the whole image's frame. Prompts go `batch` at a time (default: the decoder's `prompt_batch`,
+    chosen by measurement for its runtime). `progress(n)` is told of each batch of n points; `cancel` is checked
     between batches. `timings` accumulates seconds per stage (grid_decode, filter, nms)."""
     timings = timings if timings is not None else {}
     x0, y0, x1, y1 = crop_box
@@ -249,6 +246,7 @@ def process_crop(
     whole = crop_size == tuple(image_size)
     canvas = None if whole else np.zeros((image_size[1], image_size[0]), bool)  # the image, transposed
     kept: list[tuple] = []
+    batch = batch or decoder.prompt_batch
     for start in range(0, len(points), batch):
         if cancel is not None and cancel.is_set():
             raise Cancelled()

@@ -117,6 +117,7 @@ class TensorRTDecoder:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
         self.engine = _Engine(model_dir, manifest, manifest.decoder)
         self.max_batch = int(manifest.decoder.get("max_batch", 1))
+        self.prompt_batch = self.max_batch  # a GPU wants the largest batch its profile allows
 
     def prepare(self, embedding: np.ndarray) -> None:
         return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough
