@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import grpc
 
-from maskserve.engines import transforms
-
-from maskserve.engines import masks as mask_codec
+from maskserve.engines import masks as mask_codec, transforms
 from maskserve.engines.automatic import MaskSet, Options
 
 from . import everything
@@ -105,15 +103,16 @@ class Client(_Base):
         self.image_id = self.encode(image, image_format)
 
     def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
-                           progress=None) -> MaskSet:
+                           progress=None, timeout: float = 3600.0) -> MaskSet:
         """The automatic generator on the service for an image (array or file bytes) or an image_id (str);
-        `progress(stage, done, total)` is called as the service reports it."""
+        `progress(stage, done, total)` is called as the service reports it. A full-size model with crops
+        takes minutes on a CPU, hence its own, longer timeout."""
         request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options or Options()))
         if isinstance(image, str):
             request.image_id = image
         else:
             request.image.CopyFrom(image_message(image, image_format))
-        found, _ = everything.from_pages(_pages(self.stub.SegmentEverything(request, timeout=self.timeout), progress))
+        found, _ = everything.from_pages(_pages(self.stub.SegmentEverything(request, timeout=timeout), progress))
         return found
 
     def model_info(self) -> pb.ModelInfo:

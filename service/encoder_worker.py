@@ -2,8 +2,8 @@
 
 Batches fill up to `batch_size` images or `batch_wait_ms`, whichever comes first. An entry is acknowledged
 only after its embedding is stored, so a worker that dies mid-batch loses nothing: another worker takes its
-entries over after `claim_idle_ms`. On SIGTERM the worker finishes the engine run in hand (one image on the CPU), hands the rest of its batch
-back to the pool at once and stops reading.
+entries over after `claim_idle_ms`. On SIGTERM the worker finishes the engine run in hand (one image on the
+CPU), hands the rest of its batch back to the pool at once and stops reading.
 """
 
 from __future__ import annotations
@@ -122,9 +122,11 @@ class EncoderWorker:
             prepared.append(x)
             sizes.append(rgb.shape[:2])
             good.append((entry_id, fields))
+        if not good:
+            return
         # One engine run at a time (one image on the CPU, the engine's batch on TensorRT), each stored as soon as
         # it is done; a stop between runs hands the rest back to the pool at once.
-        run = getattr(self.model.encoder, "run_size", len(good)) or len(good)
+        run = self.model.encoder.run_size
         for i in range(0, len(good), run):
             if self.stopping.is_set():
                 self.hand_back([entry_id for entry_id, _ in good[i:]])

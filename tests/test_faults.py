@@ -2,11 +2,12 @@
 killed, two encoders on one queue, a worker stalled past the claim time, the cache Redis filled to its memory
 limit and restarted, client connections dropped mid-stream. Afterwards every request has its answer or a clear
 error (never UNKNOWN, INTERNAL or INVALID_ARGUMENT: the traffic is valid), no job is stuck, the queue drains,
-and no worker died of a job."""
+and no worker died of a job. The pauses between faults are drawn from MASKSERVE_FAULT_SEED (default 0)."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -129,6 +130,7 @@ def test_faults_under_traffic(tmp_path, photos):
     stack = LocalStack(redis_url=cache_url, log_dir=tmp_path, extra_env=env,
                        encoder_env={"MASKSERVE_CLAIM_IDLE_MS": "1500"})
     extra = None
+    pause = random.Random(int(os.environ.get("MASKSERVE_FAULT_SEED", "0"))).uniform  # faults at random points
     try:
         with stack:
             with grpc.insecure_channel(stack.target) as channel:
@@ -136,25 +138,25 @@ def test_faults_under_traffic(tmp_path, photos):
             q = redis.Redis.from_url(queue_url)
             stream = f"jobs:{version}"
             with Traffic(stack.target, image) as traffic:
-                time.sleep(2)
+                time.sleep(pause(0.5, 2.5))
                 stack.encoder.kill()  # mid-work: its jobs are taken over after the claim time
                 stack.encoder.wait()
                 faults.append("encoder killed (SIGKILL)")
                 extra = stack.start_encoder(wait=False, MASKSERVE_METRICS_PORT="0")  # two encoders, one queue
                 stack.encoder = stack.start_encoder()
                 faults.append("encoder restarted, a second one added")
-                time.sleep(2)
+                time.sleep(pause(0.5, 2.5))
                 os.kill(stack.encoder.pid, signal.SIGSTOP)  # stalled past the claim time, jobs in hand
                 time.sleep(3)
                 os.kill(stack.encoder.pid, signal.SIGCONT)
                 faults.append("encoder stalled 3 s (claim time 1.5 s)")
-                time.sleep(1)
+                time.sleep(pause(0.5, 2.5))
                 stack.decoder.kill()
                 stack.decoder.wait()
                 stack.decoder = start_role("decoder", stack.env("decoder"), tmp_path / "decoder2.log")
                 wait_serving(stack.target, proc=stack.decoder)
                 faults.append("decoder killed (SIGKILL) and restarted")
-                time.sleep(1)
+                time.sleep(pause(0.5, 2.5))
                 c = redis.Redis.from_url(cache_url)
                 c.config_set("maxmemory", "3mb")
                 c.config_set("maxmemory-policy", "allkeys-lru")
@@ -171,7 +173,7 @@ def test_faults_under_traffic(tmp_path, photos):
                 for _ in range(3):
                     _drop_mid_stream(stack.target, any_id)
                 faults.append("3 client connections dropped mid-stream")
-                time.sleep(2)
+                time.sleep(pause(0.5, 2.5))
             deadline = time.monotonic() + 60
             while (q.xlen(stream) or q.xpending(stream, jobs.GROUP)["pending"]) and time.monotonic() < deadline:
                 time.sleep(0.5)
