@@ -63,6 +63,15 @@ class _Base:
             image_id=self.image_id, prompts=[prompt_message(point_coords, point_labels, box, mask_input)],
             options=pb.OutputOptions(single_mask=not multimask_output, return_low_res_logits=True))
 
+    @staticmethod
+    def _everything_request(image, options: Options | None, image_format: str) -> pb.SegmentEverythingRequest:
+        request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options or Options()))
+        if isinstance(image, str):
+            request.image_id = image
+        else:
+            request.image.CopyFrom(image_message(image, image_format))
+        return request
+
     def _unpack(self, response, return_logits, info):
         result = response.results[0]
         ious = np.array([m.predicted_iou for m in result.masks], np.float32)
@@ -107,11 +116,7 @@ class Client(_Base):
         """The automatic generator on the service for an image (array or file bytes) or an image_id (str);
         `progress(stage, done, total)` is called as the service reports it. A full-size model with crops
         takes minutes on a CPU, hence its own, longer timeout."""
-        request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options or Options()))
-        if isinstance(image, str):
-            request.image_id = image
-        else:
-            request.image.CopyFrom(image_message(image, image_format))
+        request = self._everything_request(image, options, image_format)
         found, _ = everything.from_pages(_pages(self.stub.SegmentEverything(request, timeout=timeout), progress))
         return found
 
@@ -161,6 +166,19 @@ class AsyncClient(_Base):
         if return_logits and self._info is None:
             self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
         return self._unpack(response, return_logits, self._info)
+
+    async def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
+                                 progress=None, timeout: float = 3600.0) -> MaskSet:
+        """`Client.segment_everything`, awaited."""
+        responses = self.stub.SegmentEverything(self._everything_request(image, options, image_format),
+                                                timeout=timeout)
+        pages = []
+        async for r in responses:
+            if r.WhichOneof("payload") == "masks":
+                pages.append(r.masks)
+            elif progress is not None:
+                progress(r.progress.stage, r.progress.done, r.progress.total)
+        return everything.from_pages(pages)[0]
 
     async def close(self) -> None:
         await self.channel.close()

@@ -480,7 +480,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
                         current, _, _ = await self._image_for(req.frame, context)
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
                     elif item == "image_id":
-                        if not await self.redis.exists(store.key(self.version, req.image_id)):
+                        if not await self._renew(store.key(self.version, req.image_id)):
                             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {req.image_id!r}")
                         current = req.image_id
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)

@@ -278,6 +278,26 @@ def test_service_on_an_image_id(stub, photos):
     assert [r["segmentation"] for r in automatic.records(found, "coco_rle")] == [r["segmentation"] for r in expected]
 
 
+def test_async_client(stack, photos):
+    import asyncio
+
+    from maskserve.service.client import AsyncClient
+
+    image = photos["chelsea_300x451"]
+    options = AutomaticMaskGenerator(None, **dict(TINY, points_per_side=8)).options
+    expected = AutomaticMaskGenerator(None, output_mode="coco_rle", **dict(TINY, points_per_side=8)).generate(image)
+
+    async def run():
+        client = AsyncClient(stack.target)
+        try:
+            return await client.segment_everything(image, options)
+        finally:
+            await client.close()
+
+    found = asyncio.run(run())
+    assert [r["segmentation"] for r in automatic.records(found, "coco_rle")] == [r["segmentation"] for r in expected]
+
+
 def _everything(stub, request, timeout=30):
     return [r for r in stub.SegmentEverything(request, timeout=timeout)]
 
