@@ -84,12 +84,13 @@ class _Base:
         return np.stack([decode_mask(m) for m in result.masks]), ious, low
 
 
-def _pages(responses, progress):
-    for r in responses:
-        if r.WhichOneof("payload") == "masks":
-            yield r.masks
-        elif progress is not None:
-            progress(r.progress.stage, r.progress.done, r.progress.total)
+def _page(response, progress):
+    """The page a SegmentEverything response carries, or None after passing its progress to `progress`."""
+    if response.WhichOneof("payload") == "masks":
+        return response.masks
+    if progress is not None:
+        progress(response.progress.stage, response.progress.done, response.progress.total)
+    return None
 
 
 class Client(_Base):
@@ -117,8 +118,8 @@ class Client(_Base):
         `progress(stage, done, total)` is called as the service reports it. A full-size model with crops
         takes minutes on a CPU, hence its own, longer timeout."""
         request = self._everything_request(image, options, image_format)
-        found, _ = everything.from_pages(_pages(self.stub.SegmentEverything(request, timeout=timeout), progress))
-        return found
+        pages = (_page(r, progress) for r in self.stub.SegmentEverything(request, timeout=timeout))
+        return everything.from_pages(p for p in pages if p is not None)[0]
 
     def model_info(self) -> pb.ModelInfo:
         if self._info is None:
@@ -172,13 +173,8 @@ class AsyncClient(_Base):
         """`Client.segment_everything`, awaited."""
         responses = self.stub.SegmentEverything(self._everything_request(image, options, image_format),
                                                 timeout=timeout)
-        pages = []
-        async for r in responses:
-            if r.WhichOneof("payload") == "masks":
-                pages.append(r.masks)
-            elif progress is not None:
-                progress(r.progress.stage, r.progress.done, r.progress.total)
-        return everything.from_pages(pages)[0]
+        pages = [_page(r, progress) async for r in responses]
+        return everything.from_pages(p for p in pages if p is not None)[0]
 
     async def close(self) -> None:
         await self.channel.close()
