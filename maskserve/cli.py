@@ -13,6 +13,8 @@ from rich.markup import escape
 app = typer.Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="API keys for the access file (MASKSERVE_AUTH_FILE).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -165,12 +167,52 @@ def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instea
         stack.__exit__(None, None, None)
 
 
+@keys_app.command("new")
+def keys_new(tenant: str = typer.Option(..., help="The tenant the key acts for."),
+             name: Optional[str] = typer.Option(None, help="A name for logs (default: TENANT-key)."),
+             rpc: list[str] = typer.Option([], help="An RPC the key may call (repeatable); default all.")) -> None:
+    """A new API key (printed once, on stderr) and its access-file entry (stdout, JSON): only the hash is kept."""
+    from maskserve.service import access
+
+    if not access.TENANT_NAME.match(tenant):
+        _fail(f"tenant name {tenant!r}: lower-case letters, digits, '_', '.', '-' (at most 63)")
+    unknown = set(rpc) - {"*", *access.RPCS}
+    if unknown:
+        _fail(f"unknown --rpc {', '.join(sorted(unknown))}; known: {', '.join(access.RPCS)}")
+    key = access.new_key()
+    console.print(f"API key (shown once; give it to the client, keep only the entry below): {key}")
+    print(json.dumps({"name": name or f"{tenant}-key", "tenant": tenant, "sha256": access.key_hash(key),
+                      "rpcs": rpc or ["*"]}))
+
+
+# How a client command reaches a service with TLS and authentication on.
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="MASKSERVE_API_KEY", help="Sent as `authorization: Bearer`.")
+TlsCaOpt = typer.Option(None, "--tls-ca", help="Speak TLS, trusting this CA (PEM); --tls for the system's CAs.")
+TlsOpt = typer.Option(False, "--tls", help="Speak TLS, trusting the system's CAs.")
+TlsCertOpt = typer.Option(None, "--tls-cert", help="Client certificate (PEM), for mutual TLS.")
+TlsKeyOpt = typer.Option(None, "--tls-key", help="Its private key (PEM).")
+
+
+def _client_options(api_key, use_tls, tls_ca, tls_cert, tls_key) -> dict:
+    def read(path):
+        try:
+            return Path(path).read_bytes() if path else None
+        except OSError as exc:
+            _fail(f"{path}: {exc.strerror}")
+    if bool(tls_cert) != bool(tls_key):
+        _fail("--tls-cert and --tls-key go together")
+    return {"api_key": api_key, "tls": True if (use_tls or tls_ca or tls_cert) else None,
+            "root_certificates": read(tls_ca), "certificate_chain": read(tls_cert), "private_key": read(tls_key)}
+
+
 @app.command()
 def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
             point: list[str] = typer.Option([], help="X,Y of a foreground click (repeatable); X,Y,0 for background."),
             box: Optional[str] = typer.Option(None, help="X0,Y0,X1,Y1"),
             target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
-            out: Path = typer.Option(Path("out"), help="Folder for mask.png and overlay.png.")) -> None:
+            out: Path = typer.Option(Path("out"), help="Folder for mask.png and overlay.png."),
+            api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
+            tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt) -> None:
     """Segment an image through a running service; writes the best mask and an overlay."""
     import grpc
 
@@ -190,7 +232,8 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
         if len(p) == 3 and p[2] not in (0.0, 1.0):
             _fail(f"--point {','.join(f'{v:g}' for v in p)}: the label is 1 (foreground) or 0 (background)")
     try:
-        summary = segment_file(target, image, points, numbers(box, "--box", (4,)) if box else None, out)
+        summary = segment_file(target, image, points, numbers(box, "--box", (4,)) if box else None, out,
+                               **_client_options(api_key, tls, tls_ca, tls_cert, tls_key))
     except ValueError as exc:
         _fail(str(exc))
     except grpc.RpcError as exc:
@@ -222,6 +265,8 @@ def segment_everything(
     box_nms_thresh: float = typer.Option(0.7), crop_n_layers: int = typer.Option(0),
     crop_nms_thresh: float = typer.Option(0.7), crop_overlap_ratio: float = typer.Option(512 / 1500),
     crop_n_points_downscale_factor: int = typer.Option(1), min_mask_region_area: int = typer.Option(0),
+    api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
+    tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt,
 ) -> None:
     """Every object in an image (the paper's automatic mode) → COCO-style JSON with SA-1B's fields and an
     overlay PNG with one colour per mask."""
@@ -251,7 +296,8 @@ def segment_everything(
 
         try:
             summary = segment_everything_file(image, out, options, target=None if in_process else target,
-                                              model_dir=str(model_dir) if model_dir else None, progress=progress)
+                                              model_dir=str(model_dir) if model_dir else None, progress=progress,
+                                              **_client_options(api_key, tls, tls_ca, tls_cert, tls_key))
         except ValueError as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:

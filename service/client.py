@@ -56,6 +56,22 @@ def decode_mask(m: pb.Mask) -> np.ndarray:
 
 
 class _Base:
+    def _connect(self, target: str, timeout: float, api_key: str | None, tls: bool | None,
+                 root_certificates: bytes | None, certificate_chain: bytes | None, private_key: bytes | None,
+                 channels) -> None:
+        """TLS when asked (`tls=True`) or implied by a CA or a client pair; the API key goes with every call
+        as `authorization: Bearer <key>` (over plaintext too, for a local stack with authentication on)."""
+        if tls or (tls is None and (root_certificates or certificate_chain)):
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self.channel = channels.secure_channel(target, credentials, options=_OPTIONS)
+        else:
+            self.channel = channels.insecure_channel(target, options=_OPTIONS)
+        self.stub = pb_grpc.SegmenterStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.timeout = timeout
+        self.image_id: str | None = None
+        self._info = None
+
     def _predict_request(self, point_coords, point_labels, box, mask_input, multimask_output):
         if self.image_id is None:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
@@ -97,16 +113,14 @@ class Client(_Base):
     """Blocking client. `set_image` encodes (once per distinct image, on the encoder pool), then `predict`
     answers like `SamPredictor.predict`: masks (C, H, W), iou_predictions (C,), low_res_logits (C, M, M)."""
 
-    def __init__(self, target: str, timeout: float = 60.0) -> None:
-        self.channel = grpc.insecure_channel(target, options=_OPTIONS)
-        self.stub = pb_grpc.SegmenterStub(self.channel)
-        self.timeout = timeout
-        self.image_id: str | None = None
-        self._info = None
+    def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
+                 root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
+                 private_key: bytes | None = None) -> None:
+        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key, grpc)
 
     def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = self.stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait),
-                                      timeout=self.timeout)
+                                      timeout=self.timeout, metadata=self.metadata)
         return reply.image_id
 
     def set_image(self, image, image_format: str = "RGB") -> None:
@@ -118,18 +132,20 @@ class Client(_Base):
         `progress(stage, done, total)` is called as the service reports it. A full-size model with crops
         takes minutes on a CPU, hence its own, longer timeout."""
         request = self._everything_request(image, options, image_format)
-        pages = (_page(r, progress) for r in self.stub.SegmentEverything(request, timeout=timeout))
+        responses = self.stub.SegmentEverything(request, timeout=timeout, metadata=self.metadata)
+        pages = (_page(r, progress) for r in responses)
         return everything.from_pages(p for p in pages if p is not None)[0]
 
     def model_info(self) -> pb.ModelInfo:
         if self._info is None:
-            self._info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            self._info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout,
+                                                metadata=self.metadata)
         return self._info
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                 multimask_output: bool = True, return_logits: bool = False):
         request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
-        response = self.stub.SegmentPrompt(request, timeout=self.timeout)
+        response = self.stub.SegmentPrompt(request, timeout=self.timeout, metadata=self.metadata)
         return self._unpack(response, return_logits, self.model_info() if return_logits else None)
 
     def close(self) -> None:
@@ -145,16 +161,15 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of `Client`."""
 
-    def __init__(self, target: str, timeout: float = 60.0) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
-        self.stub = pb_grpc.SegmenterStub(self.channel)
-        self.timeout = timeout
-        self.image_id: str | None = None
-        self._info = None
+    def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
+                 root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
+                 private_key: bytes | None = None) -> None:
+        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key, grpc.aio)
 
     async def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = await self.stub.EncodeImage(
-            pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait), timeout=self.timeout)
+            pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait), timeout=self.timeout,
+            metadata=self.metadata)
         return reply.image_id
 
     async def set_image(self, image, image_format: str = "RGB") -> None:
@@ -163,16 +178,17 @@ class AsyncClient(_Base):
     async def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                       multimask_output: bool = True, return_logits: bool = False):
         request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
-        response = await self.stub.SegmentPrompt(request, timeout=self.timeout)
+        response = await self.stub.SegmentPrompt(request, timeout=self.timeout, metadata=self.metadata)
         if return_logits and self._info is None:
-            self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout,
+                                                      metadata=self.metadata)
         return self._unpack(response, return_logits, self._info)
 
     async def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
                                  progress=None, timeout: float = 3600.0) -> MaskSet:
         """`Client.segment_everything`, awaited."""
         responses = self.stub.SegmentEverything(self._everything_request(image, options, image_format),
-                                                timeout=timeout)
+                                                timeout=timeout, metadata=self.metadata)
         pages = [_page(r, progress) async for r in responses]
         return everything.from_pages(p for p in pages if p is not None)[0]
 

@@ -34,6 +34,25 @@ class Settings:
     max_message_mb: int = 64  # gRPC message limit both ways
     decode_threads: int = 2  # decoder service: concurrent decoder runs
     ort_threads: int = 0  # ONNX Runtime threads per run; 0 = one per core
+    # -- transport security (the decoder's gRPC port) -------------------------------------------------------
+    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, the gRPC port speaks TLS only
+    tls_key_file: str = ""  # PEM private key (re-read when the files change: a rotated Secret needs no restart)
+    tls_client_ca_file: str = ""  # mutual TLS: clients must present a certificate signed by this CA
+    health_port: int = 0  # plaintext gRPC health only (kubelet probes cannot speak TLS); 0 = off
+    reflection: bool = True  # gRPC server reflection (grpcurl); no credentials needed, like health
+    # -- identity, tenants and quotas -------------------------------------------------------------------------
+    auth_file: str = ""  # access file (JSON): hashed API keys and client certificates → tenants; empty = auth off
+    tenant_rate: float = 0.0  # requests per second per tenant on each decoder replica; 0 = unlimited
+    tenant_burst: int = 0  # requests a tenant may send at once above its rate; 0 = one second's worth
+    tenant_streams: int = 0  # StreamSegment/SegmentEverything calls open at once per tenant and replica; 0 = unlimited
+    tenant_queued_jobs: int = 0  # a tenant's images waiting for the encoder pool (all replicas); 0 = unlimited
+    tenant_embedding_mb: int = 0  # embeddings a tenant holds in the store, in MiB (all replicas); 0 = unlimited
+    # -- Redis credentials and TLS (a rediss:// URL turns TLS on; the ACL user name goes in the URL) ----------
+    redis_password_file: str = ""  # password of the store's Redis user, read at every new connection
+    queue_redis_password_file: str = ""  # the queue's Redis user; empty = redis_password_file
+    redis_tls_ca_file: str = ""  # CA that signed the Redis servers' certificates (both Redis)
+    redis_tls_cert_file: str = ""  # client certificate, where Redis requires one (tls-auth-clients yes)
+    redis_tls_key_file: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -41,9 +60,13 @@ class Settings:
         for f in fields(cls):
             raw = os.environ.get(f"MASKSERVE_{f.name.upper()}")
             if raw is not None:
-                values[f.name] = type(f.default)(raw)
+                values[f.name] = _parse(f.name, raw, type(f.default))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file or self.tls_key_file)
 
     @property
     def queue_url(self) -> str:
@@ -51,3 +74,15 @@ class Settings:
 
     def stream(self, model_version: str) -> str:
         return self.queue or f"jobs:{model_version}"
+
+
+def _parse(name: str, raw: str, kind: type):
+    if kind is bool:
+        value = raw.strip().lower()
+        if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"MASKSERVE_{name.upper()}={raw!r}: expected true or false")
+        return value in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"MASKSERVE_{name.upper()}={raw!r}: expected {kind.__name__}") from None

@@ -3,6 +3,9 @@
 Stateless: any replica answers any request. Embeddings come from a bounded in-process LRU, else Redis;
 an image not yet encoded is queued for the encoder pool and waited for within the call's deadline.
 Decoder runs and mask encoding happen on a small thread pool so the event loop stays responsive.
+
+With an access file every call is authenticated first (`access`), then admitted by its tenant's quotas
+(`quotas`), and from there on names images only inside its tenant's space (`jobs.ref`).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import cv2
 import grpc
 import numpy as np
 import redis
-import redis.asyncio as aioredis
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from maskserve import engines
 from maskserve.engines import automatic, masks, prompts as prompt_lib
 
-from . import allocator, everything, images, jobs, metrics, store
+from . import access, allocator, everything, images, jobs, metrics, quotas, redis_clients, store, tls
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -44,9 +49,16 @@ class ServiceError(Exception):
         self.code = code
 
 
+ERROR_DOMAIN = "maskserve.io"
+
+
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ServiceError):
         return exc.code, str(exc)
+    if isinstance(exc, quotas.QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, access.AccessError):
+        return (grpc.StatusCode.PERMISSION_DENIED if exc.denied else grpc.StatusCode.UNAUTHENTICATED), str(exc)
     if isinstance(exc, (prompt_lib.PromptError, images.ImageError, automatic.ParameterError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
@@ -58,6 +70,39 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded"
     log.exception("unexpected error")
     return grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}"
+
+
+def _details(exc: BaseException) -> list:
+    """google.rpc details a program can act on: how long to wait, and a stable reason."""
+    if isinstance(exc, quotas.QuotaExceeded):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+        return [error_details_pb2.RetryInfo(retry_delay=delay),
+                error_details_pb2.ErrorInfo(reason=f"QUOTA_{exc.reason.upper()}", domain=ERROR_DOMAIN,
+                                            metadata={"tenant": access.caller().tenant})]
+    return []
+
+
+async def _abort(context, exc: BaseException):
+    code, message = _status_of(exc)
+    details = _details(exc)
+    if details:
+        packed = []
+        for d in details:
+            packed.append(any_pb2.Any())
+            packed[-1].Pack(d)
+        await context.abort_with_status(rpc_status.to_status(
+            status_pb2.Status(code=code.value[0], message=message, details=packed)))
+    await context.abort(code, message)
+
+
+def _count(rpc: str, code: grpc.StatusCode) -> None:
+    metrics.REQUESTS.labels(rpc, code.name, _tenant()).inc()
+
+
+def _tenant() -> str:
+    found = access.CALLER.get(None)
+    return found.tenant if found is not None else ""
 
 
 def _rpc(method):
@@ -72,12 +117,13 @@ def _rpc(method):
         try:
             return await method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - mapped to a status, never crashes the server
-            code, message = _status_of(exc)
-            await context.abort(code, message)
+            code, _ = _status_of(exc)
+            Segmenter.refused(exc)
+            await _abort(context, exc)
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.REQUEST_LATENCY.labels(name).observe(time.perf_counter() - start)
-            metrics.REQUESTS.labels(name, code.name).inc()
+            _count(name, code)
 
     return wrapper
 
@@ -114,28 +160,43 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.decoding_lock = threading.Lock()
         self.version = self.manifest.model_version
         options = dict(socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
-        self.redis = aioredis.from_url(settings.redis_url, **options)  # embeddings
-        self.queue = aioredis.from_url(settings.queue_url, **options) if settings.queue_redis_url else self.redis
+        self.redis = redis_clients.connect(settings, asyncio=True, **options)  # embeddings
+        self.queue = redis_clients.connect(settings, queue=True, asyncio=True, **options) \
+            if settings.queue_redis_url else self.redis
         self.stream = settings.stream(self.version)
         self.lru = store.LRU(settings.lru_entries)
+        self.access = access.AccessFile(settings.auth_file, access.Limits.from_settings(settings)) \
+            if settings.auth_file else None
+        self.anonymous = access.Caller("", "anonymous", frozenset({"*"}), access.Limits.from_settings(settings))
+        self.local_quotas = quotas.Local()
+        embedding_bytes = int(np.prod(self.manifest.embedding_shape)) * np.dtype(settings.embedding_dtype).itemsize
+        self.shared_quotas = quotas.Shared(self.queue, self.version, embedding_bytes)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # Automatic mask generation runs for seconds: on threads of its own, so prompts are not queued behind it.
         self.everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
-        self.waiters: dict[str, set[asyncio.Event]] = {}  # image_id → the events of the calls waiting for it
+        self.waiters: dict[str, set[asyncio.Event]] = {}  # image ref → the events of the calls waiting for it
         self.renewing: set[asyncio.Task] = set()
         metrics.WAITING_IMAGES.set_function(lambda: len(self.waiters))
         metrics.LRU_ENTRIES.set_function(lambda: len(self.lru.items))
 
     # -- embeddings -----------------------------------------------------------------------------------
-    async def _embedding(self, image_id: str) -> store.Embedding | None:
+    def _ref(self, image_id: str) -> str:
+        """The caller's name for an image in Redis (see jobs.ref). An id that is not one of ours is refused like an
+        unknown one, so that no string can step outside the caller's space."""
+        if not images.IMAGE_ID.fullmatch(image_id):
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {image_id!r}: not an image_id "
+                               "that EncodeImage returns")
+        return jobs.ref(access.caller().tenant, image_id)
+
+    async def _embedding(self, ref: str) -> store.Embedding | None:
         """The embedding from this process's LRU, else from Redis. Every use renews its TTL in Redis (a sliding
         lifetime: an image in use does not expire), and an LRU entry whose Redis key is gone is dropped, so
         this process never holds on to what the store has lost."""
-        k = store.key(self.version, image_id)
+        k = store.key(self.version, ref)
         found = self.lru.get(k)
         if found is not None:
             metrics.CACHE.labels("hit").inc()
-            task = asyncio.create_task(self._renew(k))  # off the request's path
+            task = asyncio.create_task(self._renew(ref))  # off the request's path
             self.renewing.add(task)
             task.add_done_callback(self.renewing.discard)
             return found
@@ -144,54 +205,72 @@ class Segmenter(pb_grpc.SegmenterServicer):
         if blob is None:
             metrics.CACHE.labels("miss").inc()
             return None
+        await self._renew_held(ref)
         found = store.unpack(blob)
         metrics.STAGE.labels("embedding_fetch").observe(time.perf_counter() - start)
         metrics.CACHE.labels("redis").inc()
-        self.lru.put(k, found)
+        self.lru.put(k, found, owner=jobs.tenant_of(ref))
         return found
 
-    async def _renew(self, k: str) -> bool:
+    async def _renew(self, ref: str) -> bool:
         """Renew an embedding's TTL; False (and out of the LRU) when the store no longer has it."""
+        k = store.key(self.version, ref)
         try:
             if await self.redis.expire(k, self.settings.embedding_ttl_s):
+                await self._renew_held(ref)
                 return True
         except (redis.ConnectionError, redis.TimeoutError, ConnectionError):
             return False  # unknown while Redis is away: keep serving from the LRU
         self.lru.discard(k)
         return False
 
-    async def _enqueue(self, image_id: str, payload: bytes) -> None:
-        if not await self.queue.set(jobs.pending_key(self.version, image_id), 1, nx=True, ex=jobs.PENDING_TTL_S):
-            return  # already queued by someone: share that job
-        if await self.queue.xlen(self.stream) >= self.settings.max_queue:
-            await self.queue.delete(jobs.pending_key(self.version, image_id))
-            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"the encode queue is full ({self.settings.max_queue} images waiting); retry later")
-        await self.queue.delete(jobs.error_key(self.version, image_id))  # a new attempt after an old failure
-        await self.queue.xadd(self.stream, {"image_id": image_id, "payload": payload, "model_version": self.version,
-                                            "enqueued": repr(time.time())})
+    async def _renew_held(self, ref: str) -> None:
+        """A tenant with an embedding quota holds an embedding as long as its TTL runs."""
+        tenant = jobs.tenant_of(ref)
+        if tenant and access.caller().limits.embedding_mb:
+            async with self.queue.pipeline(transaction=False) as pipe:
+                quotas.Shared.hold(pipe, self.version, tenant, ref, time.time() + self.settings.embedding_ttl_s,
+                                   renew=True)
+                await pipe.execute()
 
-    async def _wait_encoded(self, image_id: str, payload: bytes, context) -> None:
+    async def _enqueue(self, ref: str, payload: bytes) -> None:
+        pending = jobs.pending_key(self.version, ref)
+        if not await self.queue.set(pending, 1, nx=True, ex=jobs.PENDING_TTL_S):
+            return  # already queued by someone of the same tenant: share that job
+        try:
+            if await self.queue.xlen(self.stream) >= self.settings.max_queue:
+                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the encode queue is full ({self.settings.max_queue} images waiting); retry later")
+            await self.shared_quotas.admit_job(access.caller(), ref)
+        except BaseException:
+            await self.queue.delete(pending)
+            raise
+        await self.queue.delete(jobs.error_key(self.version, ref))  # a new attempt after an old failure
+        await self.queue.xadd(self.stream, {"image_id": ref, "payload": payload, "model_version": self.version,
+                                            "tenant": jobs.tenant_of(ref), "enqueued": repr(time.time())})
+
+    async def _wait_encoded(self, ref: str, payload: bytes, context) -> None:
         """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes. Each call
         registers its own wake-up event and removes it when it ends: no bookkeeping outlives a call."""
+        image_id = ref.rpartition("/")[2]
         event = asyncio.Event()
         try:
             while True:
                 event.clear()
-                self.waiters.setdefault(image_id, set()).add(event)
-                if await self.redis.exists(store.key(self.version, image_id)):
+                self.waiters.setdefault(ref, set()).add(event)
+                if await self.redis.exists(store.key(self.version, ref)):
                     return
                 async with self.queue.pipeline(transaction=False) as pipe:
-                    pipe.get(jobs.error_key(self.version, image_id))
-                    pipe.exists(jobs.pending_key(self.version, image_id))
+                    pipe.get(jobs.error_key(self.version, ref))
+                    pipe.exists(jobs.pending_key(self.version, ref))
                     error, pending = await pipe.execute()
-                if await self.redis.exists(store.key(self.version, image_id)):  # finished meanwhile
+                if await self.redis.exists(store.key(self.version, ref)):  # finished meanwhile
                     return
                 if error is not None:
                     raise ServiceError(grpc.StatusCode.INTERNAL,
                                        f"the encoder could not encode image {image_id}: {error.decode()}")
                 if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
-                    await self._enqueue(image_id, payload)
+                    await self._enqueue(ref, payload)
                 remaining = context.time_remaining() if context is not None else None
                 if remaining is not None and remaining <= 0.01:
                     raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -201,11 +280,11 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 except asyncio.TimeoutError:
                     pass
         finally:
-            waiting = self.waiters.get(image_id)
+            waiting = self.waiters.get(ref)
             if waiting is not None:
                 waiting.discard(event)
                 if not waiting:
-                    del self.waiters[image_id]
+                    del self.waiters[ref]
 
     async def _listen(self) -> None:
         """Wake waiters when the encoder pool announces an embedding; reconnects after Redis outages."""
@@ -225,19 +304,49 @@ class Segmenter(pb_grpc.SegmenterServicer):
     async def _image_for(self, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
         """(image_id, in the store, (H, W)); `ready` is true only when Redis holds the embedding now."""
         payload = images.canonical_payload(image)
-        image_id = images.image_id(payload, self.version)
-        k = store.key(self.version, image_id)
-        if await self._renew(k):
-            emb = self.lru.get(k)
+        tenant = access.caller().tenant
+        image_id = images.image_id(payload, self.version, tenant)
+        ref = jobs.ref(tenant, image_id)
+        if await self._renew(ref):
+            emb = self.lru.get(store.key(self.version, ref))
             return image_id, True, emb.original_size if emb is not None else images.image_size(payload)
         # A new image: decode it fully here, so a bad one is refused now and never reaches the queue.
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
         images.check_fits(*rgb.shape[:2], self.manifest.image_size)
-        await self._enqueue(image_id, payload)
+        await self._enqueue(ref, payload)
         if wait:
-            await self._wait_encoded(image_id, payload, context)
+            await self._wait_encoded(ref, payload, context)
         return image_id, wait, rgb.shape[:2]
+
+    # -- who is calling ---------------------------------------------------------------------------------
+    async def admit(self, context, rpc: str, rate: bool = True) -> None:
+        """Authenticate the call, check its RPC is allowed and (with `rate`) take one request from its tenant's
+        rate; the caller is then `access.caller()` for the rest of the call. A refusal is counted and aborts."""
+        try:
+            caller = self.anonymous
+            if self.access is not None:
+                caller = self.access.authenticate(context.invocation_metadata(), context.auth_context())
+                if not caller.may(rpc):
+                    access.CALLER.set(caller)
+                    raise access.AccessError(True, f"{caller.name!r} (tenant {caller.tenant!r}) may not call {rpc}")
+            access.CALLER.set(caller)
+            if rate:
+                self.local_quotas.admit(caller)
+        except (access.AccessError, quotas.QuotaExceeded) as exc:
+            self.refused(exc)
+            _count(rpc, _status_of(exc)[0])
+            await _abort(context, exc)
+
+    @staticmethod
+    def refused(exc: BaseException) -> None:
+        if isinstance(exc, quotas.QuotaExceeded):
+            reason = exc.reason
+        elif isinstance(exc, access.AccessError):
+            reason = "permission_denied" if exc.denied else "unauthenticated"
+        else:
+            return
+        metrics.REJECTED.labels(_tenant(), reason).inc()
 
     # -- decoding -------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -304,7 +413,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
             raise prompt_lib.PromptError(f"{len(proto_prompts)} prompts in one call; at most "
                                          f"{self.settings.max_prompts} are allowed")
         prompts = [_to_prompt(p) for p in proto_prompts]
-        emb = await self._embedding(image_id)
+        emb = await self._embedding(self._ref(image_id))
         if emb is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND,
                                f"no embedding for image_id {image_id!r} (unknown, or expired from the store); "
@@ -330,32 +439,34 @@ class Segmenter(pb_grpc.SegmenterServicer):
 
     # -- automatic mask generation -------------------------------------------------------------------
     async def _everything_images(self, request, options: automatic.Options):
-        """(image_id, original size, [(crop box, layer, crop's image_id, its payload)]) for a request."""
+        """(image_id, original size, [(crop box, layer, crop's ref, its payload)]) for a request."""
         target = request.WhichOneof("target")
         if target == "image_id":
             if options.crop_n_layers:
                 raise automatic.ParameterError("crop_n_layers", "crops are cut from the image's pixels: send the "
                                                "image itself, not its image_id")
-            emb = await self._embedding(request.image_id)
+            emb = await self._embedding(self._ref(request.image_id))
             if emb is None:
                 raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {request.image_id!r} "
                                    "(unknown, or expired from the store); send the image with EncodeImage again")
             h, w = emb.original_size
-            return request.image_id, (h, w), [([0, 0, w, h], 0, request.image_id, None)]
+            return request.image_id, (h, w), [([0, 0, w, h], 0, self._ref(request.image_id), None)]
         if target != "image":
             raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
         payload = images.canonical_payload(request.image)
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
         images.check_fits(*rgb.shape[:2], self.manifest.image_size)
-        image_id = images.image_id(payload, self.version)
-        crops = []
+        tenant = access.caller().tenant
+        image_id = images.image_id(payload, self.version, tenant)
+        crops = []  # (box, layer, the crop's ref, its payload)
         for box, layer in automatic.crop_boxes(rgb.shape[:2], options.crop_n_layers, options.crop_overlap_ratio):
             if layer == 0:
-                crops.append((box, 0, image_id, payload))
+                crops.append((box, 0, jobs.ref(tenant, image_id), payload))
             else:  # a crop is an image like any other: content-addressed, queued, cached
                 crop_payload = images.rgb_payload(rgb[box[1]:box[3], box[0]:box[2]])
-                crops.append((box, layer, images.image_id(crop_payload, self.version), crop_payload))
+                crop_id = images.image_id(crop_payload, self.version, tenant)
+                crops.append((box, layer, jobs.ref(tenant, crop_id), crop_payload))
         return image_id, rgb.shape[:2], crops
 
     async def SegmentEverything(self, request, context):
@@ -363,7 +474,9 @@ class Segmenter(pb_grpc.SegmenterServicer):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         cancel = threading.Event()
+        close_stream = None
         try:
+            close_stream = self.local_quotas.open_stream(access.caller())
             s = self.settings
             options = everything.options_from_proto(request.options).validate(
                 s.everything_max_crop_layers, s.everything_max_points)
@@ -371,7 +484,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
             timings: dict[str, float] = {}
             t = time.perf_counter()
             missing = [(cid, p) for _, _, cid, p in crops
-                       if p is not None and not await self._renew(store.key(self.version, cid))]
+                       if p is not None and not await self._renew(cid)]
             yield pb.SegmentEverythingResponse(progress=pb.EverythingProgress(
                 stage="encoding", done=len(crops) - len(missing), total=len(crops)))
             for cid, p in missing:
@@ -423,13 +536,16 @@ class Segmenter(pb_grpc.SegmenterServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status, never crashes the server
-            code, message = _status_of(exc)
-            await context.abort(code, message)
+            code, _ = _status_of(exc)
+            self.refused(exc)
+            await _abort(context, exc)
         finally:
             cancel.set()  # a cancelled call stops its decoder work at the next batch
+            if close_stream is not None:
+                close_stream()
             metrics.IN_FLIGHT.dec()
             metrics.REQUEST_LATENCY.labels("SegmentEverything").observe(time.perf_counter() - start)
-            metrics.REQUESTS.labels("SegmentEverything", code.name).inc()
+            _count("SegmentEverything", code)
 
     def _everything_crop(self, emb, box, grid, size, options, cancel, advance, timings):
         with self._decoder() as decoder:
@@ -468,6 +584,13 @@ class Segmenter(pb_grpc.SegmenterServicer):
             finally:
                 await queue.put(None)
 
+        caller = access.caller()
+        try:
+            close_stream = self.local_quotas.open_stream(caller)
+        except quotas.QuotaExceeded as exc:
+            self.refused(exc)
+            _count("StreamSegment", grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await _abort(context, exc)
         reader = asyncio.create_task(read())
         current: str | None = None
         metrics.IN_FLIGHT.inc()
@@ -476,11 +599,13 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 item = req.WhichOneof("item")
                 start = time.perf_counter()
                 try:
+                    if item != "prompt" or not req.drop_if_stale:
+                        self.local_quotas.admit(caller)  # every message that does work is a request
                     if item == "frame":
                         current, _, _ = await self._image_for(req.frame, context)
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
                     elif item == "image_id":
-                        if not await self._renew(store.key(self.version, req.image_id)):
+                        if not await self._renew(self._ref(req.image_id)):
                             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {req.image_id!r}")
                         current = req.image_id
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
@@ -489,6 +614,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
                         if req.drop_if_stale and newer:
                             yield pb.StreamSegmentResponse(sequence=req.sequence, dropped=True)
                             continue
+                        if req.drop_if_stale:
+                            self.local_quotas.admit(caller)
                         if current is None:
                             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
                                                "send a frame or an image_id before prompts")
@@ -499,12 +626,16 @@ class Segmenter(pb_grpc.SegmenterServicer):
                     code = grpc.StatusCode.OK
                 except Exception as exc:  # noqa: BLE001 - reported on the message, the stream goes on
                     code, message = _status_of(exc)
-                    yield pb.StreamSegmentResponse(sequence=req.sequence,
-                                                   error=pb.Error(code=code.value[0], message=message))
+                    self.refused(exc)
+                    error = pb.Error(code=code.value[0], message=message)
+                    if isinstance(exc, quotas.QuotaExceeded):
+                        error.retry_after_ms = max(1, round(exc.retry_after_s * 1000))
+                    yield pb.StreamSegmentResponse(sequence=req.sequence, error=error)
                 metrics.REQUEST_LATENCY.labels("StreamSegment").observe(time.perf_counter() - start)
-                metrics.REQUESTS.labels("StreamSegment", code.name).inc()
+                _count("StreamSegment", code)
         finally:
             metrics.IN_FLIGHT.dec()
+            close_stream()
             reader.cancel()
 
 
@@ -526,23 +657,27 @@ def _handlers(servicer: Segmenter) -> grpc.GenericRpcHandler:
     for method in pb.DESCRIPTOR.services_by_name["Segmenter"].methods:
         parse, impl = parser(getattr(pb, method.input_type.name)), getattr(servicer, method.name)
         serialize = getattr(pb, method.output_type.name).SerializeToString
-        if method.client_streaming:
-            async def handler(raw_requests, context, parse=parse, impl=impl):
+        rpc = method.name
+        if method.client_streaming:  # each message of the stream is a request for the rate (see StreamSegment)
+            async def handler(raw_requests, context, parse=parse, impl=impl, rpc=rpc):
+                await servicer.admit(context, rpc, rate=False)
                 async def requests():
                     async for raw in raw_requests:
                         yield await parse(raw, context)
                 async for response in impl(requests(), context):
                     yield response
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
+            handlers[rpc] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
         elif method.server_streaming:
-            async def handler(raw, context, parse=parse, impl=impl):
+            async def handler(raw, context, parse=parse, impl=impl, rpc=rpc):
+                await servicer.admit(context, rpc)
                 async for response in impl(await parse(raw, context), context):
                     yield response
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
+            handlers[rpc] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
         else:
-            async def handler(raw, context, parse=parse, impl=impl):
+            async def handler(raw, context, parse=parse, impl=impl, rpc=rpc):
+                await servicer.admit(context, rpc)
                 return await impl(await parse(raw, context), context)
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
+            handlers[rpc] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
@@ -576,12 +711,30 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     server.add_generic_rpc_handlers((_handlers(segmenter),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if settings.reflection:
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-    await server.start()
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.tls:
+        certificates = tls.ReloadingCertificates(settings.tls_cert_file, settings.tls_key_file,
+                                                 settings.tls_client_ca_file)
+        port = server.add_secure_port(address, certificates.credentials())
+    elif settings.tls_client_ca_file:
+        raise ValueError("MASKSERVE_TLS_CLIENT_CA_FILE (mutual TLS) needs MASKSERVE_TLS_CERT_FILE and _KEY_FILE")
+    else:
+        port = server.add_insecure_port(address)
+    servers = [server]
+    if settings.health_port:  # kubelet's gRPC probes speak plaintext only: health, and nothing else, there
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        probes.add_insecure_port(f"{settings.grpc_host}:{settings.health_port}")
+        servers.append(probes)
+    for s in servers:
+        await s.start()
     tasks = [asyncio.create_task(segmenter._listen()), asyncio.create_task(_watch_health(segmenter, health_servicer))]
-    log.info("decoder: model %s on port %d", segmenter.version, port)
+    log.info("decoder: model %s on port %d (%s, authentication %s)", segmenter.version, port,
+             "mutual TLS" if settings.tls_client_ca_file else "TLS" if settings.tls else "plaintext",
+             "on" if segmenter.access else "off")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -593,6 +746,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=20)
+    for s in servers[1:]:
+        await s.stop(grace=None)
     for t in tasks:
         t.cancel()
 

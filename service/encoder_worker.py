@@ -21,7 +21,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import transforms
 
-from . import allocator, images, jobs, metrics, store
+from . import allocator, images, jobs, metrics, quotas, redis_clients, store
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -39,8 +39,8 @@ class EncoderWorker:
         self.version = self.manifest.model_version
         self.stream = settings.stream(self.version)
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.redis = redis.Redis.from_url(settings.queue_url, socket_timeout=10, health_check_interval=10)
-        self.cache = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+        self.redis = redis_clients.connect(settings, queue=True, socket_timeout=10, health_check_interval=10)
+        self.cache = redis_clients.connect(settings, socket_timeout=10, health_check_interval=10)
 
     def _ensure_group(self) -> None:
         try:
@@ -91,6 +91,7 @@ class EncoderWorker:
                   maxlen=10000, approximate=True)
         pipe.set(jobs.error_key(self.version, image_id), reason, ex=jobs.ERROR_TTL_S)
         pipe.delete(jobs.pending_key(self.version, image_id))
+        quotas.Shared.release_job(pipe, self.version, fields.get(b"tenant", b"").decode(), image_id)
         pipe.xack(self.stream, jobs.GROUP, entry_id)
         pipe.xdel(self.stream, entry_id)
         pipe.publish(jobs.done_channel(self.version), image_id)
@@ -167,9 +168,12 @@ class EncoderWorker:
             cache.set(store.key(self.version, fields[b"image_id"].decode()), blob, ex=self.settings.embedding_ttl_s)
         cache.execute()  # stored first: only then is the job done
         pipe = self.redis.pipeline()
+        until = time.time() + self.settings.embedding_ttl_s
         for (entry_id, fields) in good:
-            image_id = fields[b"image_id"].decode()
+            image_id, tenant = fields[b"image_id"].decode(), fields.get(b"tenant", b"").decode()
             pipe.delete(jobs.pending_key(self.version, image_id), jobs.error_key(self.version, image_id))
+            quotas.Shared.release_job(pipe, self.version, tenant, image_id)
+            quotas.Shared.hold(pipe, self.version, tenant, image_id, until)
             pipe.xack(self.stream, jobs.GROUP, entry_id)
             pipe.xdel(self.stream, entry_id)
             pipe.publish(jobs.done_channel(self.version), image_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,9 +18,14 @@ class ImageError(ValueError):
     """An image we cannot take; the message says why."""
 
 
-def image_id(payload: bytes, model_version: str) -> str:
-    """Content address of an image for one model: the same bytes always get the same id."""
-    return hashlib.sha256(model_version.encode() + b"\0" + payload).hexdigest()[:32]
+IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def image_id(payload: bytes, model_version: str, tenant: str = "") -> str:
+    """Content address of an image for one model and tenant: the same bytes always get the same id, and two
+    tenants sending the same bytes get different ones."""
+    scope = model_version.encode() + (b"\0" + tenant.encode() if tenant else b"")
+    return hashlib.sha256(scope + b"\0" + payload).hexdigest()[:32]
 
 
 def canonical_payload(image) -> bytes:

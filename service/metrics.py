@@ -8,7 +8,12 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5
 
 REQUEST_LATENCY = Histogram("maskserve_request_duration_seconds", "gRPC request latency.", ["rpc"],
                             buckets=LATENCY_BUCKETS)
-REQUESTS = Counter("maskserve_requests_total", "gRPC requests by final status code.", ["rpc", "code"])
+# `tenant` is the access file's tenant name ("" with authentication off); never a key or a certificate.
+REQUESTS = Counter("maskserve_requests_total", "gRPC requests by final status code and tenant.",
+                   ["rpc", "code", "tenant"])
+REJECTED = Counter("maskserve_rejected_requests_total", "Requests refused before any work: unauthenticated, "
+                   "permission_denied, or over a quota (rate, streams, queued_jobs, embedding_bytes).",
+                   ["tenant", "reason"])
 IN_FLIGHT = Gauge("maskserve_requests_in_flight", "gRPC requests being served.")
 STAGE = Histogram("maskserve_stage_duration_seconds",
                   "Time per stage: queue_wait, encode, embedding_fetch, decode, postprocess.", ["stage"],

@@ -26,14 +26,14 @@ def _upright(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not an image file that can be read (JPEG, PNG or WebP): {exc}") from None
 
 
-def segment_file(target: str, image_path: Path, points, box, out: Path) -> str:
+def segment_file(target: str, image_path: Path, points, box, out: Path, **client_options) -> str:
     image_path = Path(image_path)
     if not points and box is None:
         raise ValueError("give at least one --point X,Y or a --box")
     rgb = _upright(image_path)
     coords = np.array([p[:2] for p in points], np.float64).reshape(-1, 2) if points else None
     labels = np.array([int(p[2]) if len(p) > 2 else 1 for p in points]) if points else None
-    with Client(target) as client:
+    with Client(target, **client_options) as client:
         client.set_image(image_path.read_bytes())
         masks, scores, _ = client.predict(coords, labels, np.array(box) if box is not None else None)
     best = int(np.argmax(scores))
@@ -60,7 +60,7 @@ def overlay_masks(rgb: np.ndarray, masks_in_order) -> np.ndarray:
 
 
 def segment_everything_file(image_path: Path, out: Path, options, target: str | None = None,
-                            model_dir: str | None = None, progress=None) -> str:
+                            model_dir: str | None = None, progress=None, **client_options) -> str:
     """The automatic generator on an image file, through the service at `target` or in process on
     `model_dir`; writes `<name>.json` (SA-1B's annotation fields, COCO RLE) and `<name>_overlay.png`."""
     import json
@@ -70,7 +70,7 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
     image_path = Path(image_path)
     rgb = _upright(image_path)
     if target is not None:
-        with Client(target) as client:
+        with Client(target, **client_options) as client:
             found = client.segment_everything(image_path.read_bytes(), options, progress=progress)
     else:
         generator = automatic.AutomaticMaskGenerator(model_dir, **{**vars(options), "output_mode": "coco_rle"})

@@ -33,13 +33,14 @@ def check_free(host: str, port: int, what: str) -> None:
                                "`maskserve up` running? Stop it, or choose other ports (--port, --metrics-port)") from None
 
 
-def start_redis(port: int, directory: str | Path) -> subprocess.Popen:
+def start_redis(port: int, directory: str | Path, *args: str) -> subprocess.Popen:
+    """A throw-away Redis on loopback; `args` add configuration (`--tls-port`, `--user`, ...)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--dir", str(directory), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port, proc, 10, "redis-server")
     return proc
 
@@ -62,9 +63,10 @@ def start_role(role: str, env: dict[str, str], log: Path | None = None) -> subpr
                             stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_serving(target: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_serving(target: str, timeout: float = 60.0, proc: subprocess.Popen | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    with (grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -95,7 +97,7 @@ class LocalStack:
     def __init__(self, model_dir: str = "", redis_url: str | None = None, grpc_port: int | None = None,
                  metrics_ports: tuple[int, int] | None = None, log_dir: str | Path | None = None,
                  extra_env: dict[str, str] | None = None, encoder_env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None) -> None:
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.grpc_port = grpc_port or free_port()
@@ -103,6 +105,7 @@ class LocalStack:
         self.own_log_dir = log_dir is None  # a temporary folder, removed after a clean run
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
         self.host = host  # where gRPC and /metrics listen: loopback unless told otherwise
+        self.credentials = credentials  # the TLS a client needs, when the stack's gRPC port speaks TLS
         self.extra_env = extra_env or {}
         self.encoder_env = encoder_env or {}
         self.redis = self.encoder = self.decoder = None
@@ -138,7 +141,7 @@ class LocalStack:
                 self.redis_url = f"redis://127.0.0.1:{port}/0"
             self.encoder = self.start_encoder(wait=False)
             self.decoder = start_role("decoder", self.env("decoder"), self.log_dir / "decoder.log")
-            wait_serving(self.target, proc=self.decoder)
+            wait_serving(self.target, proc=self.decoder, credentials=self.credentials)
             self.wait_encoder(self.encoder)
         except BaseException:
             self.__exit__(*sys.exc_info())  # keeps the logs of a stack that failed to start

@@ -79,21 +79,36 @@ def half_to_float(array: np.ndarray) -> np.ndarray:
 
 
 class LRU:
+    """Least recently used first out, but taken from the owner (tenant) that holds the most entries: a tenant
+    that floods this process with new images evicts its own entries, not another's smaller working set."""
+
     def __init__(self, entries: int) -> None:
         self.entries = entries
-        self.items: OrderedDict[str, Embedding] = OrderedDict()
+        self.items: OrderedDict[str, tuple[str, Embedding]] = OrderedDict()
+        self.held: dict[str, int] = {}
 
     def get(self, k: str) -> Embedding | None:
         item = self.items.get(k)
-        if item is not None:
-            self.items.move_to_end(k)
-        return item
+        if item is None:
+            return None
+        self.items.move_to_end(k)
+        return item[1]
 
     def discard(self, k: str) -> None:
-        self.items.pop(k, None)
+        item = self.items.pop(k, None)
+        if item is not None:
+            self._release(item[0])
 
-    def put(self, k: str, value: Embedding) -> None:
-        self.items[k] = value
-        self.items.move_to_end(k)
+    def _release(self, owner: str) -> None:
+        self.held[owner] -= 1
+        if not self.held[owner]:
+            del self.held[owner]
+
+    def put(self, k: str, value: Embedding, owner: str = "") -> None:
+        self.discard(k)
+        self.items[k] = (owner, value)
+        self.held[owner] = self.held.get(owner, 0) + 1
         while len(self.items) > self.entries:
-            self.items.popitem(last=False)
+            most = max(self.held.values())
+            victim = next(key for key, (o, _) in self.items.items() if self.held[o] == most)
+            self.discard(victim)
