@@ -1,9 +1,12 @@
-"""Kubernetes manifests: every overlay renders (kustomize), validates against the Kubernetes schemas
-(offline), and agrees with the code: ports, probe services, selectors, environment, metric names."""
+"""Kubernetes manifests: every overlay renders (kustomize), validates against the Kubernetes schemas and the
+custom resources against their CRDs' own schemas (offline), and agrees with the code: ports, probe services,
+selectors, environment, metric names. Cross-object references, network flows, volumes and Pod Security are
+in test_k8s_references.py; the alerts' unit tests in test_alerts.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -21,7 +24,9 @@ K8S = Path(__file__).resolve().parent.parent / "k8s"
 OVERLAYS = ["dev", "gpu"]
 KUBERNETES_VERSION = "1.30.0"
 CRDS = {"keda.sh/v1alpha1": {"ScaledObject", "TriggerAuthentication"},
-        "monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"}}
+        "monitoring.coreos.com/v1": {"PodMonitor", "PrometheusRule"},
+        "cert-manager.io/v1": {"Certificate", "Issuer"}}
+CRD_FILES = Path(__file__).resolve().parent / "k8s" / "crds"  # vendored, unmodified: see SOURCES.md there
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for kustomize) is not installed")
@@ -75,12 +80,63 @@ def test_builtin_objects_validate_against_the_schemas(docs):
         kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
 
 
-def test_custom_resources_have_their_required_fields(docs):
+def _strict(schema):
+    """An openAPIV3Schema as `kubectl apply` (field validation `Strict`) applies it: an object's fields are the
+    ones its schema names, unless it preserves unknown fields. (CEL `x-kubernetes-validations` are not run.)"""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def crd_validators() -> dict:
+    import jsonschema
+
+    validators = {}
+    for path in sorted(CRD_FILES.glob("*.yaml")):
+        for crd in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = _strict(version["schema"]["openAPIV3Schema"])
+                validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def crd_errors(d) -> list[str]:
+    validator = crd_validators()[(d["apiVersion"], d["kind"])]
+    return [f"{d['kind']} {d['metadata']['name']}: {'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(d)]
+
+
+def test_custom_resources_validate_against_their_crds(docs):
     kinds = {d["kind"] for d in docs}
-    assert {"ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule"} <= kinds
+    assert {"ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule", "Certificate", "Issuer"} <= kinds
     for d in docs:
         if d["kind"] in CRDS.get(d["apiVersion"], ()):
-            assert d["metadata"]["name"] and isinstance(d["spec"], dict)
+            assert not crd_errors(d), crd_errors(d)
+        else:
+            assert "." not in d["apiVersion"].split("/")[0] or d["apiVersion"].endswith(".k8s.io/v1"), \
+                f"{d['kind']} {d['apiVersion']}: a custom resource without a vendored CRD (tests/k8s/crds)"
+
+
+def test_crd_validation_refuses_what_the_api_server_refuses():
+    scaled = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+              "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [{"type": "redis-streams", "metadata": {}}]}}
+    assert not crd_errors(scaled)
+    typo = json.loads(json.dumps(scaled))
+    typo["spec"]["minReplicas"] = 1  # an HPA field, not a ScaledObject one
+    assert any("minReplicas" in e for e in crd_errors(typo))
+    wrong_type = json.loads(json.dumps(scaled))
+    wrong_type["spec"]["triggers"][0]["metadata"] = {"lagCount": 16}  # trigger metadata are strings
+    assert crd_errors(wrong_type)
+    auth = {"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication", "metadata": {"name": "x"},
+            "spec": {"secretTargetRef": [{"parameter": "password", "name": "s"}]}}  # no key
+    assert crd_errors(auth)
 
 
 def test_services_and_budgets_select_pods_with_the_named_ports(docs):
@@ -100,11 +156,13 @@ def test_decoder_ports_and_grpc_probes_match_the_service(docs):
     deployment = by_name(docs, "Deployment", "maskserve-decoder")
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     env = env_of(c, docs)
-    grpc_port = int(env["MASKSERVE_GRPC_PORT"])
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": grpc_port,
+    grpc_port, health_port = int(env["MASKSERVE_GRPC_PORT"]), int(env["MASKSERVE_HEALTH_PORT"])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": grpc_port, "health": health_port,
                                                                     "metrics": int(env["MASKSERVE_METRICS_PORT"])}
+    # The kubelet's gRPC probes cannot speak TLS: all three go to the plaintext health-only port.
+    assert env["MASKSERVE_TLS_CERT_FILE"] and health_port != grpc_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == grpc_port
+        assert c[probe]["grpc"]["port"] == health_port
     assert c["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
     assert c["livenessProbe"]["grpc"]["service"] == LIVENESS == c["startupProbe"]["grpc"]["service"]
     assert c["args"] == ["decoder"]
@@ -148,8 +206,8 @@ def test_encoder_autoscaling_reads_the_queue_the_code_writes(docs):
     assert trigger["metadata"]["stream"] == env["MASKSERVE_QUEUE"]
     assert trigger["metadata"]["consumerGroup"] == jobs.GROUP
     host = trigger["metadata"]["address"].split(":")[0]
-    assert host in env["MASKSERVE_QUEUE_REDIS_URL"]
-    by_name(docs, "Service", host)
+    assert "@" + host + ":" in env["MASKSERVE_QUEUE_REDIS_URL"]
+    by_name(docs, "Service", host.split(".")[0])
     assert "fallback" in scaled["spec"] and scaled["spec"]["maxReplicaCount"] > scaled["spec"]["minReplicaCount"]
 
 
@@ -158,13 +216,16 @@ def test_redis_roles_keep_the_queue_from_eviction(docs):
     cache = by_name(docs, "Deployment", "maskserve-redis-cache")["spec"]["template"]["spec"]["containers"][0]
     assert "noeviction" in queue["args"] and "allkeys-lru" in cache["args"]
     for c in (queue, cache):
-        assert "--requirepass" in c["args"]
-        assert any(e["name"] == "REDIS_PASSWORD" and "secretKeyRef" in e.get("valueFrom", {}) for e in c["env"])
-    policy = by_name(docs, "NetworkPolicy", "maskserve-redis")
-    clients = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        args = c["args"]
+        # TLS only (no plaintext port), ACL users from a file (the default user is off there).
+        assert args[args.index("--port") + 1] == "0" and args[args.index("--tls-port") + 1] == "6379"
+        assert "--aclfile" in args and "--requirepass" not in args
+        assert not any("PASSWORD" in e["name"] for e in c.get("env", []))
     for name in ("maskserve-decoder", "maskserve-encoder"):
-        labels = by_name(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
-        assert clients.items() <= labels.items()
+        env = env_of(by_name(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0], docs)
+        for url in (env["MASKSERVE_REDIS_URL"], env["MASKSERVE_QUEUE_REDIS_URL"]):
+            assert url.startswith("rediss://maskserve@") and ":" not in url.split("@")[0][len("rediss://"):]
+        assert env["MASKSERVE_REDIS_PASSWORD_FILE"] and env["MASKSERVE_REDIS_TLS_CA_FILE"]
 
 
 def test_every_container_is_non_root_read_only_and_bounded(docs):
