@@ -152,6 +152,59 @@ def _peak_rss_during(pid: int, fn) -> tuple[float, float]:
     return time.perf_counter() - start, status("VmHWM:") - before
 
 
+def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
+    """`SegmentPrompt` p50 in plaintext, over TLS, and over TLS with an API key checked against an access file
+    (tenant-scoped ids and all), timed in alternating blocks: two more decoders on the stack's Redis and encoder."""
+    import tempfile
+
+    import trustme
+
+    from maskserve.service import access
+    from maskserve.service.stack import free_port, start_role, stop, wait_serving
+
+    folder = Path(tempfile.mkdtemp(prefix="maskserve-bench-tls-"))
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(folder / "server.crt")
+    cert.private_key_pem.write_to_path(folder / "server.key")
+    key = access.new_key()
+    (folder / "access.json").write_text(json.dumps({"keys": [{"tenant": "bench", "sha256": access.key_hash(key)}]}))
+    credentials = grpc.ssl_channel_credentials(ca.cert_pem.bytes())
+    tls_env = {"MASKSERVE_TLS_CERT_FILE": str(folder / "server.crt"),
+               "MASKSERVE_TLS_KEY_FILE": str(folder / "server.key")}
+    variants = {"plaintext": ({}, ()), "TLS": (tls_env, ()),
+                "TLS + API key": ({**tls_env, "MASKSERVE_AUTH_FILE": str(folder / "access.json")},
+                                  (("authorization", f"Bearer {key}"),))}
+    procs, calls = [], {}
+    try:
+        for name, (env, metadata) in variants.items():
+            if env:
+                port = free_port()
+                procs.append(start_role("decoder", {**stack.env("decoder"), **env, "MASKSERVE_GRPC_PORT": str(port),
+                                                    "MASKSERVE_METRICS_PORT": "0"}, folder / f"{port}.log"))
+                wait_serving(f"127.0.0.1:{port}", proc=procs[-1], credentials=credentials)
+                channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+            else:
+                channel = grpc.insecure_channel(stack.target)
+            stub = pb_grpc.SegmenterStub(channel)
+            image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=600,
+                                        metadata=metadata).image_id
+            request = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])])
+            calls[name] = lambda stub=stub, request=request, metadata=metadata: stub.SegmentPrompt(
+                request, timeout=60, metadata=metadata)
+        times = {name: [] for name in calls}
+        while len(times["plaintext"]) < requests:
+            for name, call in calls.items():
+                times[name] += _timed(call, 10, warmup=2)
+    finally:
+        for proc in procs:
+            stop(proc)
+    p50 = {name: float(np.percentile(np.asarray(t) * 1000, 50)) for name, t in times.items()}
+    return {"p50_ms": p50, "tls_cost_p50_ms": p50["TLS"] - p50["plaintext"],
+            "tls_and_auth_cost_p50_ms": p50["TLS + API key"] - p50["plaintext"],
+            "tls_and_auth_vs_plaintext": p50["TLS + API key"] / p50["plaintext"]}
+
+
 # The generator's settings the bench runs: the reference's defaults (with the tiny model's low predicted IoUs
 # and random weights' none survive the IoU filter), and both filters off, so that every one of the grid's
 # masks is upscaled, scored and encoded: the most post-processing any weights can cause.
@@ -275,6 +328,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         for t in threads:
             t.join()
         result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
+        result["security"] = _security_cost(stack, image, point, requests)
         if sam is not None:  # next to the encoder's figure in time
             result["reference"] = {"set_image_s": _set_image_seconds(sam, image)}
             if everything_reps:

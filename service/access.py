@@ -67,10 +67,12 @@ class AccessError(Exception):
 
 
 CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+_NOBODY = Caller("", "anonymous", frozenset({"*"}), Limits())
 
 
 def caller() -> Caller:
-    return CALLER.get()
+    """The current call's caller (set when the call was admitted); outside a call, nobody in particular."""
+    return CALLER.get(_NOBODY)
 
 
 def new_key() -> str:

@@ -101,8 +101,7 @@ def _count(rpc: str, code: grpc.StatusCode) -> None:
 
 
 def _tenant() -> str:
-    found = access.CALLER.get(None)
-    return found.tenant if found is not None else ""
+    return access.caller().tenant
 
 
 def _rpc(method):

@@ -20,6 +20,8 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
         s = data["scenarios"][name]
         assert s["n"] > 0 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
     assert data["scenarios"]["encode_images_per_s"] > 0
+    assert set(data["security"]["p50_ms"]) == {"plaintext", "TLS", "TLS + API key"}
+    assert all(v > 0 for v in data["security"]["p50_ms"].values())
     assert data["decoder"]["flops_per_prompt"] > 0 and 0 < data["decoder"]["fraction_of_peak"] < 1.5
     assert 0 < data["decoder"]["fraction_of_gemm"] < 1.5 and data["machine"]["gemm_flops"] > 0
     assert set(data["ratios"]) == {"segment_p50_vs_reference_predict", "segment_p99_vs_own_p50",
