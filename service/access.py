@@ -166,7 +166,8 @@ class AccessFile:
                 log.error("access file %s could not be read (%s); keeping the last good version", self.path, exc)
         return self.table
 
-    def authenticate(self, metadata, auth_context: dict) -> Caller:
+    def authenticate(self, metadata, auth_context) -> Caller:
+        """`auth_context`: a function giving the TLS peer's properties, called only when no key came."""
         table = self.current()
         key = bearer(metadata)
         if key is not None:
@@ -174,11 +175,12 @@ class AccessFile:
             if found is None:
                 raise AccessError(False, "the API key is not valid (unknown, or revoked)")
             return found
-        for subject in certificate_subjects(auth_context):
+        subjects = certificate_subjects(auth_context())
+        for subject in subjects:
             found = table.clients.get(subject)
             if found is not None:
                 return found
-        if certificate_subjects(auth_context):
+        if subjects:
             raise AccessError(False, "the client certificate is not mapped to a tenant; send an API key "
                                      "(`authorization: Bearer <key>`) or ask the operator to map its subject")
         raise AccessError(False, "this call has no credentials: send `authorization: Bearer <API key>`")

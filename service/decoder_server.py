@@ -325,7 +325,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         try:
             caller = self.anonymous
             if self.access is not None:
-                caller = self.access.authenticate(context.invocation_metadata(), context.auth_context())
+                caller = self.access.authenticate(context.invocation_metadata(), context.auth_context)
                 if not caller.may(rpc):
                     access.CALLER.set(caller)
                     raise access.AccessError(True, f"{caller.name!r} (tenant {caller.tenant!r}) may not call {rpc}")

@@ -111,7 +111,7 @@ def secure(pki, tmp_path_factory):
             mtls_port = free_port()
             mtls_env = {**stack.env("decoder"), **env, "MASKSERVE_GRPC_PORT": str(mtls_port),
                         "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HEALTH_PORT": "0",
-                        "MASKSERVE_TLS_CLIENT_CA_FILE": str(pki["ca"])}
+                        "MASKSERVE_TLS_CLIENT_CA_FILE": str(pki["ca"]), "MASKSERVE_REFLECTION": "false"}
             mtls = start_role("decoder", mtls_env, d / "decoder-mtls.log")
             wait_serving(f"127.0.0.1:{mtls_port}", proc=mtls, credentials=tls(pki, "robot"))
             stack.auth_file, stack.health_port, stack.mtls_target, stack.dir = auth_file, health_port, \
@@ -213,6 +213,13 @@ def test_mutual_tls_maps_the_client_certificate_to_its_tenant(secure, pki):
     assert call("stranger", KEYS["a"]).model_version  # ... which may still bring a key
     assert call("robot").model_version
     assert_healthy(secure.mtls_target, tls(pki, "robot"))
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.secure_channel(secure.mtls_target, tls(pki, "robot")) as channel:  # MASKSERVE_REFLECTION=false
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        error = code_of(lambda: list(stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)))
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_a_tenant_cannot_read_probe_or_time_another_tenants_embeddings(secure, pki):
