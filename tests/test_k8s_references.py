@@ -130,6 +130,33 @@ def secret_refs(docs):
         if "ca" in issuer["spec"]:
             for key in ("tls.crt", "tls.key"):
                 yield f"Issuer {issuer['metadata']['name']}", issuer["spec"]["ca"]["secretName"], key
+    for kind, name, key, where in monitor_refs(docs):
+        if kind == "Secret":
+            yield where, name, key
+
+
+MONITORS = ("PodMonitor", "ServiceMonitor", "Probe", "ScrapeConfig")
+
+
+def monitor_refs(docs):
+    """(kind, name, key, where) for the Secrets and ConfigMaps a prometheus-operator object names: its
+    SecretKeySelectors (basicAuth, authorization, bearerTokenSecret, keySecret, oauth2) and the
+    `secret:`/`configMap:` of its TLS configs. Prometheus reads them from the object's namespace."""
+    def walk(node, parent, where):
+        if isinstance(node, dict):
+            if {"name", "key"} <= set(node) and parent not in ("secret", "configMap"):
+                yield "Secret", node["name"], node["key"], where
+            for k, v in node.items():
+                if k in ("secret", "configMap") and isinstance(v, dict) and "name" in v:
+                    yield ("Secret" if k == "secret" else "ConfigMap"), v["name"], v.get("key"), where
+                else:
+                    yield from walk(v, k, where)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v, parent, where)
+    for kind in MONITORS:
+        for m in of_kind(docs, kind):
+            yield from walk(m["spec"], None, f"{kind} {m['metadata']['name']}")
 
 
 def configmap_refs(docs):
@@ -157,6 +184,8 @@ def reference_problems(docs, overlay: str) -> list[str]:
             problems.append(f"{where}: Secret {name} has no key {key}")
     configmaps = {c["metadata"]["name"] for c in of_kind(docs, "ConfigMap")}
     problems += [f"{where}: ConfigMap {name} does not exist" for where, name in configmap_refs(docs) if name not in configmaps]
+    problems += [f"{where}: ConfigMap {name} does not exist" for kind, name, _, where in monitor_refs(docs)
+                 if kind == "ConfigMap" and name not in configmaps]
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for so in of_kind(docs, "ScaledObject"):
         target = so["spec"]["scaleTargetRef"]
@@ -732,6 +761,11 @@ def test_the_checks_find_the_defects_they_exist_for():
     def base_name(ta):
         ta["spec"]["secretTargetRef"][0]["name"] = "maskserve-redis-auth"
     assert reference_problems(mutate(dev, "TriggerAuthentication", "maskserve-redis-queue", base_name), "dev")
+
+    # The same for a prometheus-operator object naming a generated Secret (scrape credentials).
+    def basic_auth(pm):
+        pm["spec"]["podMetricsEndpoints"][0]["basicAuth"] = {"password": {"name": "maskserve-access", "key": "access.json"}}
+    assert reference_problems(mutate(dev, "PodMonitor", "maskserve", basic_auth), "dev")
 
     # A short Service name in KEDA's trigger resolves in KEDA's own namespace.
     def short(so):
