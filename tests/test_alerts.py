@@ -250,8 +250,8 @@ SCENARIOS = {
 }
 
 
-def promtool(tmp_path: Path, tests: list[dict]) -> subprocess.CompletedProcess:
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules(), sort_keys=False))
+def promtool(tmp_path: Path, tests: list[dict], rule_groups: dict | None = None) -> subprocess.CompletedProcess:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups or rules(), sort_keys=False))
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(
         {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests}, sort_keys=False))
     return subprocess.run([PROMTOOL, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True,
@@ -300,3 +300,16 @@ def test_a_quiet_cluster_raises_no_alert(tmp_path):
                                "alert_rule_test": [{"eval_time": "60m", "alertname": a, "exp_alerts": []}
                                                    for a in alert_rules()]}])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_scenarios_catch_a_rule_that_counts_decoders_as_encoders(tmp_path):
+    """The rule as it was: busy time over a count of pods exporting the encoder batch histogram, which every
+    process does (at zero), so with decoders running it cannot reach 0.9. The firing scenario catches it."""
+    groups = rules()
+    for g in groups["groups"]:
+        for r in g["rules"]:
+            if r.get("alert") == "MaskserveEncoderSaturated":
+                r["expr"] = ('sum(rate(maskserve_stage_duration_seconds_sum{stage="encode"}[5m])) '
+                             '/ count(count by (pod) (maskserve_encoder_batch_size_count)) > 0.9')
+    out = promtool(tmp_path, [alert_test("MaskserveEncoderSaturated", encoders_saturated)], groups)
+    assert out.returncode != 0 and "got:[]" in out.stdout.replace(" ", "")
