@@ -312,4 +312,4 @@ def test_the_scenarios_catch_a_rule_that_counts_decoders_as_encoders(tmp_path):
                 r["expr"] = ('sum(rate(maskserve_stage_duration_seconds_sum{stage="encode"}[5m])) '
                              '/ count(count by (pod) (maskserve_encoder_batch_size_count)) > 0.9')
     out = promtool(tmp_path, [alert_test("MaskserveEncoderSaturated", encoders_saturated)], groups)
-    assert out.returncode != 0 and "got:[]" in out.stdout.replace(" ", "")
+    assert out.returncode != 0 and "got:[]" in (out.stdout + out.stderr).replace(" ", "")
