@@ -171,3 +171,22 @@ def test_the_exporters_user_reads_statistics_and_no_key(server):
     for refused in (lambda: r.get("emb:1"), lambda: r.xlen("maskserve:jobs"), lambda: r.set("x", 1)):
         with pytest.raises(redis.exceptions.NoPermissionError):
             refused()
+
+
+def test_the_services_own_client_connects_with_the_rendered_settings(server, tmp_path):
+    """maskserve's Redis client, configured as the rendered encoder is (URL user, password file, CA file), with
+    only the host moved to loopback: TLS verified, the password read from its file."""
+    redis_clients = pytest.importorskip("maskserve.service.redis_clients")
+    from maskserve.service.config import Settings
+
+    port, ca, docs = server
+    encoder = by_name(docs, "Deployment", "maskserve-encoder")["spec"]["template"]["spec"]
+    env = env_of(encoder["containers"][0], docs)
+    secret, key = file_secret(encoder, encoder["containers"][0], env["MASKSERVE_REDIS_PASSWORD_FILE"])
+    password_file = tmp_path / "password"
+    password_file.write_bytes(secret_value(docs, secret, key))
+    url = urlsplit(env["MASKSERVE_QUEUE_REDIS_URL"])
+    settings = Settings(queue_redis_url=url._replace(netloc=f"{url.username}@127.0.0.1:{port}").geturl(),
+                        redis_password_file=str(password_file), redis_tls_ca_file=ca)
+    r = redis_clients.connect(settings, queue=True)
+    assert r.ping() and r.xlen(env["MASKSERVE_QUEUE"]) >= 0
