@@ -679,6 +679,11 @@ def test_every_secret_configmap_and_object_reference_resolves(overlay):
     assert reference_problems(docs, name) == []
 
 
+def test_no_placeholder_is_left(overlay):
+    """`NAMESPACE` in the base's DNS names is the overlay's to fill (namespace-dns.yaml)."""
+    assert "NAMESPACE" not in json.dumps(overlay[1])
+
+
 def test_operator_provided_secrets_are_documented(overlay):
     name, _ = overlay
     readme = README.read_text()
