@@ -9,6 +9,7 @@ from maskserve.engines import masks as mask_codec, transforms
 from maskserve.engines.automatic import MaskSet, Options
 
 from . import everything
+from .remote_logits import RemoteLogits
 from .proto import pb, pb_grpc
 
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
@@ -37,7 +38,9 @@ def prompt_message(point_coords=None, point_labels=None, box=None, mask_input=No
     if box is not None:
         x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
         p.box.x0, p.box.y0, p.box.x1, p.box.y1 = x0, y0, x1, y1
-    if mask_input is not None:
+    if isinstance(mask_input, RemoteLogits) and mask_input.mask_index() is not None:
+        p.mask_from.handle, p.mask_from.output_index = mask_input.handle, mask_input.mask_index()
+    elif mask_input is not None:
         m = np.asarray(mask_input, "<f4")
         p.mask_input.side = m.shape[-1]
         p.mask_input.data = m.tobytes()
@@ -55,29 +58,54 @@ def decode_mask(m: pb.Mask) -> np.ndarray:
     raise ValueError("this mask was returned without pixels (MASK_FORMAT_NONE)")
 
 
+MASK_FORMATS = {"bits": pb.MASK_FORMAT_BITMAP, "rle": pb.MASK_FORMAT_COCO_RLE, "png": pb.MASK_FORMAT_PNG}
+
+
 class _Base:
     def _connect(self, target: str, timeout: float, api_key: str | None, tls: bool | None,
                  root_certificates: bytes | None, certificate_chain: bytes | None, private_key: bytes | None,
-                 channels) -> None:
+                 mask_format: str, channels) -> None:
         """TLS when asked (`tls=True`) or implied by a CA or a client pair; the API key goes with every call
         as `authorization: Bearer <key>` (over plaintext too, for a local stack with authentication on)."""
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+        self.credentials = None
         if tls or (tls is None and (root_certificates or certificate_chain)):
-            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self.channel = channels.secure_channel(target, credentials, options=_OPTIONS)
+            self.credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self.channel = channels.secure_channel(target, self.credentials, options=_OPTIONS)
         else:
             self.channel = channels.insecure_channel(target, options=_OPTIONS)
+        self.target = target
         self.stub = pb_grpc.SegmenterStub(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout = timeout
+        self.mask_format = MASK_FORMATS[mask_format]
         self.image_id: str | None = None
         self._info = None
 
-    def _predict_request(self, point_coords, point_labels, box, mask_input, multimask_output):
+    def _predict_request(self, point_coords, point_labels, box, mask_input, multimask_output, return_logits):
         if self.image_id is None:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        return pb.SegmentPromptRequest(
-            image_id=self.image_id, prompts=[prompt_message(point_coords, point_labels, box, mask_input)],
-            options=pb.OutputOptions(single_mask=not multimask_output, return_low_res_logits=True))
+        prompt = prompt_message(point_coords, point_labels, box, mask_input)
+        # Logits travel now only when needed now: to upscale them here, or when the answer will have no handle
+        # (its prompt carried mask data); otherwise they stay on the service until read.
+        eager = return_logits or prompt.HasField("mask_input")
+        return pb.SegmentPromptRequest(image_id=self.image_id, prompts=[prompt], options=pb.OutputOptions(
+            single_mask=not multimask_output, return_low_res_logits=eager,
+            mask_format=pb.MASK_FORMAT_NONE if return_logits else self.mask_format))
+
+    @staticmethod
+    def _logits_request(request: pb.SegmentPromptRequest) -> pb.SegmentPromptRequest:
+        """The same prompt again, for its logits alone (the service makes them; nothing else is sent)."""
+        again = pb.SegmentPromptRequest()
+        again.CopyFrom(request)
+        again.options.return_low_res_logits, again.options.mask_format = True, pb.MASK_FORMAT_NONE
+        return again
+
+    @staticmethod
+    def _logits_of(response) -> np.ndarray:
+        return np.stack([np.frombuffer(m.low_res_logits.data, "<f4").reshape(m.low_res_logits.side, -1)
+                         for m in response.results[0].masks])
 
     @staticmethod
     def _everything_request(image, options: Options | None, image_format: str) -> pb.SegmentEverythingRequest:
@@ -88,11 +116,14 @@ class _Base:
             request.image.CopyFrom(image_message(image, image_format))
         return request
 
-    def _unpack(self, response, return_logits, info):
+    def _unpack(self, response, return_logits, info, fetch):
+        """`SamPredictor.predict`'s three arrays; `fetch()` gets the low-res logits when they were left behind."""
         result = response.results[0]
         ious = np.array([m.predicted_iou for m in result.masks], np.float32)
-        low = np.stack([np.frombuffer(m.low_res_logits.data, "<f4").reshape(m.low_res_logits.side, -1)
-                        for m in result.masks])
+        if result.masks[0].HasField("low_res_logits"):
+            low = self._logits_of(response)
+        else:
+            low = RemoteLogits(fetch, result.logits_handle, len(result.masks), info.low_res_side)
         if return_logits:
             h, w = result.masks[0].height, result.masks[0].width
             size = transforms.resized_shape(h, w, info.image_size)
@@ -115,8 +146,9 @@ class Client(_Base):
 
     def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
-                 private_key: bytes | None = None) -> None:
-        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key, grpc)
+                 private_key: bytes | None = None, mask_format: str = "bits") -> None:
+        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key,
+                      mask_format, grpc)
 
     def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = self.stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait),
@@ -144,9 +176,14 @@ class Client(_Base):
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                 multimask_output: bool = True, return_logits: bool = False):
-        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
+        """As `SamPredictor.predict`; `low_res_logits` stays on the service until read (see RemoteLogits)."""
+        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
         response = self.stub.SegmentPrompt(request, timeout=self.timeout, metadata=self.metadata)
-        return self._unpack(response, return_logits, self.model_info() if return_logits else None)
+
+        def fetch():
+            return self._logits_of(self.stub.SegmentPrompt(self._logits_request(request), timeout=self.timeout,
+                                                           metadata=self.metadata))
+        return self._unpack(response, return_logits, self.model_info(), fetch)
 
     def close(self) -> None:
         self.channel.close()
@@ -163,8 +200,10 @@ class AsyncClient(_Base):
 
     def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
-                 private_key: bytes | None = None) -> None:
-        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key, grpc.aio)
+                 private_key: bytes | None = None, mask_format: str = "bits") -> None:
+        self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key,
+                      mask_format, grpc.aio)
+        self._blocking = None  # a blocking channel for reading RemoteLogits (NumPy cannot await)
 
     async def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = await self.stub.EncodeImage(
@@ -177,12 +216,20 @@ class AsyncClient(_Base):
 
     async def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                       multimask_output: bool = True, return_logits: bool = False):
-        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output)
+        request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
         response = await self.stub.SegmentPrompt(request, timeout=self.timeout, metadata=self.metadata)
-        if return_logits and self._info is None:
+        if self._info is None:
             self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout,
                                                       metadata=self.metadata)
-        return self._unpack(response, return_logits, self._info)
+
+        def fetch():  # from NumPy, which cannot await: on a blocking channel of its own
+            if self._blocking is None:
+                channel = (grpc.secure_channel(self.target, self.credentials, options=_OPTIONS) if self.credentials
+                           else grpc.insecure_channel(self.target, options=_OPTIONS))
+                self._blocking = (channel, pb_grpc.SegmenterStub(channel))
+            return self._logits_of(self._blocking[1].SegmentPrompt(self._logits_request(request),
+                                                                   timeout=self.timeout, metadata=self.metadata))
+        return self._unpack(response, return_logits, self._info, fetch)
 
     async def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
                                  progress=None, timeout: float = 3600.0) -> MaskSet:
@@ -193,4 +240,6 @@ class AsyncClient(_Base):
         return everything.from_pages(p for p in pages if p is not None)[0]
 
     async def close(self) -> None:
+        if self._blocking is not None:
+            self._blocking[0].close()
         await self.channel.close()

@@ -32,6 +32,8 @@ class Settings:
     everything_max_crop_layers: int = 2  # SegmentEverything: crop layers (layer i has 4^i crops to encode)
     everything_concurrency: int = 1  # SegmentEverything requests decoding at once per process; more wait
     max_message_mb: int = 64  # gRPC message limit both ways
+    logits_ttl_s: int = 300  # low-res logits made for refinement by handle, kept in Redis this long
+    logits_cache_entries: int = 32  # ... and the latest answers' in each decoder process (ViT-B: 768 KB each)
     decode_threads: int = 2  # decoder service: concurrent decoder runs
     ort_threads: int = 0  # ONNX Runtime threads per run; 0 = one per core
     # -- transport security (the decoder's gRPC port) -------------------------------------------------------

@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 from maskserve import engines
 from maskserve.engines import automatic, masks, prompts as prompt_lib
 
-from . import access, allocator, everything, images, jobs, metrics, quotas, redis_clients, store, tls
+from . import access, allocator, everything, images, jobs, metrics, quotas, redis_clients, refinement, store, tls
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -66,6 +66,8 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, redis.ResponseError) and ("maxmemory" in str(exc) or str(exc).startswith("OOM")):
         # a `noeviction` Redis at its memory limit refuses writes: back off, like a full queue
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the job queue's Redis is out of memory; retry later"
+    if isinstance(exc, refinement.HandleExpired):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded"
     log.exception("unexpected error")
@@ -170,6 +172,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.local_quotas = quotas.Local()
         embedding_bytes = int(np.prod(self.manifest.embedding_shape)) * np.dtype(settings.embedding_dtype).itemsize
         self.shared_quotas = quotas.Shared(self.queue, self.version, embedding_bytes)
+        self.refinements = refinement.Refinements(self.redis, self.version, settings.logits_ttl_s,
+                                                  settings.logits_cache_entries)
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # Automatic mask generation runs for seconds: on threads of its own, so prompts are not queued behind it.
         self.everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
@@ -360,22 +364,27 @@ class Segmenter(pb_grpc.SegmenterServicer):
             with self.decoding_lock:
                 self.decoding -= 1
 
-    def _answer(self, emb: store.Embedding, prompts: list, options) -> list:
+    def _answer(self, emb: store.Embedding, prompts: list, options, full_logits: bool) -> tuple[list, list]:
         with self._decoder() as decoder:
-            return self._decode_and_encode(decoder, emb, prompts, options)
-
-    def _decode_and_encode(self, decoder, emb: store.Embedding, prompts: list, options) -> list:
-        start = time.perf_counter()
-        if emb.decoder_features is None:  # first prompt on this image in this process
-            emb.decoder_features = decoder.prepare(emb.array)
-        answers = prompt_lib.decode(decoder, self.manifest, emb.array, emb.original_size, prompts,
-                                    multimask_output=not options.single_mask, max_points=self.settings.max_points,
-                                    features=emb.decoder_features, full_logits=options.return_low_res_logits)
-        metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
+            start = time.perf_counter()
+            answers = self._decode(decoder, emb, prompts, not options.single_mask, full_logits)
+            metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
         start = time.perf_counter()
         results = [self._result(a, emb.original_size, options) for a in answers]
         metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
-        return results
+        return results, answers
+
+    def _decode(self, decoder, emb: store.Embedding, prompts: list, multimask: bool, full_logits: bool) -> list:
+        if emb.decoder_features is None:  # first prompt on this image in this process
+            emb.decoder_features = decoder.prepare(emb.array)
+        return prompt_lib.decode(decoder, self.manifest, emb.array, emb.original_size, prompts,
+                                 multimask_output=multimask, max_points=self.settings.max_points,
+                                 features=emb.decoder_features, full_logits=full_logits)
+
+    def _make_logits(self, emb: store.Embedding, prompt, multimask: bool) -> np.ndarray:
+        """An earlier answer's low-res logits made again, whole, for a prompt that refines it by handle."""
+        with self._decoder() as decoder:
+            return self._decode(decoder, emb, [prompt], multimask, True)[0].low_res_logits
 
     def _result(self, answer: prompt_lib.Answer, original_size, options) -> pb.PromptResult:
         keep = range(len(answer.iou_predictions))
@@ -390,7 +399,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
             binary_t = lt > 0.0
             y, x, bh, bw = masks.bbox_xywh(binary_t)
             m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
-                                 stability_score=masks.stability_score(lt), area=int(np.count_nonzero(binary_t)))
+                                 stability_score=masks.stability_score(lt), area=int(np.count_nonzero(binary_t)),
+                                 output_index=k)
             m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
             fmt = options.mask_format
             if fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE):
@@ -411,13 +421,33 @@ class Segmenter(pb_grpc.SegmenterServicer):
         if len(proto_prompts) > self.settings.max_prompts:
             raise prompt_lib.PromptError(f"{len(proto_prompts)} prompts in one call; at most "
                                          f"{self.settings.max_prompts} are allowed")
-        prompts = [_to_prompt(p) for p in proto_prompts]
-        emb = await self._embedding(self._ref(image_id))
+        ref = self._ref(image_id)
+        emb = await self._embedding(ref)
         if emb is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND,
                                f"no embedding for image_id {image_id!r} (unknown, or expired from the store); "
                                "send the image with EncodeImage again")
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._answer, emb, prompts, options)
+        loop = asyncio.get_running_loop()
+
+        def make(prompt, multimask):
+            return loop.run_in_executor(self.pool, self._make_logits, emb, prompt, multimask)
+
+        prompts, refining = [], False
+        for p in proto_prompts:
+            prompt = _to_prompt(p)
+            if p.HasField("mask_from"):
+                if p.HasField("mask_input"):
+                    raise prompt_lib.PromptError("give a prompt mask_input or mask_from, not both")
+                prompt.mask_input = await self.refinements.resolve(ref, image_id, p.mask_from, make, _to_prompt)
+                refining = True
+            prompts.append(prompt)
+        results, answers = await loop.run_in_executor(self.pool, self._answer, emb, prompts, options,
+                                                      options.return_low_res_logits or refining)
+        for p, result, answer in zip(proto_prompts, results, answers):
+            result.logits_handle = refinement.handle(image_id, p, options.single_mask)
+            if p.HasField("mask_from"):  # an interactive loop: its next click will refine this answer
+                await self.refinements.keep(ref, result.logits_handle, answer.low_res_logits)
+        return results
 
     # -- RPCs -----------------------------------------------------------------------------------------
     @_rpc

@@ -1,0 +1,252 @@
+"""The drop-in client and refinement by reference: `Client.predict` matches the reference `SamPredictor`
+through the wire with logits handles and with logits data alike; handles resolve on any replica, are scoped
+to their image and tenant, and the logits travel only when read."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import report
+from test_parity import IOU_MIN, SCORE_TOL, _iou, _prompt_cases
+
+from maskserve.service import refinement
+from maskserve.service.client import AsyncClient, Client, image_message, prompt_message
+from maskserve.service.proto import pb, pb_grpc
+from maskserve.service.remote_logits import RemoteLogits
+from maskserve.service.stack import LocalStack, start_role, stop, wait_serving, free_port
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with LocalStack(log_dir=tmp_path_factory.mktemp("refine")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint):
+    from segment_anything import SamPredictor
+
+    from maskserve.build.checkpoint import load_model
+
+    return SamPredictor(load_model(tiny_checkpoint, "tiny"))
+
+
+def test_client_predict_matches_the_reference_with_handles_and_with_data(stack, reference, photos):
+    worst_iou, worst_score = (1.0, ""), (0.0, "")
+    with Client(stack.target) as by_handle, Client(stack.target, mask_format="rle") as by_data:
+        for name in ("coffee_400x600", "small_23x41", "tall_640x25"):
+            image = photos[name]
+            reference.set_image(image)
+            by_handle.set_image(image)
+            by_data.set_image(image)
+            h, w = image.shape[:2]
+            previous = {}
+            for case, kwargs in _prompt_cases(h, w):
+                answers = {}
+                for way, client in (("reference", None), ("handle", by_handle), ("data", by_data)):
+                    args = dict(kwargs)
+                    if case == "refine":
+                        args["mask_input"] = previous[way]
+                    answers[way] = (reference if client is None else client).predict(**args)
+                for way in ("handle", "data"):
+                    masks, scores, low = answers[way]
+                    for k in range(len(masks)):
+                        iou = _iou(answers["reference"][0][k], masks[k])
+                        if iou < worst_iou[0]:
+                            worst_iou = (iou, f"{name} {case} by {way} mask {k}")
+                    delta = float(np.abs(answers["reference"][1] - scores).max())
+                    if delta > worst_score[0]:
+                        worst_score = (delta, f"{name} {case} by {way}")
+                best = {way: int(np.argmax(a[1])) for way, a in answers.items()}
+                previous = {"reference": answers["reference"][2][[best["reference"]]],
+                            "handle": answers["handle"][2][best["handle"]][None],  # the loop as users write it
+                            "data": np.asarray(answers["data"][2])[[best["data"]]]}
+            low = answers["handle"][2]
+            assert isinstance(low, RemoteLogits) and not low._cached, "the refinement loop fetched logits"
+            assert low.shape == answers["reference"][2].shape and low.dtype == np.float32
+            np.testing.assert_allclose(np.asarray(low), answers["reference"][2], atol=2e-3)  # read on demand
+    report(f"Client.predict vs SamPredictor (tiny, through the wire, handles and data): worst mask IoU "
+           f"{worst_iou[0]:.6f} ({worst_iou[1]}); worst |Δ predicted IoU| {worst_score[0]:.2e} ({worst_score[1]})")
+    assert worst_iou[0] >= IOU_MIN, worst_iou
+    assert worst_score[0] <= SCORE_TOL, worst_score
+
+
+def test_a_handle_resolves_on_another_replica_and_only_for_its_image(stack, photos):
+    """A second decoder (an empty process cache) makes the handle's logits again from the embedding."""
+    port = free_port()
+    other = start_role("decoder", {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port),
+                                   "MASKSERVE_METRICS_PORT": "0"}, stack.log_dir / "decoder2.log")
+    try:
+        wait_serving(f"127.0.0.1:{port}", proc=other)
+        image = photos["chelsea_300x451"]
+        with Client(stack.target) as a, Client(f"127.0.0.1:{port}") as b:
+            a.set_image(image)
+            b.image_id = a.image_id
+            first = a.predict(np.array([[200.0, 150.0]]), np.array([1]))
+            best = int(np.argmax(first[1]))
+            by_handle = b.predict(np.array([[120.0, 100.0]]), np.array([1]), mask_input=first[2][best][None],
+                                  multimask_output=False)
+            by_data = a.predict(np.array([[120.0, 100.0]]), np.array([1]),
+                                mask_input=np.asarray(first[2])[[best]], multimask_output=False)
+            assert np.count_nonzero(by_handle[0] != by_data[0]) <= 2
+            np.testing.assert_allclose(by_handle[1], by_data[1], atol=1e-5)
+            # a chain: each click refines the previous one, alternating replicas
+            low = by_handle[2]
+            for i, client in enumerate((a, b, a)):
+                masks_, scores, low = client.predict(np.array([[100.0 + 10 * i, 90.0]]), np.array([1]),
+                                                     mask_input=low[[0]], multimask_output=False)
+            assert masks_.shape == (1, 300, 451)
+
+            stub = a.stub
+            handle = first[2].handle
+            a.set_image(photos["coffee_400x600"])  # a handle of the chelsea image, used on another image
+            for mask_from, message in ((pb.MaskFrom(handle=handle), "belongs to image"),
+                                       (pb.MaskFrom(handle=b"\x0a\x03abc"), "belongs to image 'abc'"),
+                                       (pb.MaskFrom(handle=b"garbage\xff"), "is not a handle")):
+                request = pb.SegmentPromptRequest(image_id=a.image_id, prompts=[pb.Prompt(
+                    points=[pb.Point(x=10, y=10, label=1)], mask_from=mask_from)])
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.SegmentPrompt(request, timeout=10)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+            request = pb.SegmentPromptRequest(image_id=b.image_id, prompts=[pb.Prompt(
+                points=[pb.Point(x=10, y=10, label=1)], mask_from=pb.MaskFrom(handle=handle, output_index=3))])
+            with pytest.raises(grpc.RpcError) as info:
+                stub.SegmentPrompt(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has 3 masks" in info.value.details()
+    finally:
+        stop(other)
+
+
+def test_stream_refines_its_last_answer_by_handle(stack, photos):
+    image = photos["coffee_400x600"]
+    with grpc.insecure_channel(stack.target) as channel, Client(stack.target) as client:
+        stub = pb_grpc.SegmenterStub(channel)
+        client.set_image(image)
+        first = client.predict(np.array([[300.0, 200.0]]), np.array([1]))
+        expected = client.predict(np.array([[320.0, 210.0]]), np.array([1]), multimask_output=False,
+                                  mask_input=np.asarray(first[2])[[int(np.argmax(first[1]))]])
+
+        def requests():
+            yield pb.StreamSegmentRequest(sequence=1, frame=image_message(image))
+            yield pb.StreamSegmentRequest(sequence=2, prompt=prompt_message([[300, 200]], [1]),
+                                          options=pb.OutputOptions(best_mask_only=True))
+            reply = replied.get(timeout=30)  # the stream's second answer, read below
+            mask = reply.result.masks[0]
+            yield pb.StreamSegmentRequest(sequence=3, prompt=pb.Prompt(
+                points=[pb.Point(x=320, y=210, label=1)],
+                mask_from=pb.MaskFrom(handle=reply.result.logits_handle, output_index=mask.output_index)),
+                options=pb.OutputOptions(single_mask=True, mask_format=pb.MASK_FORMAT_BITMAP))
+
+        replied: queue.Queue = queue.Queue()
+        replies = stub.StreamSegment(requests(), timeout=60)
+        assert next(replies).image_id == client.image_id
+        answer = next(replies)
+        replied.put(answer)
+        assert answer.result.masks[0].output_index == int(np.argmax(first[1]))
+        refined = next(replies)
+        assert not refined.HasField("error"), refined.error.message
+        from maskserve.service.client import decode_mask
+
+        assert np.count_nonzero(decode_mask(refined.result.masks[0]) != expected[0][0]) <= 2
+
+
+def test_async_client_refines_by_handle_and_reads_logits_on_demand(stack, photos, tiny_model_dir):
+    from maskserve import Predictor
+
+    image = photos["chelsea_300x451"]
+    local = Predictor(tiny_model_dir)
+    local.set_image(image)
+
+    async def main():
+        client = AsyncClient(stack.target)
+        try:
+            await client.set_image(image)
+            masks_, scores, low = await client.predict(np.array([[200.0, 150.0]]), np.array([1]))
+            best = int(np.argmax(scores))
+            refined = await client.predict(np.array([[120.0, 100.0]]), np.array([1]), mask_input=low[best][None],
+                                           multimask_output=False)
+            fetched_before_read = bool(low._cached)
+            return low, np.asarray(low), refined, best, fetched_before_read
+        finally:
+            await client.close()
+
+    low, read, refined, best, fetched_before_read = asyncio.run(main())
+    assert not fetched_before_read
+    expected = local.predict(np.array([[200.0, 150.0]]), np.array([1]))
+    np.testing.assert_allclose(read, expected[2], atol=1e-4)
+    again = local.predict(np.array([[120.0, 100.0]]), np.array([1]), mask_input=expected[2][[best]],
+                          multimask_output=False)
+    assert np.count_nonzero(refined[0] != again[0]) <= 2
+
+
+def test_remote_logits_views():
+    fetched = []
+    data = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+
+    def fetch():
+        fetched.append(1)
+        return data
+
+    low = RemoteLogits(fetch, b"h", 3, 8)
+    assert low.shape == (3, 8, 8) and len(low) == 3 and low.dtype == np.float32 and not fetched
+    for view, index in ((low[1][None], 1), (low[[2]], 2), (low[0:1], 0), (low[2], 2), (low[None, 1][0], 1)):
+        assert view.mask_index() == index, view
+    for view in (low, low[1][::-1], low[1][:, ::-1], low[1, :4], low[[0, 1]]):
+        assert view.mask_index() is None
+    assert not fetched
+    np.testing.assert_array_equal(np.asarray(low[1][None]), data[1][None])
+    np.testing.assert_array_equal(low[1] + 1, data[1] + 1)
+    assert int(np.argmax(low[0])) == int(np.argmax(data[0]))
+    np.testing.assert_array_equal(low[1].T, data[1].T)
+    assert low.max() == data.max() and low[2].astype(np.float64).dtype == np.float64
+    assert len(fetched) == 1  # views share one fetch
+
+
+def test_handles_are_remade_once_and_refused_when_too_deep_to_remake():
+    class FakeRedis:
+        def __init__(self):
+            self.data = {}
+
+        async def get(self, k):
+            return self.data.get(k)
+
+        async def set(self, k, v, ex=None):
+            self.data[k] = v
+
+    def chain(n):
+        handle = b""
+        for i in range(n):
+            p = pb.Prompt(points=[pb.Point(x=i, y=i, label=1)])
+            if handle:
+                p.mask_from.handle = handle
+            handle = refinement.handle("0" * 32, p, True)
+        return handle
+
+    made = []
+
+    async def make(prompt, multimask):
+        made.append(prompt)
+        return np.full((1, 4, 4), len(made), np.float32)
+
+    from maskserve.service.decoder_server import _to_prompt
+
+    async def main():
+        r = refinement.Refinements(FakeRedis(), "v", 60, 8)
+        out = await r.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(3)), make, _to_prompt)
+        assert len(made) == 3 and out.shape == (1, 4, 4)  # the chain made once, from its root
+        assert made[1].mask_input is not None and made[0].mask_input is None
+        await r.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(3)), make, _to_prompt)
+        assert len(made) == 3  # kept
+        fresh = refinement.Refinements(FakeRedis(), "v", 60, 8)
+        with pytest.raises(refinement.HandleExpired):
+            await fresh.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(refinement.MAX_DEPTH + 2)),
+                                make, _to_prompt)
+        other_tenant = await r.get("u/" + "0" * 32, chain(3))
+        assert other_tenant is None  # kept logits are the tenant's own
+
+    asyncio.run(main())
