@@ -167,6 +167,28 @@ def client_errors_only():
     return c, "30m", []
 
 
+def tenants_held_to_their_quotas():
+    """A flooding tenant refused for its rate and streams: its RESOURCE_EXHAUSTED are not the service's errors."""
+    c = Cluster()
+    for pod in c.pods["decoder"]:
+        c.requests(pod, "SegmentPrompt", "OK", 600)
+        c.requests(pod, "SegmentPrompt", "RESOURCE_EXHAUSTED", 120, tenant="flood")
+        c.set(pod, "maskserve_rejected_requests_total", {"tenant": "flood", "reason": "rate"}, f"0+100x{MINUTES}")
+        c.set(pod, "maskserve_rejected_requests_total", {"tenant": "flood", "reason": "streams"}, f"0+20x{MINUTES}")
+    return c, "30m", []
+
+
+def encode_queue_full():
+    """RESOURCE_EXHAUSTED for a full encode queue (no quota behind it) is the service falling behind."""
+    c = Cluster()
+    for pod in c.pods["decoder"]:
+        c.requests(pod, "EncodeImage", "OK", 600)
+        c.requests(pod, "EncodeImage", "RESOURCE_EXHAUSTED", 30)
+        c.set(pod, "maskserve_rejected_requests_total", {"tenant": "acme", "reason": "unauthenticated"},
+              f"0+30x{MINUTES}")  # refusals of another kind do not offset it
+    return c, "30m", [{}]
+
+
 def queue_growing():
     c = Cluster()
     for pod in c.pods["encoder"]:  # every encoder reports the stream's length; decoders export 0
@@ -291,6 +313,17 @@ def test_startup_expositions_are_what_the_rules_rely_on():
 @pytest.mark.parametrize("alert,case", [(a, c) for a in SCENARIOS for c in ("fire", "silent")])
 def test_alert(tmp_path, alert, case):
     out = promtool(tmp_path, [alert_test(alert, SCENARIOS[alert][case])])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# More cases where an alert's meaning turns on a distinction the plain pair does not exercise.
+MORE_SCENARIOS = [("MaskserveErrorRatioHigh", encode_queue_full),
+                  ("MaskserveErrorRatioHigh", tenants_held_to_their_quotas)]
+
+
+@pytest.mark.parametrize("alert,scenario", MORE_SCENARIOS, ids=[s.__name__ for _, s in MORE_SCENARIOS])
+def test_alert_more(tmp_path, alert, scenario):
+    out = promtool(tmp_path, [alert_test(alert, scenario)])
     assert out.returncode == 0, out.stdout + out.stderr
 
 
