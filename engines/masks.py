@@ -57,4 +57,4 @@ def encode_bitmap(mask: np.ndarray) -> bytes:
 
 
 def decode_bitmap(data: bytes, height: int, width: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(data, np.uint8), count=height * width).reshape(height, width).astype(bool)
+    return np.unpackbits(np.frombuffer(data, np.uint8), count=height * width).reshape(height, width).view(bool)

@@ -152,6 +152,73 @@ def _peak_rss_during(pid: int, fn) -> tuple[float, float]:
     return time.perf_counter() - start, status("VmHWM:") - before
 
 
+def _client_levers(stack, image_id: str, point, sam, requests: int) -> tuple[dict, dict]:
+    """`Client.predict` (arrays out, as `SamPredictor.predict` returns them) beside the bare RPC, the client as it
+    was (logits always shipped, RLE masks decoded here), each lever alone, and the reference — all in
+    alternating blocks of one run. Also each mask format's bytes and client decode time, and a refinement click
+    by handle against one that ships the logits."""
+    from maskserve.service.client import Client, decode_mask
+
+    coords, labels = np.array(point), np.array([1])
+
+    def rpc(**options):
+        request = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])],
+                                          options=pb.OutputOptions(**options))
+        return lambda: client.stub.SegmentPrompt(request, timeout=60)
+
+    def old_client_predict():  # the drop-in path before handles: logits always, RLE, all decoded here
+        response = rpc(return_low_res_logits=True)()
+        masks = np.stack([decode_mask(m) for m in response.results[0].masks])
+        return masks, client._logits_of(response)
+
+    with Client(stack.target) as client, Client(stack.target, mask_format="rle") as rle_client:
+        client.image_id = rle_client.image_id = image_id
+        calls = {
+            "RPC, RLE masks (bare)": rpc(),
+            "RPC, packed-bit masks": rpc(mask_format=pb.MASK_FORMAT_BITMAP),
+            "RPC, RLE masks + logits": rpc(return_low_res_logits=True),
+            "RPC, no masks": rpc(mask_format=pb.MASK_FORMAT_NONE),
+            "Client.predict before (logits + RLE, decoded)": old_client_predict,
+            "Client.predict, RLE masks": lambda: rle_client.predict(coords, labels),
+            "Client.predict": lambda: client.predict(coords, labels),
+        }
+        if sam is not None:
+            calls["reference SamPredictor.predict"] = lambda: sam.predict(coords, labels)
+        times = {name: [] for name in calls}
+        while len(times["Client.predict"]) < requests:
+            for name, call in calls.items():
+                times[name] += _timed(call, 10, warmup=2)
+        formats = {}
+        for name, fmt in (("rle", pb.MASK_FORMAT_COCO_RLE), ("bits", pb.MASK_FORMAT_BITMAP)):
+            response = rpc(mask_format=fmt)()
+            decode = _timed(lambda: [decode_mask(m) for m in response.results[0].masks], requests)
+            formats[name] = {"response_bytes": response.ByteSize(),
+                             "client_decode_p50_ms": 1000 * float(np.median(decode))}
+        logits_only = rpc(return_low_res_logits=True, mask_format=pb.MASK_FORMAT_NONE)()
+        formats["logits"] = {"response_bytes": logits_only.ByteSize()}
+        _, scores, low = client.predict(coords, labels)
+        best = int(np.argmax(scores))
+        data = np.asarray(low)[[best]]
+        second = np.array([[point[0][0] * 0.9, point[0][1] * 1.1]])
+        refine = {"refine by handle": lambda: client.predict(second, labels, mask_input=low[best][None],
+                                                             multimask_output=False),
+                  "refine by data": lambda: client.predict(second, labels, mask_input=data, multimask_output=False)}
+        refine_times = {name: [] for name in refine}
+        while len(refine_times["refine by handle"]) < requests // 2:
+            for name, call in refine.items():
+                refine_times[name] += _timed(call, 10, warmup=2)
+        formats["refine_request_bytes"] = {
+            "handle": client._predict_request(second, labels, None, low[best][None], False, False).ByteSize(),
+            "data": client._predict_request(second, labels, None, data, False, False).ByteSize()}
+    p50 = {name: float(np.percentile(np.asarray(t) * 1000, 50)) for name, t in {**times, **refine_times}.items()}
+    ratios = {"client_predict_vs_bare_rpc": p50["Client.predict"] / p50["RPC, RLE masks (bare)"],
+              "client_predict_before_vs_bare_rpc": p50["Client.predict before (logits + RLE, decoded)"]
+              / p50["RPC, RLE masks (bare)"]}
+    if sam is not None:
+        ratios["client_predict_vs_reference_predict"] = p50["Client.predict"] / p50["reference SamPredictor.predict"]
+    return {"p50_ms": p50, "formats": formats, "ratios": ratios}, {**times, **refine_times}
+
+
 def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
     """`SegmentPrompt` p50 in plaintext, over TLS, and over TLS with an API key checked against an access file
     (tenant-scoped ids and all), timed in alternating blocks: two more decoders on the stack's Redis and encoder."""
@@ -329,6 +396,8 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
             t.join()
         result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
         result["security"] = _security_cost(stack, image, point, requests)
+        result["client"], client_series = _client_levers(stack, image_id, point, sam, requests)
+        series.update({f"client: {k}": v for k, v in client_series.items() if not k.startswith("reference")})
         if sam is not None:  # next to the encoder's figure in time
             result["reference"] = {"set_image_s": _set_image_seconds(sam, image)}
             if everything_reps:

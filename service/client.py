@@ -59,6 +59,14 @@ def decode_mask(m: pb.Mask) -> np.ndarray:
 
 
 MASK_FORMATS = {"bits": pb.MASK_FORMAT_BITMAP, "rle": pb.MASK_FORMAT_COCO_RLE, "png": pb.MASK_FORMAT_PNG}
+LOOPBACK = ("127.", "localhost", "[::1]", "::1", "unix:")
+
+
+def default_mask_format(target: str) -> str:
+    """Chosen by measurement (README, Performance): packed bits decode 12-20x faster than COCO RLE and cost the
+    server less, so on this machine they win by 2-5 ms a call; but smooth masks — what trained weights give —
+    are 30x smaller as RLE (9 KB against 295 KB for three 768x1024 masks), which wins on any real network."""
+    return "bits" if target.startswith(LOOPBACK) else "rle"
 
 
 class _Base:
@@ -67,6 +75,7 @@ class _Base:
                  mask_format: str, channels) -> None:
         """TLS when asked (`tls=True`) or implied by a CA or a client pair; the API key goes with every call
         as `authorization: Bearer <key>` (over plaintext too, for a local stack with authentication on)."""
+        mask_format = mask_format or default_mask_format(target)
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
         self.credentials = None
@@ -146,7 +155,7 @@ class Client(_Base):
 
     def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
-                 private_key: bytes | None = None, mask_format: str = "bits") -> None:
+                 private_key: bytes | None = None, mask_format: str | None = None) -> None:
         self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key,
                       mask_format, grpc)
 
@@ -200,7 +209,7 @@ class AsyncClient(_Base):
 
     def __init__(self, target: str, timeout: float = 60.0, *, api_key: str | None = None, tls: bool | None = None,
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
-                 private_key: bytes | None = None, mask_format: str = "bits") -> None:
+                 private_key: bytes | None = None, mask_format: str | None = None) -> None:
         self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key,
                       mask_format, grpc.aio)
         self._blocking = None  # a blocking channel for reading RemoteLogits (NumPy cannot await)

@@ -392,23 +392,31 @@ class Segmenter(pb_grpc.SegmenterServicer):
             keep = [int(np.argmax(answer.iou_predictions))]
         h, w = original_size
         result = pb.PromptResult()
+        fmt = options.mask_format
+        # COCO RLE is column-major: it is made in the transposed frame (W, H), where its runs are contiguous;
+        # packed bits and PNG are row-major, made in the image's frame. One mask at a time: its full-size maps
+        # are still in cache from the upscale to the encoding.
+        transposed = fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE)
         for k in keep:
-            # Work in the transposed frame (W, H): COCO RLE is column-major, so its runs are then contiguous.
-            # One mask at a time: its full-size maps are still in cache from the upscale to the RLE.
-            lt = prompt_lib.full_resolution_map(cv2.transpose(answer.low_res_logits[k]), self.manifest, (w, h))
-            binary_t = lt > 0.0
-            y, x, bh, bw = masks.bbox_xywh(binary_t)
+            low = answer.low_res_logits[k]
+            if transposed:
+                full = prompt_lib.full_resolution_map(cv2.transpose(low), self.manifest, (w, h))
+            else:
+                full = prompt_lib.full_resolution_map(low, self.manifest, (h, w))
+            binary = full > 0.0
+            x, y, bw, bh = masks.bbox_xywh(binary)
+            if transposed:
+                x, y, bw, bh = y, x, bh, bw
             m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
-                                 stability_score=masks.stability_score(lt), area=int(np.count_nonzero(binary_t)),
+                                 stability_score=masks.stability_score(full), area=int(np.count_nonzero(binary)),
                                  output_index=k)
             m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
-            fmt = options.mask_format
-            if fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE):
-                m.rle.counts = masks.encode_rle_transposed(binary_t)
+            if transposed:
+                m.rle.counts = masks.encode_rle_transposed(binary)
             elif fmt == pb.MASK_FORMAT_PNG:
-                m.png = masks.encode_png(binary_t.T)
+                m.png = masks.encode_png(binary)
             elif fmt == pb.MASK_FORMAT_BITMAP:
-                m.bitmap = masks.encode_bitmap(binary_t.T)
+                m.bitmap = masks.encode_bitmap(binary)
             if options.return_low_res_logits:
                 side = answer.low_res_logits.shape[-1]
                 m.low_res_logits.side = side

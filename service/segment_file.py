@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from PIL import Image, ImageOps
 from .client import Client
 
 # Eileen Collins, NASA portrait (public domain), as bundled with scikit-image.
-BUNDLED_PHOTO = Path(__file__).resolve().parent.parent / "maskserve" / "data" / "astronaut.jpg"
+# Package data, found as the installed package has it (a wheel, an editable install or the source tree).
+BUNDLED_PHOTO = Path(str(importlib.resources.files("maskserve") / "data" / "astronaut.jpg"))
 
 
 def _upright(path: Path) -> np.ndarray:

@@ -21,6 +21,11 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
         assert s["n"] > 0 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
     assert data["scenarios"]["encode_images_per_s"] > 0
     assert set(data["security"]["p50_ms"]) == {"plaintext", "TLS", "TLS + API key"}
+    c = data["client"]
+    assert c["p50_ms"]["Client.predict"] > 0 and c["p50_ms"]["refine by handle"] > 0
+    assert c["formats"]["bits"]["response_bytes"] > 0 and c["formats"]["logits"]["response_bytes"] > 3 * 256 * 256 * 4
+    assert set(c["ratios"]) == {"client_predict_vs_bare_rpc", "client_predict_before_vs_bare_rpc",
+                                "client_predict_vs_reference_predict"}
     assert all(v > 0 for v in data["security"]["p50_ms"].values())
     assert data["decoder"]["flops_per_prompt"] > 0 and 0 < data["decoder"]["fraction_of_peak"] < 1.5
     assert 0 < data["decoder"]["fraction_of_gemm"] < 1.5 and data["machine"]["gemm_flops"] > 0

@@ -1,12 +1,9 @@
 # The serving image: decoder service, and the CPU encoder (ONNX Runtime). No torch.
-# The gRPC code is generated into the source tree before the wheel is built, so it ships in it.
 # Build from the repository root:  docker build -f k8s/images/decoder.Dockerfile -t ghcr.io/maskserve/decoder:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir "grpcio-tools>=1.60" \
- && python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/maskserve/v1/maskserve.proto \
- && pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local

@@ -1,12 +1,9 @@
 # The GPU encoder: TensorRT runtime base (TensorRT and CUDA come with it), maskserve without torch.
-# The gRPC code is generated into the source tree before the wheel is built, so it ships in it.
 # Build from the repository root:  docker build -f k8s/images/encoder-tensorrt.Dockerfile -t ghcr.io/maskserve/encoder-tensorrt:0.1.0 .
 FROM nvcr.io/nvidia/tensorrt:24.08-py3
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir "grpcio-tools>=1.60" \
- && python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/maskserve/v1/maskserve.proto \
- && pip install --no-cache-dir . "cuda-python>=12" \
+RUN pip install --no-cache-dir . "cuda-python>=12" \
  && cd / && python -c "import maskserve.service.proto, tensorrt" && rm -rf /src
 RUN useradd --uid 10001 --no-create-home maskserve
 USER 10001

@@ -1,12 +1,9 @@
 # The export step (checkpoint → ONNX model directory): the only image with torch, run as a one-off Job.
-# The gRPC code is generated into the source tree before the wheel is built, so it ships in it.
 # Build from the repository root:  docker build -f k8s/images/export.Dockerfile -t ghcr.io/maskserve/export:0.1.0 .
 FROM python:3.11-slim
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir "grpcio-tools>=1.60" \
- && python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/maskserve/v1/maskserve.proto \
- && pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu torch torchvision ".[export]" \
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu torch torchvision ".[export]" \
  && cd / && python -c "import maskserve.service.proto" && rm -rf /src
 RUN useradd --uid 10001 --no-create-home maskserve
 USER 10001
