@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="the demo starts redis-server")
 def test_wheel_installs_and_runs_the_demo_read_only(tmp_path):
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(wheels), str(REPO)], check=True, cwd=tmp_path, timeout=600)
     (wheel,) = wheels.glob("maskserve-*.whl")
     env_dir = tmp_path / "env"
