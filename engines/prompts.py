@@ -18,7 +18,11 @@ MAX_POINTS = 64
 
 
 class PromptError(ValueError):
-    """A prompt the model cannot take; the message says what to change."""
+    """A prompt the model cannot take; the message says what to change, `field` where (e.g. prompts[2].box)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -37,7 +41,7 @@ class Answer:
 
 def _finite(name: str, a: np.ndarray) -> None:
     if not np.all(np.isfinite(a)):
-        raise PromptError(f"{name} contains NaN or infinity")
+        raise PromptError(f"{name} contains NaN or infinity", {"point_coords": "points"}.get(name, name))
 
 
 def validate(prompt: Prompt, original_size: tuple[int, int], mask_input_size: int, max_points: int = MAX_POINTS) -> Prompt:
@@ -46,46 +50,48 @@ def validate(prompt: Prompt, original_size: tuple[int, int], mask_input_size: in
     coords = labels = box = mask = None
     if prompt.point_coords is not None or prompt.point_labels is not None:
         if prompt.point_coords is None or prompt.point_labels is None:
-            raise PromptError("point_coords and point_labels must be given together")
+            raise PromptError("point_coords and point_labels must be given together", "points")
         coords = np.asarray(prompt.point_coords, np.float64)
         labels = np.asarray(prompt.point_labels)
         if coords.ndim != 2 or coords.shape[1] != 2:
-            raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}")
+            raise PromptError(f"point_coords must have shape (N, 2), got {coords.shape}", "points")
         if labels.shape != (coords.shape[0],):
-            raise PromptError(f"point_labels must have shape ({coords.shape[0]},) to match point_coords, got {labels.shape}")
+            raise PromptError(f"point_labels must have shape ({coords.shape[0]},) to match point_coords, "
+                              f"got {labels.shape}", "points")
         if coords.shape[0] == 0:
             coords = labels = None
         else:
             _finite("point_coords", coords)
             if coords.shape[0] > max_points:
-                raise PromptError(f"{coords.shape[0]} points in one prompt; at most {max_points} are allowed")
+                raise PromptError(f"{coords.shape[0]} points in one prompt; at most {max_points} are allowed", "points")
             if not np.isin(labels, (0, 1)).all():
-                raise PromptError(f"point_labels must be 1 (foreground) or 0 (background), got {sorted(set(labels.tolist()))}")
+                raise PromptError("point_labels must be 1 (foreground) or 0 (background), got "
+                                  f"{sorted(set(labels.tolist()))}", "points")
             outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
             if outside.any():
                 x, y = coords[outside][0]
-                raise PromptError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image")
+                raise PromptError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} image", "points")
             labels = labels.astype(np.float32)
     if prompt.box is not None:
         box = np.asarray(prompt.box, np.float64)
         if box.shape not in ((4,), (1, 4)):
-            raise PromptError(f"box must be 4 numbers x0, y0, x1, y1, got shape {box.shape}")
+            raise PromptError(f"box must be 4 numbers x0, y0, x1, y1, got shape {box.shape}", "box")
         box = box.reshape(4)
         _finite("box", box)
         if box[0] > box[2] or box[1] > box[3]:
-            raise PromptError(f"box {box.tolist()} has x0 > x1 or y0 > y1 (expected x0, y0, x1, y1)")
+            raise PromptError(f"box {box.tolist()} has x0 > x1 or y0 > y1 (expected x0, y0, x1, y1)", "box")
         if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
-            raise PromptError(f"box {box.tolist()} extends outside the {w}x{h} image")
+            raise PromptError(f"box {box.tolist()} extends outside the {w}x{h} image", "box")
     if prompt.mask_input is not None:
         mask = np.asarray(prompt.mask_input, np.float32)
         m = mask_input_size
         if mask.shape not in ((m, m), (1, m, m)):
             raise PromptError(f"mask_input must have shape (1, {m}, {m}) (the low_res_logits of an earlier answer), "
-                              f"got {mask.shape}")
+                              f"got {mask.shape}", "mask_input")
         mask = mask.reshape(1, m, m)
         _finite("mask_input", mask)
     if coords is None and box is None:
-        raise PromptError("a prompt needs at least one point or a box")
+        raise PromptError("a prompt needs at least one point or a box", "points")
     return Prompt(coords, labels, box, mask)
 
 
@@ -99,8 +105,12 @@ def decode(
     logits may cover only what `full_resolution_logits` reads (the decoder skips the padding's masks)."""
     size, m = manifest.image_size, manifest.mask_input_size
     prepared = []
-    for p in prompts:
-        p = validate(p, original_size, m, max_points)
+    for i, p in enumerate(prompts):
+        try:
+            p = validate(p, original_size, m, max_points)
+        except PromptError as exc:
+            exc.field = f"prompts[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise
         coords = None if p.point_coords is None else transforms.transform_coords(p.point_coords, original_size, size)
         corners = None if p.box is None else transforms.transform_boxes(p.box, original_size, size)[0]
         pts, lbl = transforms.prompt_points(coords, p.point_labels, corners)

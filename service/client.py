@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 import grpc
 
 from maskserve.engines import masks as mask_codec, transforms
 from maskserve.engines.automatic import MaskSet, Options
 
-from . import everything
+from . import errors, everything
 from .remote_logits import RemoteLogits
 from .proto import pb, pb_grpc
 
@@ -56,6 +59,29 @@ def decode_mask(m: pb.Mask) -> np.ndarray:
     if kind == "bitmap":
         return mask_codec.decode_bitmap(m.bitmap, m.height, m.width)
     raise ValueError("this mask was returned without pixels (MASK_FORMAT_NONE)")
+
+
+def _typed(method):
+    """Failed calls raise `maskserve.service.errors` types (still grpc.RpcErrors) with the service's details."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def wrapper(*args, **kwargs):
+            try:
+                return await method(*args, **kwargs)
+            except grpc.RpcError as exc:
+                if isinstance(exc, errors.MaskserveError):
+                    raise
+                raise errors.from_rpc_error(exc) from None
+    else:
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except grpc.RpcError as exc:
+                if isinstance(exc, errors.MaskserveError):
+                    raise
+                raise errors.from_rpc_error(exc) from None
+    return wrapper
 
 
 MASK_FORMATS = {"bits": pb.MASK_FORMAT_BITMAP, "rle": pb.MASK_FORMAT_COCO_RLE, "png": pb.MASK_FORMAT_PNG}
@@ -159,6 +185,7 @@ class Client(_Base):
         self._connect(target, timeout, api_key, tls, root_certificates, certificate_chain, private_key,
                       mask_format, grpc)
 
+    @_typed
     def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = self.stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait),
                                       timeout=self.timeout, metadata=self.metadata)
@@ -167,6 +194,7 @@ class Client(_Base):
     def set_image(self, image, image_format: str = "RGB") -> None:
         self.image_id = self.encode(image, image_format)
 
+    @_typed
     def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
                            progress=None, timeout: float = 3600.0) -> MaskSet:
         """The automatic generator on the service for an image (array or file bytes) or an image_id (str);
@@ -177,18 +205,21 @@ class Client(_Base):
         pages = (_page(r, progress) for r in responses)
         return everything.from_pages(p for p in pages if p is not None)[0]
 
+    @_typed
     def model_info(self) -> pb.ModelInfo:
         if self._info is None:
             self._info = self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout,
                                                 metadata=self.metadata)
         return self._info
 
+    @_typed
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                 multimask_output: bool = True, return_logits: bool = False):
         """As `SamPredictor.predict`; `low_res_logits` stays on the service until read (see RemoteLogits)."""
         request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
         response = self.stub.SegmentPrompt(request, timeout=self.timeout, metadata=self.metadata)
 
+        @_typed
         def fetch():
             return self._logits_of(self.stub.SegmentPrompt(self._logits_request(request), timeout=self.timeout,
                                                            metadata=self.metadata))
@@ -214,6 +245,7 @@ class AsyncClient(_Base):
                       mask_format, grpc.aio)
         self._blocking = None  # a blocking channel for reading RemoteLogits (NumPy cannot await)
 
+    @_typed
     async def encode(self, image, image_format: str = "RGB", wait: bool = True) -> str:
         reply = await self.stub.EncodeImage(
             pb.EncodeImageRequest(image=image_message(image, image_format), wait=wait), timeout=self.timeout,
@@ -223,6 +255,7 @@ class AsyncClient(_Base):
     async def set_image(self, image, image_format: str = "RGB") -> None:
         self.image_id = await self.encode(image, image_format)
 
+    @_typed
     async def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                       multimask_output: bool = True, return_logits: bool = False):
         request = self._predict_request(point_coords, point_labels, box, mask_input, multimask_output, return_logits)
@@ -231,6 +264,7 @@ class AsyncClient(_Base):
             self._info = await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout,
                                                       metadata=self.metadata)
 
+        @_typed
         def fetch():  # from NumPy, which cannot await: on a blocking channel of its own
             if self._blocking is None:
                 channel = (grpc.secure_channel(self.target, self.credentials, options=_OPTIONS) if self.credentials
@@ -240,6 +274,7 @@ class AsyncClient(_Base):
                                                                    timeout=self.timeout, metadata=self.metadata))
         return self._unpack(response, return_logits, self._info, fetch)
 
+    @_typed
     async def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
                                  progress=None, timeout: float = 3600.0) -> MaskSet:
         """`Client.segment_everything`, awaited."""

@@ -23,16 +23,14 @@ import cv2
 import grpc
 import numpy as np
 import redis
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from maskserve import engines
 from maskserve.engines import automatic, masks, prompts as prompt_lib
 
-from . import access, allocator, everything, images, jobs, metrics, quotas, redis_clients, refinement, store, tls
+from . import (access, allocator, errors, everything, images, jobs, metrics, quotas, redis_clients, refinement,
+               store, tls)
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -44,58 +42,65 @@ LIVENESS = "maskserve.v1.Liveness"
 
 
 class ServiceError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    """A status with its message, a stable reason (google.rpc.ErrorInfo) and any other details."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str, *details) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.reason, self.details = code, reason, list(details)
 
 
-ERROR_DOMAIN = "maskserve.io"
+def _unknown_image(image_id: str, why: str = "unknown, or expired from the store") -> ServiceError:
+    message = f"no embedding for image_id {image_id!r} ({why}); send the image with EncodeImage again"
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message, "IMAGE_NOT_FOUND",
+                        errors.resource_info("maskserve.v1.Embedding", image_id, message))
+
+
+def _explain(exc: BaseException) -> tuple[grpc.StatusCode, str, list]:
+    """(status, message, google.rpc details) for any failure: every status comes with an ErrorInfo (a stable
+    reason a program can switch on), bad input with the field, waits with how long."""
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc), [errors.error_info(exc.reason), *exc.details]
+    if isinstance(exc, quotas.QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), [
+            errors.error_info(f"QUOTA_{exc.reason.upper()}", tenant=access.caller().tenant),
+            errors.retry_info(exc.retry_after_s)]
+    if isinstance(exc, access.AccessError):
+        if exc.denied:
+            return grpc.StatusCode.PERMISSION_DENIED, str(exc), [errors.error_info("RPC_NOT_ALLOWED")]
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc), [errors.error_info("UNAUTHENTICATED")]
+    if isinstance(exc, prompt_lib.PromptError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
+            errors.error_info("INVALID_PROMPT"), errors.bad_request(exc.field or "prompts", str(exc))]
+    if isinstance(exc, images.ImageError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
+            errors.error_info("INVALID_IMAGE"), errors.bad_request("image", str(exc))]
+    if isinstance(exc, automatic.ParameterError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
+            errors.error_info("INVALID_PARAMETER"), errors.bad_request(f"options.{exc.parameter}", str(exc))]
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
+        return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly", [
+            errors.error_info("STORE_UNAVAILABLE"), errors.retry_info(1.0)]
+    if isinstance(exc, redis.ResponseError) and ("maxmemory" in str(exc) or str(exc).startswith("OOM")):
+        # a `noeviction` Redis at its memory limit refuses writes: back off, like a full queue
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the job queue's Redis is out of memory; retry later", [
+            errors.error_info("QUEUE_OUT_OF_MEMORY"), errors.retry_info(5.0)]
+    if isinstance(exc, refinement.HandleExpired):
+        return grpc.StatusCode.NOT_FOUND, str(exc), [errors.error_info("HANDLE_EXPIRED")]
+    if isinstance(exc, asyncio.TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded", [
+            errors.error_info("NOT_ENCODED_IN_TIME")]
+    log.exception("unexpected error")
+    return grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}", [
+        errors.error_info("INTERNAL")]
 
 
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
-    if isinstance(exc, quotas.QuotaExceeded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, access.AccessError):
-        return (grpc.StatusCode.PERMISSION_DENIED if exc.denied else grpc.StatusCode.UNAUTHENTICATED), str(exc)
-    if isinstance(exc, (prompt_lib.PromptError, images.ImageError, automatic.ParameterError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
-        return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly"
-    if isinstance(exc, redis.ResponseError) and ("maxmemory" in str(exc) or str(exc).startswith("OOM")):
-        # a `noeviction` Redis at its memory limit refuses writes: back off, like a full queue
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the job queue's Redis is out of memory; retry later"
-    if isinstance(exc, refinement.HandleExpired):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, asyncio.TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded"
-    log.exception("unexpected error")
-    return grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}"
-
-
-def _details(exc: BaseException) -> list:
-    """google.rpc details a program can act on: how long to wait, and a stable reason."""
-    if isinstance(exc, quotas.QuotaExceeded):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
-        return [error_details_pb2.RetryInfo(retry_delay=delay),
-                error_details_pb2.ErrorInfo(reason=f"QUOTA_{exc.reason.upper()}", domain=ERROR_DOMAIN,
-                                            metadata={"tenant": access.caller().tenant})]
-    return []
+    code, message, _ = _explain(exc)
+    return code, message
 
 
 async def _abort(context, exc: BaseException):
-    code, message = _status_of(exc)
-    details = _details(exc)
-    if details:
-        packed = []
-        for d in details:
-            packed.append(any_pb2.Any())
-            packed[-1].Pack(d)
-        await context.abort_with_status(rpc_status.to_status(
-            status_pb2.Status(code=code.value[0], message=message, details=packed)))
-    await context.abort(code, message)
+    await context.abort_with_status(errors.status(*_explain(exc)))
 
 
 def _count(rpc: str, code: grpc.StatusCode) -> None:
@@ -140,7 +145,7 @@ def _to_prompt(p) -> prompt_lib.Prompt:
         side = p.mask_input.side
         if len(p.mask_input.data) != 4 * side * side:
             raise prompt_lib.PromptError(f"mask_input holds {len(p.mask_input.data)} bytes; a {side}x{side} "
-                                         f"float32 grid is {4 * side * side}")
+                                     f"float32 grid is {4 * side * side}", "mask_input")
         mask = np.frombuffer(p.mask_input.data, "<f4").reshape(1, side, side)
     return prompt_lib.Prompt(coords, labels, box, mask)
 
@@ -187,8 +192,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         """The caller's name for an image in Redis (see jobs.ref). An id that is not one of ours is refused like an
         unknown one, so that no string can step outside the caller's space."""
         if not images.IMAGE_ID.fullmatch(image_id):
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {image_id!r}: not an image_id "
-                               "that EncodeImage returns")
+            raise _unknown_image(image_id, "not an image_id that EncodeImage returns")
         return jobs.ref(access.caller().tenant, image_id)
 
     async def _embedding(self, ref: str) -> store.Embedding | None:
@@ -243,7 +247,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
         try:
             if await self.queue.xlen(self.stream) >= self.settings.max_queue:
                 raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"the encode queue is full ({self.settings.max_queue} images waiting); retry later")
+                                   f"the encode queue is full ({self.settings.max_queue} images waiting); retry later",
+                                   "QUEUE_FULL", errors.retry_info(1.0))
             await self.shared_quotas.admit_job(access.caller(), ref)
         except BaseException:
             await self.queue.delete(pending)
@@ -271,13 +276,15 @@ class Segmenter(pb_grpc.SegmenterServicer):
                     return
                 if error is not None:
                     raise ServiceError(grpc.StatusCode.INTERNAL,
-                                       f"the encoder could not encode image {image_id}: {error.decode()}")
+                                       f"the encoder could not encode image {image_id}: {error.decode()}",
+                                       "ENCODE_FAILED")
                 if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
                     await self._enqueue(ref, payload)
                 remaining = context.time_remaining() if context is not None else None
                 if remaining is not None and remaining <= 0.01:
                     raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                       f"image {image_id} was not encoded before the deadline; it stays queued")
+                                       f"image {image_id} was not encoded before the deadline; it stays queued",
+                                       "NOT_ENCODED_IN_TIME")
                 try:
                     await asyncio.wait_for(event.wait(), timeout=min(0.25, remaining or 0.25))
                 except asyncio.TimeoutError:
@@ -432,22 +439,24 @@ class Segmenter(pb_grpc.SegmenterServicer):
         ref = self._ref(image_id)
         emb = await self._embedding(ref)
         if emb is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND,
-                               f"no embedding for image_id {image_id!r} (unknown, or expired from the store); "
-                               "send the image with EncodeImage again")
+            raise _unknown_image(image_id)
         loop = asyncio.get_running_loop()
 
         def make(prompt, multimask):
             return loop.run_in_executor(self.pool, self._make_logits, emb, prompt, multimask)
 
         prompts, refining = [], False
-        for p in proto_prompts:
-            prompt = _to_prompt(p)
-            if p.HasField("mask_from"):
-                if p.HasField("mask_input"):
-                    raise prompt_lib.PromptError("give a prompt mask_input or mask_from, not both")
-                prompt.mask_input = await self.refinements.resolve(ref, image_id, p.mask_from, make, _to_prompt)
-                refining = True
+        for i, p in enumerate(proto_prompts):
+            try:
+                prompt = _to_prompt(p)
+                if p.HasField("mask_from"):
+                    if p.HasField("mask_input"):
+                        raise prompt_lib.PromptError("give a prompt mask_input or mask_from, not both", "mask_from")
+                    prompt.mask_input = await self.refinements.resolve(ref, image_id, p.mask_from, make, _to_prompt)
+                    refining = True
+            except prompt_lib.PromptError as exc:
+                exc.field = f"prompts[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise
             prompts.append(prompt)
         results, answers = await loop.run_in_executor(self.pool, self._answer, emb, prompts, options,
                                                       options.return_low_res_logits or refining)
@@ -470,7 +479,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         elif request.image_id:
             image_id = request.image_id
         else:
-            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
+            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
         results = await self._segment(image_id, request.prompts, request.options)
         return pb.SegmentPromptResponse(image_id=image_id, results=results, model_version=self.version)
 
@@ -484,12 +493,11 @@ class Segmenter(pb_grpc.SegmenterServicer):
                                                "image itself, not its image_id")
             emb = await self._embedding(self._ref(request.image_id))
             if emb is None:
-                raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {request.image_id!r} "
-                                   "(unknown, or expired from the store); send the image with EncodeImage again")
+                raise _unknown_image(request.image_id)
             h, w = emb.original_size
             return request.image_id, (h, w), [([0, 0, w, h], 0, self._ref(request.image_id), None)]
         if target != "image":
-            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself")
+            raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
         payload = images.canonical_payload(request.image)
         rgb = await asyncio.get_running_loop().run_in_executor(
             self.pool, images.decode_payload, payload, self.settings.max_image_pixels)
@@ -550,7 +558,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 emb = await self._embedding(cid)
                 if emb is None:
                     raise ServiceError(grpc.StatusCode.UNAVAILABLE, "a crop's embedding left the store before it was "
-                                       "decoded (the store is short of memory); retry")
+                                       "decoded (the store is short of memory); retry", "EMBEDDING_EVICTED",
+                                       errors.retry_info(5.0))
                 work = loop.run_in_executor(self.everything_pool, self._everything_crop, emb, box, grids[layer],
                                             size, options, cancel, advance, timings)
                 work.add_done_callback(lambda f: f.cancelled() or f.exception())  # a cancelled call's is dropped
@@ -643,7 +652,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
                     elif item == "image_id":
                         if not await self._renew(self._ref(req.image_id)):
-                            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no embedding for image_id {req.image_id!r}")
+                            raise _unknown_image(req.image_id)
                         current = req.image_id
                         yield pb.StreamSegmentResponse(sequence=req.sequence, image_id=current)
                     elif item == "prompt":
@@ -655,7 +664,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
                             self.local_quotas.admit(caller)
                         if current is None:
                             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                                               "send a frame or an image_id before prompts")
+                                               "send a frame or an image_id before prompts", "NO_IMAGE_YET")
                         (result,) = await self._segment(current, [req.prompt], req.options)
                         yield pb.StreamSegmentResponse(sequence=req.sequence, result=result)
                     else:

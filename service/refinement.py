@@ -68,9 +68,11 @@ class Refinements:
         except DecodeError:
             recipe = None
         if recipe is None or not recipe.image_id:
-            raise PromptError("mask_from.handle is not a handle this service gave (use a PromptResult's logits_handle)")
+            raise PromptError("mask_from.handle is not a handle this service gave (use a PromptResult's "
+                              "logits_handle)", "mask_from.handle")
         if recipe.image_id != image_id:
-            raise PromptError(f"mask_from.handle belongs to image {recipe.image_id!r}, not to {image_id!r}")
+            raise PromptError(f"mask_from.handle belongs to image {recipe.image_id!r}, not to {image_id!r}",
+                              "mask_from.handle")
         logits = await self.get(ref, mask_from.handle)
         if logits is None:
             if depth >= MAX_DEPTH:
@@ -83,5 +85,6 @@ class Refinements:
             logits = await make(prompt, not recipe.single_mask)
             await self.keep(ref, mask_from.handle, logits)
         if mask_from.output_index >= len(logits):
-            raise PromptError(f"mask_from.output_index {mask_from.output_index}: that answer has {len(logits)} masks")
+            raise PromptError(f"mask_from.output_index {mask_from.output_index}: that answer has {len(logits)} masks",
+                              "mask_from.output_index")
         return logits[mask_from.output_index][None]

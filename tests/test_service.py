@@ -758,3 +758,40 @@ def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, phot
         assert r.xpending(first.stream, jobs.GROUP)["pending"] == 0
     finally:
         stop(server)
+
+
+def test_errors_carry_rich_details_and_the_client_raises_typed_exceptions(stack, stub, coffee_id):
+    from grpc_status import rpc_status
+    from google.rpc import error_details_pb2
+
+    from maskserve.service import errors
+
+    request = pb.SegmentPromptRequest(image_id=coffee_id, prompts=[
+        prompt_message([[10, 10]], [1]), prompt_message(box=[50, 50, 10, 10])])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SegmentPrompt(request, timeout=10)
+    status = rpc_status.from_call(info.value)
+    kinds = {d.type_url.rsplit("/", 1)[1] for d in status.details}
+    assert {"google.rpc.ErrorInfo", "google.rpc.BadRequest"} <= kinds
+    bad = error_details_pb2.BadRequest()
+    next(d for d in status.details if d.Is(bad.DESCRIPTOR)).Unpack(bad)
+    assert bad.field_violations[0].field == "prompts[1].box" and "x0 > x1" in bad.field_violations[0].description
+    with Client(stack.target) as client:
+        client.image_id = coffee_id
+        with pytest.raises(errors.InvalidArgument) as typed:
+            client.predict(np.array([[10.0, 10.0], [5000.0, 10.0]]), np.array([1, 1]))
+        assert typed.value.reason == "INVALID_PROMPT" and typed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert typed.value.field_violations[0].field == "prompts[0].points" and "outside" in typed.value.details()
+        client.image_id = "0" * 32
+        with pytest.raises(errors.NotFound) as typed:
+            client.predict(np.array([[10.0, 10.0]]), np.array([1]))
+        assert typed.value.reason == "IMAGE_NOT_FOUND" and typed.value.resource == "0" * 32
+        assert isinstance(typed.value, grpc.RpcError)  # code written against plain gRPC errors still works
+        with pytest.raises(errors.InvalidArgument) as typed:
+            client.encode(b"not an image")
+        assert typed.value.reason == "INVALID_IMAGE" and typed.value.field_violations[0].field == "image"
+        from maskserve.engines.automatic import Options
+
+        with pytest.raises(errors.InvalidArgument) as typed:
+            client.segment_everything(coffee_id, Options(points_per_side=0))
+        assert typed.value.field_violations[0].field.startswith("options.points_per_side")
