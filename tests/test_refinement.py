@@ -36,11 +36,12 @@ def reference(tiny_checkpoint):
     return SamPredictor(load_model(tiny_checkpoint, "tiny"))
 
 
-def test_client_predict_matches_the_reference_with_handles_and_with_data(stack, reference, photos):
+def check_client_parity(model_name: str, target: str, reference, images: dict) -> None:
+    """The parity cases of test_parity, through `Client.predict`: the refinement once by handle (the loop as
+    users write it), once by data, each against the reference refining its own answer."""
     worst_iou, worst_score = (1.0, ""), (0.0, "")
-    with Client(stack.target) as by_handle, Client(stack.target, mask_format="rle") as by_data:
-        for name in ("coffee_400x600", "small_23x41", "tall_640x25"):
-            image = photos[name]
+    with Client(target) as by_handle, Client(target, mask_format="rle") as by_data:
+        for name, image in images.items():
             reference.set_image(image)
             by_handle.set_image(image)
             by_data.set_image(image)
@@ -70,10 +71,28 @@ def test_client_predict_matches_the_reference_with_handles_and_with_data(stack, 
             assert isinstance(low, RemoteLogits) and not low._cached, "the refinement loop fetched logits"
             assert low.shape == answers["reference"][2].shape and low.dtype == np.float32
             np.testing.assert_allclose(np.asarray(low), answers["reference"][2], atol=2e-3)  # read on demand
-    report(f"Client.predict vs SamPredictor (tiny, through the wire, handles and data): worst mask IoU "
+    report(f"Client.predict vs SamPredictor ({model_name}, through the wire, handles and data): worst mask IoU "
            f"{worst_iou[0]:.6f} ({worst_iou[1]}); worst |Δ predicted IoU| {worst_score[0]:.2e} ({worst_score[1]})")
     assert worst_iou[0] >= IOU_MIN, worst_iou
     assert worst_score[0] <= SCORE_TOL, worst_score
+
+
+def test_client_predict_matches_the_reference_with_handles_and_with_data(stack, reference, photos):
+    check_client_parity("tiny", stack.target, reference,
+                        {k: photos[k] for k in ("coffee_400x600", "small_23x41", "tall_640x25")})
+
+
+@pytest.mark.slow
+def test_full_size_vit_b_client_matches_the_reference(vit_b_random, photos, tmp_path):
+    from segment_anything import SamPredictor
+
+    from maskserve.build.checkpoint import load_model
+
+    checkpoint, model_dir = vit_b_random
+    with LocalStack(str(model_dir), log_dir=tmp_path) as vit_b:
+        check_client_parity("vit_b (seeded random weights)", vit_b.target,
+                            SamPredictor(load_model(checkpoint, "vit_b")),
+                            {k: photos[k] for k in ("coffee_400x600", "wide_18x600")})
 
 
 def test_a_handle_resolves_on_another_replica_and_only_for_its_image(stack, photos):
