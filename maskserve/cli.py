@@ -110,7 +110,18 @@ def compile(
 def _settings(**overrides):
     from maskserve.service.config import Settings
 
-    return Settings.from_env(**overrides)
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as exc:  # names the variable
+        _fail(str(exc))
+
+
+@app.command()
+def settings() -> None:
+    """Every MASKSERVE_* setting with its default and meaning (the README's configuration table)."""
+    from maskserve.service.config import table
+
+    print(table())
 
 
 RedisOpt = typer.Option(None, "--redis-url", help="[env MASKSERVE_REDIS_URL]")

@@ -1,60 +1,114 @@
-"""Settings for every process, from environment variables (MASKSERVE_<NAME>) and command-line flags."""
+"""Settings for every process: each declared once here with its type, default, range and help; read from
+MASKSERVE_<NAME> (and a few command-line flags), checked at start with a message naming the variable. The
+README's configuration table is this list (`maskserve settings` prints it; a test compares the two)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+
+def setting(default, help: str, *, shown: str | None = None, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple = ()):
+    """One setting: `shown` is the default as the table gives it when the value alone would not say it."""
+    return field(default=default, metadata={"help": help, "shown": shown, "min": minimum, "max": maximum,
+                                            "choices": choices})
+
+
+PORT = dict(minimum=0, maximum=65535)
 
 
 @dataclass
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"  # embedding store (and job queue unless queue_redis_url)
-    queue_redis_url: str = ""  # job queue on its own Redis (noeviction), so cache eviction never drops work
-    queue: str = ""  # job stream name; empty = jobs:{model_version}
-    engine_cache: str = ""  # TensorRT: folder of engines compiled per GPU architecture (maskserve compile)
-    model_dir: str = ""  # model directory; empty = the shipped tiny model
-    grpc_host: str = "[::]"  # decoder service: the address it listens on (all interfaces; the local stack: loopback)
-    grpc_port: int = 50051  # decoder service
-    metrics_host: str = "0.0.0.0"  # the address /metrics listens on (all interfaces; the local stack: loopback)
-    metrics_port: int = 9090  # /metrics; 0 = off
-    embedding_dtype: str = "float32"  # encoder: store embeddings as float32, or float16 (half the bytes)
-    embedding_ttl_s: int = 3600  # how long an embedding stays in Redis after its last use (a sliding TTL)
-    lru_entries: int = 64  # embeddings each decoder keeps in process
-    max_queue: int = 1000  # jobs waiting before EncodeImage answers RESOURCE_EXHAUSTED
-    batch_size: int = 4  # encoder: most images in one batch
-    batch_wait_ms: int = 20  # encoder: longest wait for a batch to fill
-    claim_idle_ms: int = 30000  # encoder: a job unacknowledged this long is taken over from its worker
-    max_deliveries: int = 3  # encoder: attempts before a job goes to the dead-letter stream
-    max_prompts: int = 256  # prompts in one SegmentPrompt
-    max_points: int = 64  # points in one prompt
-    max_image_pixels: int = 40_000_000
-    everything_max_points: int = 16384  # SegmentEverything: point prompts over all crops of one request
-    everything_max_crop_layers: int = 2  # SegmentEverything: crop layers (layer i has 4^i crops to encode)
-    everything_concurrency: int = 1  # SegmentEverything requests decoding at once per process; more wait
-    max_message_mb: int = 64  # gRPC message limit both ways
-    logits_ttl_s: int = 300  # low-res logits made for refinement by handle, kept in Redis this long
-    logits_cache_entries: int = 32  # ... and the latest answers' in each decoder process (ViT-B: 768 KB each)
-    decode_threads: int = 2  # decoder service: concurrent decoder runs
-    ort_threads: int = 0  # ONNX Runtime threads per run; 0 = one per core
-    # -- transport security (the decoder's gRPC port) -------------------------------------------------------
-    tls_cert_file: str = ""  # PEM certificate chain; with tls_key_file, the gRPC port speaks TLS only
-    tls_key_file: str = ""  # PEM private key (re-read when the files change: a rotated Secret needs no restart)
-    tls_client_ca_file: str = ""  # mutual TLS: clients must present a certificate signed by this CA
-    health_port: int = 0  # plaintext gRPC health only (kubelet probes cannot speak TLS); 0 = off
-    reflection: bool = True  # gRPC server reflection (grpcurl); no credentials needed, like health
+    # -- where things are -------------------------------------------------------------------------------------
+    redis_url: str = setting("redis://127.0.0.1:6379/0",
+                             "embedding store (and job queue, unless the next is set); `rediss://user@host` = TLS")
+    queue_redis_url: str = setting("", "job queue on its own Redis (`noeviction`), apart from the evicting cache",
+                                   shown="(same)")
+    queue: str = setting("", "job stream name (fixed names let KEDA watch it)", shown="`jobs:{model_version}`")
+    engine_cache: str = setting("", "TensorRT: engines compiled per GPU by `maskserve compile --cache`")
+    model_dir: str = setting("", "model directory", shown="shipped tiny model")
+    grpc_host: str = setting("[::]", "address the decoder's gRPC listens on (every interface; the local stack "
+                                     "sets loopback)")
+    grpc_port: int = setting(50051, "decoder gRPC port", **PORT)
+    metrics_host: str = setting("0.0.0.0", "address `/metrics` listens on (every interface; the local stack sets "
+                                           "loopback)")
+    metrics_port: int = setting(9090, "Prometheus `/metrics` port (0 = off)", **PORT)
+    # -- embeddings and the queue -----------------------------------------------------------------------------
+    embedding_dtype: str = setting("float32", "encoder: how embeddings are stored; `float16` halves Redis memory "
+                                   "and bytes on the wire at a small, measured mask difference (see Performance)",
+                                   choices=("float32", "float16"))
+    embedding_ttl_s: int = setting(3600, "embedding lifetime in Redis after its last use (renewed on every use)",
+                                   minimum=1)
+    lru_entries: int = setting(64, "embeddings kept in each decoder process (ViT-B: 4 MB embedding + 10 MB "
+                                   "split-decoder tensors each)", minimum=1)
+    max_queue: int = setting(1000, "queued images before `RESOURCE_EXHAUSTED` (0 refuses every new image: a "
+                                   "decoder that only serves what is encoded)", minimum=0)
+    batch_size: int = setting(4, "encoder: images per batch (TensorRT runs them as one; the CPU backend one by "
+                                 "one, which is as fast and holds one image's attention buffers, not four)",
+                              minimum=1)
+    batch_wait_ms: int = setting(20, "encoder: longest wait for a batch to fill", minimum=0)
+    claim_idle_ms: int = setting(30000, "encoder: unacknowledged this long → taken over from a dead worker",
+                                 minimum=1)
+    max_deliveries: int = setting(3, "encoder: deliveries before the dead-letter stream", minimum=1)
+    # -- requests ---------------------------------------------------------------------------------------------
+    max_prompts: int = setting(256, "prompts per `SegmentPrompt`", minimum=1)
+    max_points: int = setting(64, "points per prompt", minimum=1)
+    max_image_pixels: int = setting(40_000_000, "largest image accepted", minimum=1)
+    everything_max_points: int = setting(16384, "`SegmentEverything`: point prompts over all crops of a request "
+                                                "(a 128×128 grid; the default 32×32 with one crop layer is 5120)",
+                                         minimum=1)
+    everything_max_crop_layers: int = setting(2, "`SegmentEverything`: crop layers (layer i adds 4^i crops to "
+                                                 "encode)", minimum=0)
+    everything_concurrency: int = setting(1, "`SegmentEverything` requests decoding at once per decoder process (on "
+                                             "threads of their own: prompts are not queued behind them); more wait "
+                                             "their turn", minimum=1)
+    max_message_mb: int = setting(64, "gRPC message size limit", minimum=1)
+    logits_ttl_s: int = setting(300, "refinement by handle: made logits kept in Redis this long", minimum=1)
+    logits_cache_entries: int = setting(32, "refinement by handle: the latest answers' logits kept in each decoder "
+                                            "process (ViT-B: 768 KB each)", minimum=1)
+    decode_threads: int = setting(2, "decoder runs in parallel per process", minimum=1)
+    ort_threads: int = setting(0, "ONNX Runtime threads of a decode that runs alone; decodes that overlap it take "
+                                  "one thread each", shown="0 (all cores)", minimum=0)
+    # -- transport security (the decoder's gRPC port) ---------------------------------------------------------
+    tls_cert_file: str = setting("", "PEM certificate chain; with the key, the gRPC port speaks TLS only; both "
+                                     "re-read when the files change (a rotated Secret needs no restart)")
+    tls_key_file: str = setting("", "its PEM private key")
+    tls_client_ca_file: str = setting("", "mutual TLS: every client must present a certificate from this CA")
+    health_port: int = setting(0, "plaintext `grpc.health.v1` only, for kubelet probes (they cannot speak TLS)",
+                               shown="0 (off)", **PORT)
+    reflection: bool = setting(True, "gRPC server reflection (open, like health)")
     # -- identity, tenants and quotas -------------------------------------------------------------------------
-    auth_file: str = ""  # access file (JSON): hashed API keys and client certificates → tenants; empty = auth off
-    tenant_rate: float = 0.0  # requests per second per tenant on each decoder replica; 0 = unlimited
-    tenant_burst: int = 0  # requests a tenant may send at once above its rate; 0 = one second's worth
-    tenant_streams: int = 0  # StreamSegment/SegmentEverything calls open at once per tenant and replica; 0 = unlimited
-    tenant_queued_jobs: int = 0  # a tenant's images waiting for the encoder pool (all replicas); 0 = unlimited
-    tenant_embedding_mb: int = 0  # embeddings a tenant holds in the store, in MiB (all replicas); 0 = unlimited
-    # -- Redis credentials and TLS (a rediss:// URL turns TLS on; the ACL user name goes in the URL) ----------
-    redis_password_file: str = ""  # password of the store's Redis user, read at every new connection
-    queue_redis_password_file: str = ""  # the queue's Redis user; empty = redis_password_file
-    redis_tls_ca_file: str = ""  # CA that signed the Redis servers' certificates (both Redis)
-    redis_tls_cert_file: str = ""  # client certificate, where Redis requires one (tls-auth-clients yes)
-    redis_tls_key_file: str = ""
+    auth_file: str = setting("", "access file: hashed API keys and certificate subjects → tenants, per-tenant "
+                                 "limits (see Security)", shown="(auth off)")
+    tenant_rate: float = setting(0.0, "default per-tenant requests/s, per decoder replica", shown="0 (unlimited)",
+                                 minimum=0)
+    tenant_burst: int = setting(0, "default per-tenant requests at once above the rate", shown="0 (one second's "
+                                   "worth)", minimum=0)
+    tenant_streams: int = setting(0, "default per-tenant open `StreamSegment`/`SegmentEverything` calls, per "
+                                     "replica", shown="0 (unlimited)", minimum=0)
+    tenant_queued_jobs: int = setting(0, "default per-tenant images waiting for the encoder pool (deployment-wide)",
+                                      shown="0 (unlimited)", minimum=0)
+    tenant_embedding_mb: int = setting(0, "default per-tenant embeddings held in the store, MiB (deployment-wide)",
+                                       shown="0 (unlimited)", minimum=0)
+    # -- Redis credentials and TLS (a rediss:// URL turns TLS on; the ACL user name goes in the URL) ------------
+    redis_password_file: str = setting("", "password of the Redis ACL user named in the URL "
+                                           "(`rediss://maskserve@host:6379/0`), read at each new connection")
+    queue_redis_password_file: str = setting("", "the queue Redis's, when it differs", shown="(same)")
+    redis_tls_ca_file: str = setting("", "CA that signed both Redis servers' certificates (`rediss://` URLs)")
+    redis_tls_cert_file: str = setting("", "client certificate, where Redis requires one (`tls-auth-clients yes`)")
+    redis_tls_key_file: str = setting("", "its private key")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            where = f"MASKSERVE_{f.name.upper()}={value!r}"
+            if meta["choices"] and value not in meta["choices"]:
+                raise ValueError(f"{where}: expected one of {', '.join(meta['choices'])}")
+            if meta["min"] is not None and value < meta["min"]:
+                raise ValueError(f"{where}: must be at least {meta['min']:g}")
+            if meta["max"] is not None and value > meta["max"]:
+                raise ValueError(f"{where}: must be at most {meta['max']:g}")
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -87,4 +141,22 @@ def _parse(name: str, raw: str, kind: type):
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"MASKSERVE_{name.upper()}={raw!r}: expected {kind.__name__}") from None
+        expected = "a number" if kind is float else "an integer" if kind is int else kind.__name__
+        raise ValueError(f"MASKSERVE_{name.upper()}={raw!r}: expected {expected}") from None
+
+
+def table() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        meta = f.metadata
+        if meta["shown"] is not None:
+            shown = meta["shown"]
+        elif isinstance(f.default, bool):
+            shown = f"`{str(f.default).lower()}`"
+        elif isinstance(f.default, str):
+            shown = f"`{f.default}`" if f.default else ""
+        else:
+            shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        lines.append(f"| `MASKSERVE_{f.name.upper()}` | {shown} | {meta['help']} |")
+    return "\n".join(lines)

@@ -29,9 +29,6 @@ log = logging.getLogger("maskserve.encoder")
 
 class EncoderWorker:
     def __init__(self, settings: Settings, name: str | None = None, stopping: threading.Event | None = None) -> None:
-        if settings.embedding_dtype not in store.DTYPES:
-            raise ValueError(f"MASKSERVE_EMBEDDING_DTYPE must be one of {', '.join(store.DTYPES)}, "
-                             f"got {settings.embedding_dtype!r}")
         self.settings = settings
         self.stopping = stopping or threading.Event()
         self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False, threads=settings.ort_threads or None)
