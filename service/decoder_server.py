@@ -170,6 +170,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.queue = redis_clients.connect(settings, queue=True, asyncio=True, **options) \
             if settings.queue_redis_url else self.redis
         self.stream = settings.stream(self.version)
+        self.producer = jobs.Producer(self.queue, self.stream, self.version, settings.max_queue)
         self.lru = store.LRU(settings.lru_entries)
         self.access = access.AccessFile(settings.auth_file, access.Limits.from_settings(settings)) \
             if settings.auth_file else None
@@ -236,26 +237,17 @@ class Segmenter(pb_grpc.SegmenterServicer):
         tenant = jobs.tenant_of(ref)
         if tenant and access.caller().limits.embedding_mb:
             async with self.queue.pipeline(transaction=False) as pipe:
-                quotas.Shared.hold(pipe, self.version, tenant, ref, time.time() + self.settings.embedding_ttl_s,
-                                   renew=True)
+                jobs.hold(pipe, self.version, tenant, ref, time.time() + self.settings.embedding_ttl_s, renew=True)
                 await pipe.execute()
 
     async def _enqueue(self, ref: str, payload: bytes) -> None:
-        pending = jobs.pending_key(self.version, ref)
-        if not await self.queue.set(pending, 1, nx=True, ex=jobs.PENDING_TTL_S):
-            return  # already queued by someone of the same tenant: share that job
+        """Queue the image for the encoder pool (or share the job its tenant has queued), within the quotas."""
+        caller = access.caller()
         try:
-            if await self.queue.xlen(self.stream) >= self.settings.max_queue:
-                raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"the encode queue is full ({self.settings.max_queue} images waiting); retry later",
-                                   "QUEUE_FULL", errors.retry_info(1.0))
-            await self.shared_quotas.admit_job(access.caller(), ref)
-        except BaseException:
-            await self.queue.delete(pending)
-            raise
-        await self.queue.delete(jobs.error_key(self.version, ref))  # a new attempt after an old failure
-        await self.queue.xadd(self.stream, {"image_id": ref, "payload": payload, "model_version": self.version,
-                                            "tenant": jobs.tenant_of(ref), "enqueued": repr(time.time())})
+            await self.producer.enqueue(ref, payload, admit=lambda r: self.shared_quotas.admit_job(caller, r))
+        except jobs.QueueFull as exc:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "QUEUE_FULL",
+                               errors.retry_info(1.0)) from None
 
     async def _wait_encoded(self, ref: str, payload: bytes, context) -> None:
         """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes. Each call
@@ -268,16 +260,12 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 self.waiters.setdefault(ref, set()).add(event)
                 if await self.redis.exists(store.key(self.version, ref)):
                     return
-                async with self.queue.pipeline(transaction=False) as pipe:
-                    pipe.get(jobs.error_key(self.version, ref))
-                    pipe.exists(jobs.pending_key(self.version, ref))
-                    error, pending = await pipe.execute()
+                error, pending = await self.producer.state(ref)
                 if await self.redis.exists(store.key(self.version, ref)):  # finished meanwhile
                     return
                 if error is not None:
                     raise ServiceError(grpc.StatusCode.INTERNAL,
-                                       f"the encoder could not encode image {image_id}: {error.decode()}",
-                                       "ENCODE_FAILED")
+                                       f"the encoder could not encode image {image_id}: {error}", "ENCODE_FAILED")
                 if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
                     await self._enqueue(ref, payload)
                 remaining = context.time_remaining() if context is not None else None

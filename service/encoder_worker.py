@@ -21,7 +21,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import transforms
 
-from . import allocator, images, jobs, metrics, quotas, redis_clients, store
+from . import allocator, images, jobs, metrics, redis_clients, store
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -38,42 +38,20 @@ class EncoderWorker:
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.redis = redis_clients.connect(settings, queue=True, socket_timeout=10, health_check_interval=10)
         self.cache = redis_clients.connect(settings, socket_timeout=10, health_check_interval=10)
-
-    def _ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, jobs.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _claim_abandoned(self, count: int) -> list:
-        """Entries other workers took and never acknowledged; those delivered too often are dead-lettered."""
-        _, entries, _ = self.redis.xautoclaim(self.stream, jobs.GROUP, self.name, self.settings.claim_idle_ms,
-                                              "0-0", count=count)
-        if not entries:
-            return []
-        alive = []
-        for entry_id, fields in entries:
-            info = self.redis.xpending_range(self.stream, jobs.GROUP, entry_id, entry_id, 1)
-            deliveries = info[0]["times_delivered"] if info else 1
-            if deliveries > self.settings.max_deliveries:
-                self._dead_letter(entry_id, fields, f"encoding failed {deliveries - 1} times")
-            else:
-                alive.append((entry_id, fields))
-        return alive
+        self.jobs = jobs.Consumer(self.redis, self.stream, self.version, self.name)
 
     def _read_batch(self) -> list:
         """Up to batch_size entries: reclaimed ones first, then new ones until the batch is full or
         batch_wait_ms have passed since the first entry came in hand."""
         size, wait = self.settings.batch_size, self.settings.batch_wait_ms / 1000
-        batch = self._claim_abandoned(size)
+        batch, dead = self.jobs.claim(self.settings.claim_idle_ms, size, self.settings.max_deliveries)
+        metrics.JOBS.labels("dead_letter").inc(dead)
         deadline = time.monotonic() + wait if batch else None
         while len(batch) < size and not self.stopping.is_set():
             block_ms = 1000 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
-            reply = self.redis.xreadgroup(jobs.GROUP, self.name, {self.stream: ">"}, count=size - len(batch),
-                                          block=block_ms)
-            if reply:
-                batch.extend(reply[0][1])
+            entries = self.jobs.read(size - len(batch), block_ms)
+            if entries:
+                batch.extend(entries)
                 if deadline is None:
                     deadline = time.monotonic() + wait
             if deadline is None or time.monotonic() >= deadline:
@@ -81,18 +59,7 @@ class EncoderWorker:
         return batch
 
     def _dead_letter(self, entry_id, fields, reason: str) -> None:
-        image_id = fields.get(b"image_id", b"?").decode()
-        log.warning("job %s (image %s) dead-lettered: %s", entry_id, image_id, reason)
-        pipe = self.redis.pipeline()
-        pipe.xadd(jobs.dead_letter_stream(self.stream), {"image_id": image_id, "reason": reason, "worker": self.name},
-                  maxlen=10000, approximate=True)
-        pipe.set(jobs.error_key(self.version, image_id), reason, ex=jobs.ERROR_TTL_S)
-        pipe.delete(jobs.pending_key(self.version, image_id))
-        quotas.Shared.release_job(pipe, self.version, fields.get(b"tenant", b"").decode(), image_id)
-        pipe.xack(self.stream, jobs.GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.publish(jobs.done_channel(self.version), image_id)
-        pipe.execute()
+        self.jobs.dead_letter(entry_id, fields, reason)
         metrics.JOBS.labels("dead_letter").inc()
 
     def process(self, batch: list) -> None:
@@ -143,11 +110,9 @@ class EncoderWorker:
             self._store(jobs_, embeddings, sizes[i:i + run])
 
     def hand_back(self, entry_ids: list) -> None:
-        """Make entries this worker holds claimable by any other worker now, not after claim_idle_ms: their idle
-        time is set past it (XCLAIM IDLE, not counted as a delivery)."""
+        """The jobs this worker will not finish, claimable by any other worker now (not after claim_idle_ms)."""
         if entry_ids:
-            self.redis.xclaim(self.stream, jobs.GROUP, self.name, 0, entry_ids, idle=self.settings.claim_idle_ms,
-                              justid=True)
+            self.jobs.hand_back(entry_ids, self.settings.claim_idle_ms)
             log.info("encoder %s: handed %d unfinished jobs back to the pool", self.name, len(entry_ids))
 
     def _encode_alone(self, job, x) -> None:
@@ -164,17 +129,7 @@ class EncoderWorker:
             blob = store.pack(emb[None], self.version, size, self.settings.embedding_dtype)
             cache.set(store.key(self.version, fields[b"image_id"].decode()), blob, ex=self.settings.embedding_ttl_s)
         cache.execute()  # stored first: only then is the job done
-        pipe = self.redis.pipeline()
-        until = time.time() + self.settings.embedding_ttl_s
-        for (entry_id, fields) in good:
-            image_id, tenant = fields[b"image_id"].decode(), fields.get(b"tenant", b"").decode()
-            pipe.delete(jobs.pending_key(self.version, image_id), jobs.error_key(self.version, image_id))
-            quotas.Shared.release_job(pipe, self.version, tenant, image_id)
-            quotas.Shared.hold(pipe, self.version, tenant, image_id, until)
-            pipe.xack(self.stream, jobs.GROUP, entry_id)
-            pipe.xdel(self.stream, entry_id)
-            pipe.publish(jobs.done_channel(self.version), image_id)
-        pipe.execute()
+        self.jobs.done(good, time.time() + self.settings.embedding_ttl_s)
         metrics.JOBS.labels("done").inc(len(good))
 
     def warm_up(self) -> None:
@@ -189,10 +144,10 @@ class EncoderWorker:
         log.info("encoder %s: model %s, stream %s", self.name, self.version, self.stream)
         while not self.stopping.is_set():
             try:
-                self._ensure_group()
+                self.jobs.ensure_group()
                 while not self.stopping.is_set():
                     batch = self._read_batch()
-                    metrics.QUEUE_DEPTH.set(self.redis.xlen(self.stream))
+                    metrics.QUEUE_DEPTH.set(self.jobs.depth())
                     if batch:
                         self.process(batch)
             except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis is away: keep trying, lose nothing

@@ -121,20 +121,3 @@ class Shared:
             raise QuotaExceeded("embedding_bytes", float(seconds),
                                 f"tenant {caller.tenant!r} holds its limit of {limits.embedding_mb} MiB of "
                                 f"embeddings ({held_limit} images); one expires in {float(seconds):.0f} s")
-
-    @staticmethod
-    def release_job(pipe, model_version: str, tenant: str, ref: str) -> None:
-        """(On a pipeline) the job is no longer queued: refused, dead-lettered or stored."""
-        if tenant:
-            pipe.zrem(jobs.queued_key(model_version, tenant), ref)
-
-    @staticmethod
-    def hold(pipe, model_version: str, tenant: str, ref: str, until: float, renew: bool = False) -> None:
-        """(On a pipeline) the tenant holds this embedding until `until`; `renew` only moves an existing entry."""
-        if not tenant:
-            return
-        key = jobs.held_key(model_version, tenant)
-        pipe.zadd(key, {ref: until}, xx=renew)
-        if not renew:  # lapsed entries leave
-            pipe.zremrangebyscore(key, "-inf", time.time())
-        pipe.expireat(key, int(until) + 1)  # and the set itself with its last embedding (all share one TTL)

@@ -737,7 +737,7 @@ def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, phot
             payload = images.canonical_payload(image_message(np.ascontiguousarray(photos["chelsea_300x451"][i::3])))
             ids.append(images.image_id(payload, first.version))
             r.xadd(first.stream, {"image_id": ids[-1], "payload": payload, "model_version": first.version})
-        first._ensure_group()
+        first.jobs.ensure_group()
         batch = first._read_batch()
         assert len(batch) == 3
         encode = first.model.encoder.encode
@@ -751,7 +751,8 @@ def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, phot
         first.process(batch)
         assert r.exists(store.key(first.version, ids[0]))
         assert not any(r.exists(store.key(first.version, i)) for i in ids[1:])
-        handed = second._claim_abandoned(4)  # at once, though the claim timeout is ten minutes
+        handed, _ = second.jobs.claim(settings.claim_idle_ms, 4, settings.max_deliveries)  # at once, though
+        # the claim timeout is ten minutes
         assert sorted(entry for entry, _ in handed) == sorted(entry for entry, _ in batch[1:])
         second.process(handed)
         assert all(r.exists(store.key(first.version, i)) for i in ids)
