@@ -34,13 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskserve.engines.interface import (DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,  # noqa: F401
+                                         ENCODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS)
+
 OPSET = 17
-ENCODER_INPUTS = ["images"]
-ENCODER_OUTPUTS = ["image_embeddings"]
-DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
-DECODER_OUTPUTS = ["iou_predictions", "low_res_masks"]
-IMAGE_FEATURES = ["image_tokens", "image_keys", "image_values", "image_queries"]
-POINTS_INPUTS = [*IMAGE_FEATURES, "point_coords", "point_labels", "mask_extent"]
 PROMPT_AXES = {"point_coords": {0: "batch", 1: "points"}, "point_labels": {0: "batch", 1: "points"},
                "iou_predictions": {0: "batch"}, "low_res_masks": {0: "batch"}}
 POINTS_AXES = {**PROMPT_AXES, "low_res_masks": {0: "batch", 2: "mask_rows", 3: "mask_columns"}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from maskserve.engines.interface import DECODER_INPUTS, ENCODER_INPUTS
 from maskserve.engines.model_dir import Manifest, staged
 
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
@@ -87,17 +88,13 @@ def compile_in_place(directory: Path, manifest: Manifest, precision: str, max_en
     gpu = cuda_device_properties()
     s, (c, e, _), m = manifest.image_size, manifest.embedding_shape, manifest.mask_input_size
     p = max_points + 2  # a box is two points; a prompt without one carries one padding point
-    encoder = _build(trt, directory / "encoder.onnx", directory / "encoder.plan", precision, {
-        "images": ((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s), (max_encoder_batch, 3, s, s)),
-    })
+    encoder = _build(trt, directory / "encoder.onnx", directory / "encoder.plan", precision, dict(zip(
+        ENCODER_INPUTS, [((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s), (max_encoder_batch, 3, s, s))])))
     b = max_decoder_batch
-    decoder = _build(trt, directory / "decoder.onnx", directory / "decoder.plan", precision, {
-        "image_embeddings": ((1, c, e, e),) * 3,
-        "point_coords": ((1, 1, 2), (1, 2, 2), (b, p, 2)),
-        "point_labels": ((1, 1), (1, 2), (b, p)),
-        "mask_input": ((1, 1, m, m), (1, 1, m, m), (b, 1, m, m)),
-        "has_mask_input": ((1,), (1,), (b,)),
-    })
+    decoder = _build(trt, directory / "decoder.onnx", directory / "decoder.plan", precision, dict(zip(
+        DECODER_INPUTS, [((1, c, e, e),) * 3,  # min, opt, max shapes of each input, in the graph's order
+                         ((1, 1, 2), (1, 2, 2), (b, p, 2)), ((1, 1), (1, 2), (b, p)),
+                         ((1, 1, m, m), (1, 1, m, m), (b, 1, m, m)), ((1,), (1,), (b,))])))
     encoder["max_batch"], decoder["max_batch"], decoder["max_points"] = max_encoder_batch, b, p
     manifest.backend, manifest.backend_version, manifest.precision = "tensorrt", trt.__version__, precision
     manifest.encoder, manifest.decoder, manifest.extra = encoder, decoder, {"gpu": gpu}

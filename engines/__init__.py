@@ -1,17 +1,12 @@
-"""Runtimes that execute a model directory, behind two small interfaces:
-
-- an encoder: `encode(images (B, 3, S, S)) -> embeddings (B, C, E, E)`;
-- a decoder: `prepare(embedding) -> features | None`, once per image, then
-  `decode(embedding, coords, labels, mask_input, has_mask_input, features, extent) -> (iou (B, 4), logits (B, 4, M, M))`,
-  where `extent` (rows, columns) of embedding cells, if given, lets the decoder return only that top-left
-  part of the logits (4 × rows, 4 × columns).
-"""
+"""Runtimes that execute a model directory, behind the two interfaces of `interface` (an `Encoder`, a
+`Decoder`), with the graphs' tensor names declared there once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from .interface import Decoder, Encoder
 from .model_dir import Manifest, ModelDirError
 
 
@@ -47,8 +42,8 @@ def resolve(model_dir: str | Path | None, engine_cache: str | Path | None = None
 class Model:
     directory: Path
     manifest: Manifest
-    encoder: object | None
-    decoder: object | None
+    encoder: Encoder | None
+    decoder: Decoder | None
 
 
 def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: bool = True,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS
 from .model_dir import Manifest
 
 
@@ -61,7 +62,7 @@ class OnnxDecoder:
         self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
         self.points_session = _session(Path(model_dir) / d["points_file"], threads) if split else None
         # Model directories exported before the points decoder took `mask_extent` still run, at full extent.
-        self.crops = split and "mask_extent" in {i.name for i in self.points_session.get_inputs()}
+        self.crops = split and POINTS_INPUTS[-1] in {i.name for i in self.points_session.get_inputs()}
         self.full_extent = np.array(manifest.embedding_shape[1:], np.int64)
 
     def prepare(self, embedding: np.ndarray) -> dict | None:
@@ -69,13 +70,13 @@ class OnnxDecoder:
         if self.image_session is None:
             return None
         names = [o.name for o in self.image_session.get_outputs()]
-        return dict(zip(names, self.image_session.run(None, {"image_embeddings": embedding})))
+        return dict(zip(names, self.image_session.run(None, {DECODER_INPUTS[0]: embedding})))
 
     def points_feeds(self, features: dict, coords, labels, extent: tuple[int, int] | None = None) -> dict:
         """The split decoder's inputs for prompts without a mask input."""
-        feeds = {**features, "point_coords": coords, "point_labels": labels}
+        feeds = {**features, **dict(zip(POINTS_INPUTS[len(IMAGE_FEATURES):], (coords, labels)))}
         if self.crops:
-            feeds["mask_extent"] = self.full_extent if extent is None else np.array(extent, np.int64)
+            feeds[POINTS_INPUTS[-1]] = self.full_extent if extent is None else np.array(extent, np.int64)
         return feeds
 
     def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None,
@@ -84,11 +85,6 @@ class OnnxDecoder:
         decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
         if features is not None and not np.any(has_mask_input):
             return tuple(self.points_session.run(None, self.points_feeds(features, coords, labels, extent)))
-        iou, masks = self.session.run(None, {
-            "image_embeddings": embedding,
-            "point_coords": coords,
-            "point_labels": labels,
-            "mask_input": mask_input,
-            "has_mask_input": has_mask_input,
-        })
+        iou, masks = self.session.run(DECODER_OUTPUTS, dict(zip(
+            DECODER_INPUTS, (embedding, coords, labels, mask_input, has_mask_input))))
         return iou, masks

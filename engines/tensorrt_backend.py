@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS
 from .model_dir import Manifest, ModelDirError
 
 
@@ -108,7 +109,7 @@ class TensorRTEncoder:
         self.run_size = self.max_batch  # images per run: the worker stores each run's as soon as it is done
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        chunks = [self.engine.run({"images": images[i:i + self.max_batch]}, ["image_embeddings"])[0]
+        chunks = [self.engine.run({ENCODER_INPUTS[0]: images[i:i + self.max_batch]}, ENCODER_OUTPUTS)[0]
                   for i in range(0, len(images), self.max_batch)]
         return np.concatenate(chunks)
 
@@ -127,10 +128,8 @@ class TensorRTDecoder:
         ious, masks = [], []
         for i in range(0, len(coords), self.max_batch):
             s = slice(i, i + self.max_batch)
-            iou, low = self.engine.run({
-                "image_embeddings": embedding, "point_coords": coords[s], "point_labels": labels[s],
-                "mask_input": mask_input[s], "has_mask_input": has_mask_input[s],
-            }, ["iou_predictions", "low_res_masks"])
+            iou, low = self.engine.run(dict(zip(DECODER_INPUTS, (
+                embedding, coords[s], labels[s], mask_input[s], has_mask_input[s]))), DECODER_OUTPUTS)
             ious.append(iou)
             masks.append(low)
         return np.concatenate(ious), np.concatenate(masks)

@@ -31,7 +31,8 @@ class EncoderWorker:
     def __init__(self, settings: Settings, name: str | None = None, stopping: threading.Event | None = None) -> None:
         self.settings = settings
         self.stopping = stopping or threading.Event()
-        self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False, threads=settings.ort_threads or None)
+        self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False,
+                                  threads=settings.ort_threads or None)
         self.manifest = self.model.manifest
         self.version = self.manifest.model_version
         self.stream = settings.stream(self.version)
