@@ -220,14 +220,17 @@ def _client_levers(stack, image_id: str, point, sam, requests: int) -> tuple[dic
 
 
 def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
-    """`SegmentPrompt` p50 in plaintext, over TLS, and over TLS with an API key checked against an access file
-    (tenant-scoped ids and all), timed in alternating blocks: two more decoders on the stack's Redis and encoder."""
+    """`SegmentPrompt` p50 in plaintext, over TLS, over TLS with an API key checked against an access file
+    (tenant-scoped ids and all), and traced (spans exported by OTLP to a collector in this process; the
+    plaintext decoder's spans are the API's no-ops), timed in alternating blocks: more decoders on the stack's
+    Redis and encoder."""
     import tempfile
 
     import trustme
 
     from maskserve.service import access
     from maskserve.service.stack import free_port, start_role, stop, wait_serving
+    from maskserve.service.tracing import Collector
 
     folder = Path(tempfile.mkdtemp(prefix="maskserve-bench-tls-"))
     ca = trustme.CA()
@@ -239,9 +242,11 @@ def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
     credentials = grpc.ssl_channel_credentials(ca.cert_pem.bytes())
     tls_env = {"MASKSERVE_TLS_CERT_FILE": str(folder / "server.crt"),
                "MASKSERVE_TLS_KEY_FILE": str(folder / "server.key")}
+    collector = Collector()
     variants = {"plaintext": ({}, ()), "TLS": (tls_env, ()),
                 "TLS + API key": ({**tls_env, "MASKSERVE_AUTH_FILE": str(folder / "access.json")},
-                                  (("authorization", f"Bearer {key}"),))}
+                                  (("authorization", f"Bearer {key}"),)),
+                "traced (OTLP)": ({"MASKSERVE_OTLP_ENDPOINT": collector.endpoint}, ())}
     procs, calls = [], {}
     try:
         for name, (env, metadata) in variants.items():
@@ -249,8 +254,10 @@ def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
                 port = free_port()
                 procs.append(start_role("decoder", {**stack.env("decoder"), **env, "MASKSERVE_GRPC_PORT": str(port),
                                                     "MASKSERVE_METRICS_PORT": "0"}, folder / f"{port}.log"))
-                wait_serving(f"127.0.0.1:{port}", proc=procs[-1], credentials=credentials)
-                channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+                secure = "MASKSERVE_TLS_CERT_FILE" in env
+                wait_serving(f"127.0.0.1:{port}", proc=procs[-1], credentials=credentials if secure else None)
+                channel = (grpc.secure_channel(f"127.0.0.1:{port}", credentials) if secure
+                           else grpc.insecure_channel(f"127.0.0.1:{port}"))
             else:
                 channel = grpc.insecure_channel(stack.target)
             stub = pb_grpc.SegmenterStub(channel)
@@ -266,10 +273,12 @@ def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
     finally:
         for proc in procs:
             stop(proc)
+        collector.stop()
     p50 = {name: float(np.percentile(np.asarray(t) * 1000, 50)) for name, t in times.items()}
     return {"p50_ms": p50, "tls_cost_p50_ms": p50["TLS"] - p50["plaintext"],
             "tls_and_auth_cost_p50_ms": p50["TLS + API key"] - p50["plaintext"],
-            "tls_and_auth_vs_plaintext": p50["TLS + API key"] / p50["plaintext"]}
+            "tls_and_auth_vs_plaintext": p50["TLS + API key"] / p50["plaintext"],
+            "tracing_cost_p50_ms": p50["traced (OTLP)"] - p50["plaintext"], "spans_exported": len(collector.spans)}
 
 
 # The generator's settings the bench runs: the reference's defaults (with the tiny model's low predicted IoUs

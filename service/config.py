@@ -70,6 +70,8 @@ class Settings:
     decode_threads: int = setting(2, "decoder runs in parallel per process", minimum=1)
     ort_threads: int = setting(0, "ONNX Runtime threads of a decode that runs alone; decodes that overlap it take "
                                   "one thread each", shown="0 (all cores)", minimum=0)
+    otlp_endpoint: str = setting("", "OTLP/gRPC collector (host:port) for traces (needs the `tracing` extra); "
+                                     "empty = spans are no-ops", shown="(off)")
     # -- transport security (the decoder's gRPC port) ---------------------------------------------------------
     tls_cert_file: str = setting("", "PEM certificate chain; with the key, the gRPC port speaks TLS only; both "
                                      "re-read when the files change (a rotated Secret needs no restart)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -30,7 +31,8 @@ from maskserve import engines
 from maskserve.engines import automatic, masks, prompts as prompt_lib
 
 from . import (access, allocator, errors, everything, images, jobs, metrics, quotas, redis_clients, refinement,
-               store, tls)
+               store, tls, tracing)
+from .tracing import tracer
 from .config import Settings
 from .proto import pb, pb_grpc
 
@@ -209,7 +211,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
             task.add_done_callback(self.renewing.discard)
             return found
         start = time.perf_counter()
-        blob = await self.redis.getex(k, ex=self.settings.embedding_ttl_s)
+        with tracer.start_as_current_span("embedding_fetch"):
+            blob = await self.redis.getex(k, ex=self.settings.embedding_ttl_s)
         if blob is None:
             metrics.CACHE.labels("miss").inc()
             return None
@@ -244,7 +247,9 @@ class Segmenter(pb_grpc.SegmenterServicer):
         """Queue the image for the encoder pool (or share the job its tenant has queued), within the quotas."""
         caller = access.caller()
         try:
-            await self.producer.enqueue(ref, payload, admit=lambda r: self.shared_quotas.admit_job(caller, r))
+            with tracer.start_as_current_span("enqueue"):  # the job carries this span's context to the encoder
+                await self.producer.enqueue(ref, payload, admit=lambda r: self.shared_quotas.admit_job(caller, r),
+                                            trace=tracing.carrier())
         except jobs.QueueFull as exc:
             raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "QUEUE_FULL",
                                errors.retry_info(1.0)) from None
@@ -314,7 +319,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
         images.check_fits(*rgb.shape[:2], self.manifest.image_size)
         await self._enqueue(ref, payload)
         if wait:
-            await self._wait_encoded(ref, payload, context)
+            with tracer.start_as_current_span("wait_for_encoder"):
+                await self._wait_encoded(ref, payload, context)
         return image_id, wait, rgb.shape[:2]
 
     # -- who is calling ---------------------------------------------------------------------------------
@@ -360,13 +366,14 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 self.decoding -= 1
 
     def _answer(self, emb: store.Embedding, prompts: list, options, full_logits: bool) -> tuple[list, list]:
-        with self._decoder() as decoder:
+        with self._decoder() as decoder, tracer.start_as_current_span("decode", attributes={"prompts": len(prompts)}):
             start = time.perf_counter()
             answers = self._decode(decoder, emb, prompts, not options.single_mask, full_logits)
             metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
-        start = time.perf_counter()
-        results = [self._result(a, emb.original_size, options) for a in answers]
-        metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
+        with tracer.start_as_current_span("postprocess"):
+            start = time.perf_counter()
+            results = [self._result(a, emb.original_size, options) for a in answers]
+            metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
         return results, answers
 
     def _decode(self, decoder, emb: store.Embedding, prompts: list, multimask: bool, full_logits: bool) -> list:
@@ -446,8 +453,9 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 exc.field = f"prompts[{i}]" + (f".{exc.field}" if exc.field else "")
                 raise
             prompts.append(prompt)
-        results, answers = await loop.run_in_executor(self.pool, self._answer, emb, prompts, options,
-                                                      options.return_low_res_logits or refining)
+        results, answers = await loop.run_in_executor(  # in this call's context: its spans nest under the RPC's
+            self.pool, contextvars.copy_context().run, self._answer, emb, prompts, options,
+            options.return_low_res_logits or refining)
         for p, result, answer in zip(proto_prompts, results, answers):
             result.logits_handle = refinement.handle(image_id, p, options.single_mask)
             if p.HasField("mask_from"):  # an interactive loop: its next click will refine this answer
@@ -694,25 +702,34 @@ def _handlers(servicer: Segmenter) -> grpc.GenericRpcHandler:
         rpc = method.name
         if method.client_streaming:  # each message of the stream is a request for the rate (see StreamSegment)
             async def handler(raw_requests, context, parse=parse, impl=impl, rpc=rpc):
-                await servicer.admit(context, rpc, rate=False)
-                async def requests():
-                    async for raw in raw_requests:
-                        yield await parse(raw, context)
-                async for response in impl(requests(), context):
-                    yield response
+                with _server_span(context, rpc):
+                    await servicer.admit(context, rpc, rate=False)
+                    async def requests():
+                        async for raw in raw_requests:
+                            yield await parse(raw, context)
+                    async for response in impl(requests(), context):
+                        yield response
             handlers[rpc] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
         elif method.server_streaming:
             async def handler(raw, context, parse=parse, impl=impl, rpc=rpc):
-                await servicer.admit(context, rpc)
-                async for response in impl(await parse(raw, context), context):
-                    yield response
+                with _server_span(context, rpc):
+                    await servicer.admit(context, rpc)
+                    async for response in impl(await parse(raw, context), context):
+                        yield response
             handlers[rpc] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
         else:
             async def handler(raw, context, parse=parse, impl=impl, rpc=rpc):
-                await servicer.admit(context, rpc)
-                return await impl(await parse(raw, context), context)
+                with _server_span(context, rpc):
+                    await servicer.admit(context, rpc)
+                    return await impl(await parse(raw, context), context)
             handlers[rpc] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _server_span(context, rpc: str):
+    """The call's span, a child of the caller's (`traceparent` metadata) when it sent one."""
+    return tracer.start_as_current_span(f"{SERVICE_NAME}/{rpc}", context=tracing.from_metadata(
+        context.invocation_metadata()), kind=tracing.SERVER, attributes={"rpc.system": "grpc", "rpc.method": rpc})
 
 
 async def _watch_health(segmenter: Segmenter, health_servicer) -> None:
@@ -791,4 +808,8 @@ def main(settings: Settings) -> None:
     allocator.reuse_large_blocks()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, "decoder", settings.metrics_host)
-    asyncio.run(serve(settings))
+    tracing.setup("maskserve-decoder", settings.otlp_endpoint)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()

@@ -21,7 +21,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import transforms
 
-from . import allocator, images, jobs, metrics, redis_clients, store
+from . import allocator, images, jobs, metrics, redis_clients, store, tracing
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -98,17 +98,18 @@ class EncoderWorker:
                 self.hand_back([entry_id for entry_id, _ in good[i:]])
                 return
             jobs_, xs = good[i:i + run], prepared[i:i + run]
-            start = time.perf_counter()
-            try:
-                embeddings = self.model.encoder.encode(np.stack(xs))
-            except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
-                log.exception("an encoder run of %d images failed; encoding them one by one", len(jobs_))
-                for job, x in zip(jobs_, xs):
-                    self._encode_alone(job, x)
-                continue
-            metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
-            metrics.BATCH.observe(len(jobs_))
-            self._store(jobs_, embeddings, sizes[i:i + run])
+            with tracing.job_span("encode", [fields for _, fields in jobs_]):
+                start = time.perf_counter()
+                try:
+                    embeddings = self.model.encoder.encode(np.stack(xs))
+                except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
+                    log.exception("an encoder run of %d images failed; encoding them one by one", len(jobs_))
+                    for job, x in zip(jobs_, xs):
+                        self._encode_alone(job, x)
+                    continue
+                metrics.STAGE.labels("encode").observe(time.perf_counter() - start)
+                metrics.BATCH.observe(len(jobs_))
+                self._store(jobs_, embeddings, sizes[i:i + run])
 
     def hand_back(self, entry_ids: list) -> None:
         """The jobs this worker will not finish, claimable by any other worker now (not after claim_idle_ms)."""
@@ -124,6 +125,7 @@ class EncoderWorker:
             return
         self._store([job], embedding, [images.image_size(job[1][b"payload"])])
 
+    @tracing.tracer.start_as_current_span("store")
     def _store(self, good: list, embeddings, sizes) -> None:
         cache = self.cache.pipeline(transaction=False)
         for (_, fields), emb, size in zip(good, embeddings, sizes):
@@ -171,4 +173,8 @@ def main(settings: Settings) -> None:
     worker.warm_up()
     if settings.metrics_port:  # only once the engine is warm: the startup probe waits on this port
         metrics.serve(settings.metrics_port, "encoder", settings.metrics_host)
-    worker.run()
+    tracing.setup("maskserve-encoder", settings.otlp_endpoint)
+    try:
+        worker.run()
+    finally:
+        tracing.shutdown()

@@ -83,9 +83,10 @@ class Producer:
     def __init__(self, queue_redis, stream: str, model_version: str, max_queue: int) -> None:
         self.redis, self.stream, self.version, self.max_queue = queue_redis, stream, model_version, max_queue
 
-    async def enqueue(self, image_ref: str, payload: bytes, admit=None) -> bool:
+    async def enqueue(self, image_ref: str, payload: bytes, admit=None, trace: dict | None = None) -> bool:
         """Queue the image unless its tenant has it queued already (then share that job: False). `admit(ref)`,
-        if given, may refuse the job (a quota) by raising; a refused or failed job leaves no marker."""
+        if given, may refuse the job (a quota) by raising; a refused or failed job leaves no marker. `trace`:
+        the W3C trace context fields (traceparent) the entry carries to the encoder."""
         pending = pending_key(self.version, image_ref)
         if not await self.redis.set(pending, 1, nx=True, ex=PENDING_TTL_S):
             return False
@@ -99,7 +100,8 @@ class Producer:
             raise
         await self.redis.delete(error_key(self.version, image_ref))  # a new attempt after an old failure
         await self.redis.xadd(self.stream, {"image_id": image_ref, "payload": payload, "model_version": self.version,
-                                            "tenant": tenant_of(image_ref), "enqueued": repr(time.time())})
+                                            "tenant": tenant_of(image_ref), "enqueued": repr(time.time()),
+                                            **(trace or {})})
         return True
 
     async def state(self, image_ref: str) -> tuple[str | None, bool]:

@@ -20,7 +20,8 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
         s = data["scenarios"][name]
         assert s["n"] > 0 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
     assert data["scenarios"]["encode_images_per_s"] > 0
-    assert set(data["security"]["p50_ms"]) == {"plaintext", "TLS", "TLS + API key"}
+    assert set(data["security"]["p50_ms"]) == {"plaintext", "TLS", "TLS + API key", "traced (OTLP)"}
+    assert data["security"]["spans_exported"] > 0
     c = data["client"]
     assert c["p50_ms"]["Client.predict"] > 0 and c["p50_ms"]["refine by handle"] > 0
     assert c["formats"]["bits"]["response_bytes"] > 0 and c["formats"]["logits"]["response_bytes"] > 3 * 256 * 256 * 4
