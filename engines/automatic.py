@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, fields
 from itertools import product
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from . import masks, prompts, transforms
@@ -233,6 +232,8 @@ def process_crop(
     does, in the whole image's frame. Prompts go `batch` at a time (default: the decoder's `prompt_batch`,
     chosen by measurement for its runtime). `progress(n)` is told of each batch of n points; `cancel` is checked
     between batches. `timings` accumulates seconds per stage (grid_decode, filter, nms)."""
+    import cv2  # here, not at the top: a client imports this module for Options and MaskSet only
+
     timings = timings if timings is not None else {}
     x0, y0, x1, y1 = crop_box
     crop_size = (y1 - y0, x1 - x0)
@@ -305,6 +306,8 @@ def merge_crops(sets: list[MaskSet], image_size: tuple[int, int], options: Optio
 def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
     """Fill holes (mode "holes") or drop islands ("islands") smaller than `area` pixels, 8-connected, as
     the reference does (an all-small mask keeps its largest island); returns (mask, changed)."""
+    import cv2
+
     holes = mode == "holes"
     working = (holes ^ mask).astype(np.uint8)
     n, regions, stats, _ = cv2.connectedComponentsWithStats(working, 8)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as coco_mask
 
 STABILITY_OFFSET = 1.0
@@ -43,12 +42,16 @@ def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
 
 
 def encode_png(mask: np.ndarray) -> bytes:
+    from PIL import Image  # PNG masks only: the client needs no Pillow for RLE or bits
+
     out = io.BytesIO()
     Image.fromarray(mask).convert("1").save(out, format="PNG", optimize=False)
     return out.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
     return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 0
 
 

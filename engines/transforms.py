@@ -9,9 +9,7 @@ One implementation serves the in-process Predictor, the encoder worker and the d
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
-from PIL import Image
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -25,6 +23,8 @@ def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
     new_h, new_w = resized_shape(image.shape[0], image.shape[1], long_side)
     if (new_h, new_w) == image.shape[:2]:
         return np.ascontiguousarray(image)
+    from PIL import Image  # the server's (and in-process Predictor's) only: a client never resizes images
+
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR))
 
 
@@ -83,6 +83,8 @@ def _resize_bilinear(x: np.ndarray, height: int, width: int, out: np.ndarray | N
             return np.ascontiguousarray(x)
         out[...] = x
         return out
+    import cv2  # imported here: a client needs it only for return_logits=True
+
     return cv2.resize(x, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
 
 
