@@ -406,3 +406,29 @@ def test_a_rotated_server_certificate_takes_effect_on_new_connections(secure, pk
         except grpc.RpcError:
             assert time.monotonic() < deadline
             time.sleep(0.3)
+
+
+def test_a_rotated_redis_password_is_used_on_reconnect(secure, pki):
+    """The Redis ACL password changes (new Secret, ACL SETUSER) and old connections are dropped: decoder and
+    encoder reconnect with the new password from the file, without a restart."""
+    new = "redis-" + access.new_key()
+    write_atomically(secure.dir / "redis-password", new + "\n")
+    r = secure.redis_client  # authenticated with the old password; its connection stays
+    r.acl_setuser("maskserve", enabled=True, reset_passwords=True, passwords=[f"+{new}"], keys=["*"],
+                  channels=["*"], commands=["+@all"])
+    r.execute_command("CLIENT", "KILL", "USER", "maskserve", "SKIPME", "yes")
+    deadline = time.monotonic() + 30
+    with client(secure, pki, "a") as a:
+        while True:
+            try:
+                image_id = a.encode(image(40))  # the decoder's and the encoder's Redis, both reconnected
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() < deadline, "no reconnect with the rotated password within 30 s"
+                time.sleep(0.5)
+        a.image_id = image_id
+        assert a.predict(np.array([[10.0, 10.0]]), np.array([1]))[0].shape == (3, 96, 128)
+    assert_healthy(secure.target, tls(pki))
+    logs = "".join(p.read_text(errors="replace") for p in secure.dir.glob("*.log"))
+    assert new not in logs
