@@ -41,8 +41,9 @@ def prompt_message(point_coords=None, point_labels=None, box=None, mask_input=No
     if box is not None:
         x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
         p.box.x0, p.box.y0, p.box.x1, p.box.y1 = x0, y0, x1, y1
-    if isinstance(mask_input, RemoteLogits) and mask_input.mask_index() is not None:
-        p.mask_from.handle, p.mask_from.output_index = mask_input.handle, mask_input.mask_index()
+    index = mask_input.mask_index() if isinstance(mask_input, RemoteLogits) else None
+    if index is not None:
+        p.mask_from.handle, p.mask_from.output_index = mask_input.handle, index
     elif mask_input is not None:
         m = np.asarray(mask_input, "<f4")
         p.mask_input.side = m.shape[-1]
@@ -69,8 +70,6 @@ def _typed(method):
             try:
                 return await method(*args, **kwargs)
             except grpc.RpcError as exc:
-                if isinstance(exc, errors.MaskserveError):
-                    raise
                 raise errors.from_rpc_error(exc) from None
     else:
         @functools.wraps(method)
@@ -78,8 +77,6 @@ def _typed(method):
             try:
                 return method(*args, **kwargs)
             except grpc.RpcError as exc:
-                if isinstance(exc, errors.MaskserveError):
-                    raise
                 raise errors.from_rpc_error(exc) from None
     return wrapper
 

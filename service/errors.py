@@ -114,6 +114,8 @@ _CLASSES = {grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument, grpc.StatusCode.N
 
 def from_rpc_error(error: grpc.RpcError) -> MaskserveError:
     """The typed error for a failed call (sync or asyncio), with its rich details unpacked."""
+    if isinstance(error, MaskserveError):  # already typed (a nested call)
+        return error
     code, message = error.code(), error.details() or ""
     fields: dict = {}
     found = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
