@@ -11,7 +11,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[server]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.serve

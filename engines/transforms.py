@@ -77,15 +77,36 @@ def prompt_points(
 
 def _resize_bilinear(x: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
     """Bilinear resize of a (h, w) float32 map with half-pixel centres and no antialiasing, i.e. torch's
-    `F.interpolate(mode="bilinear", align_corners=False)`; OpenCV computes the same sample positions."""
+    `F.interpolate(mode="bilinear", align_corners=False)`; OpenCV computes the same sample positions.
+    Without OpenCV (a client-only install, for `return_logits=True`) the same as two matrix products."""
     if x.shape == (height, width):  # a contiguous copy of a cropped view: later passes over a view run slower
         if out is None:
             return np.ascontiguousarray(x)
         out[...] = x
         return out
-    import cv2  # imported here: a client needs it only for return_logits=True
-
+    try:
+        import cv2  # the server's: a client-only install has no OpenCV
+    except ModuleNotFoundError:
+        result = bilinear_weights(x.shape[0], height) @ x @ bilinear_weights(x.shape[1], width).T
+        if out is None:
+            return result
+        out[...] = result
+        return out
     return cv2.resize(x, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32: row i holds the two weights output sample i takes, at source position
+    (i + 0.5)·n_in/n_out − 0.5 clamped to the edges, as torch and OpenCV place it."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = (src - low).astype(np.float32)
+    weights = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, high), frac)
+    return weights
 
 
 def _low_res_read(input_size: tuple[int, int], long_side: int, side: int) -> tuple[int, int] | None:

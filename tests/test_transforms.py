@@ -98,3 +98,14 @@ def test_upscale_from_the_mask_extent_alone(size):
 
 def test_no_mask_extent_when_the_scale_is_not_integral():
     assert transforms.mask_extent((170, 256), 256, 100) is None
+
+
+@pytest.mark.parametrize("shape", [(256, 256, 1024, 1024), (100, 77, 333, 517), (64, 64, 30, 41)])
+def test_bilinear_without_opencv_equals_opencv(shape):
+    """A client-only install upscales `return_logits=True` answers by matrix products instead of OpenCV."""
+    import cv2
+
+    h, w, out_h, out_w = shape
+    x = np.random.default_rng(0).normal(0, 10, (h, w)).astype(np.float32)
+    ours = transforms.bilinear_weights(h, out_h) @ x @ transforms.bilinear_weights(w, out_w).T
+    np.testing.assert_allclose(ours, cv2.resize(x, (out_w, out_h), interpolation=cv2.INTER_LINEAR), atol=1e-4)

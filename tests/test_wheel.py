@@ -1,7 +1,13 @@
-"""A plain (non-editable) install works: the wheel built from this tree, installed into a fresh virtual
-environment and made read-only, runs the demo (the local stack and the client) with nothing from the source
-tree. The new environment borrows this one's third-party packages through a path file (so no download),
-which does not bring this tree's editable install with it."""
+"""Plain (non-editable) installs work, from the wheel built from this tree:
+
+- `pip install maskserve` is the client: in a fresh environment whose dependencies pip resolves from the
+  package index, only grpc, protobuf, NumPy and pycocotools arrive, and `Client`/`AsyncClient`, typed errors,
+  refinement by handle and the automatic generator over RPC all run against a local stack; the command line
+  says in one line that it needs the `server` extra.
+- `pip install 'maskserve[server]'` runs the demo (the local stack and the client) from a read-only install
+  with nothing from the source tree. That environment borrows this one's third-party packages through a path
+  file (so no download), which does not bring this tree's editable install with it.
+"""
 
 from __future__ import annotations
 
@@ -11,36 +17,115 @@ import site
 import stat
 import subprocess
 import sys
+import textwrap
 import venv
 from pathlib import Path
 
 import pytest
 
+from maskserve.service.stack import LocalStack
+
 REPO = Path(__file__).resolve().parent.parent
+SERVER_ONLY = ("cv2", "PIL", "onnxruntime", "redis", "typer", "rich", "prometheus_client", "torch", "hiredis",
+               "grpc_health", "grpc_reflection", "opentelemetry")
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="the local stack starts redis-server")
+
+SCRIPT = """
+import asyncio, importlib.util, sys
+assert not [m for m in {blocked!r} if importlib.util.find_spec(m)], "a server package is installed"
+import numpy as np
+import maskserve
+from maskserve.service import errors
+from maskserve.engines.automatic import Options
+
+image = np.random.default_rng(3).integers(0, 255, (120, 160, 3), np.uint8)
+for fmt in ("bits", "rle"):
+    with maskserve.Client({target!r}, mask_format=fmt) as client:
+        client.set_image(image)
+        masks, scores, low = client.predict(np.array([[60.0, 50.0]]), np.array([1]))
+        assert masks.shape == (3, 120, 160) and masks.dtype == bool and scores.shape == (3,)
+        assert np.asarray(low).shape == (3, 256, 256)
+        logits = client.predict(np.array([[60.0, 50.0]]), np.array([1]), return_logits=True)[0]  # upscaled here
+        assert logits.shape == (3, 120, 160) and ((logits > 0) == masks).mean() > 0.999
+        refined = client.predict(np.array([[70.0, 55.0]]), np.array([1]), mask_input=low[int(scores.argmax())][None],
+                                 multimask_output=False)
+        assert refined[0].shape == (1, 120, 160)
+        client.image_id = "0" * 32
+        try:
+            client.predict(np.array([[1.0, 1.0]]), np.array([1]))
+            raise SystemExit("no error for an unknown image")
+        except errors.NotFound as exc:
+            assert exc.reason == "IMAGE_NOT_FOUND"
+        found = client.segment_everything(image, Options(points_per_side=4, pred_iou_thresh=0.0,
+                                                         stability_score_thresh=0.0))
+        assert len(found.rles) > 0
+        records = maskserve.AutomaticMaskGenerator(client, points_per_side=4, pred_iou_thresh=0.0,
+                                                   stability_score_thresh=0.0).generate(image)
+        assert records and records[0]["segmentation"].shape == (120, 160)
+
+async def main():
+    from maskserve.service.client import AsyncClient
+    client = AsyncClient({target!r})
+    try:
+        await client.set_image(image)
+        masks, scores, low = await client.predict(np.array([[60.0, 50.0]]), np.array([1]))
+        assert masks.shape == (3, 120, 160)
+    finally:
+        await client.close()
+
+asyncio.run(main())
+print("client-only OK")
+"""
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="the demo starts redis-server")
-def test_wheel_installs_and_runs_the_demo_read_only(tmp_path):
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(wheels), str(REPO)], check=True, cwd=tmp_path, timeout=600)
-    (wheel,) = wheels.glob("maskserve-*.whl")
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+                   check=True, cwd=wheels, timeout=600)
+    (found,) = wheels.glob("maskserve-*.whl")
+    return found
+
+
+def _site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                               capture_output=True, text=True).stdout.strip())
+
+
+def test_plain_install_is_the_client(wheel, tmp_path):
+    env_dir = tmp_path / "client-env"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], check=True,
+                               capture_output=True, text=True).stdout.lower()
+    assert not [p for p in ("onnxruntime", "opencv", "redis", "typer", "pillow", "prometheus") if p in installed]
+    (tmp_path / "logs").mkdir()
+    with LocalStack(log_dir=tmp_path / "logs") as stack:
+        script = textwrap.dedent(SCRIPT).format(blocked=SERVER_ONLY, target=stack.target)
+        out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and "client-only OK" in out.stdout, out.stdout + out.stderr
+    cli = subprocess.run([str(env_dir / "bin" / "maskserve"), "demo"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 1 and "pip install 'maskserve[server]'" in cli.stderr, cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+
+
+def test_server_install_runs_the_demo_read_only(wheel, tmp_path):
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
-    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    (Path(own) / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    own = _site_packages(python)
+    (own / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                     str(wheel)], check=True, timeout=600)
-    package = Path(own) / "maskserve"
+    package = own / "maskserve"
     for path in [package, *package.rglob("*")]:  # nothing may write into the installed package
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
         where = subprocess.run([str(python), "-c", "import maskserve, maskserve.service.proto; "
                                 "print(maskserve.__file__)"], check=True, capture_output=True, text=True,
                                cwd=tmp_path).stdout.strip()
-        assert where.startswith(own), where
+        assert where.startswith(str(own)), where
         out = tmp_path / "out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKSERVE_")}
         demo = subprocess.run([str(env_dir / "bin" / "maskserve"), "demo", "--out", str(out)], cwd=tmp_path,

@@ -3,7 +3,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".[server]"
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
