@@ -12,7 +12,8 @@ from . import export
 from .checkpoint import file_digest, load_model
 from .specs import get_spec
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+PRECISIONS = {"onnxruntime": ("fp32",), "tensorrt": ("fp32", "fp16"), "torch": ("fp32", "bf16", "fp16")}
 
 
 def build_model_dir(
@@ -21,10 +22,9 @@ def build_model_dir(
 ) -> Manifest:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise ValueError("the ONNX Runtime backend runs fp32; fp16 is a TensorRT build option")
+    if precision not in PRECISIONS[backend]:
+        raise ValueError(f"the {backend} backend runs {' or '.join(PRECISIONS[backend])}, not {precision!r} "
+                         "(fp16: TensorRT or torch; bf16: torch)")
     spec = get_spec(model_type)
     sam = load_model(checkpoint, model_type)
     with staged(out) as staging:
@@ -35,7 +35,8 @@ def build_model_dir(
 
 def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
            max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
-    export.export_encoder(sam, staging / "encoder.onnx")
+    if backend != "torch":  # the torch backend runs the checkpoint's own encoder weights, not a graph
+        export.export_encoder(sam, staging / "encoder.onnx")
     export.export_decoder(sam, staging / "decoder.onnx")
     export.export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
     checkpoint_sha256 = file_digest(checkpoint)
@@ -55,6 +56,13 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         encoder={"file": "encoder.onnx"},
         decoder={"file": "decoder.onnx", "image_file": "decoder_image.onnx", "points_file": "decoder_points.onnx"},
     )
+    if backend == "torch":
+        from maskserve.engines import torch_backend
+
+        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
+        manifest.backend, manifest.backend_version, manifest.precision = "torch", torch_backend.torch.__version__, precision
+        manifest.encoder = {"file": torch_backend.ENCODER_FILE, "device": "auto", "max_batch": max_encoder_batch,
+                            "attention": "bias", "cuda_graphs": "auto", "compile": False, "architecture": architecture}
     manifest.save(staging)
     if backend == "tensorrt":
         from . import tensorrt_engines

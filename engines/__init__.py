@@ -48,13 +48,19 @@ class Model:
 
 def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: bool = True,
          threads: int | None = None) -> Model:
-    """Open a model directory with the backend its manifest names (TensorRT needs an NVIDIA GPU)."""
+    """Open a model directory with the backend its manifest names (TensorRT needs an NVIDIA GPU; torch is imported
+    only for a torch directory's encoder)."""
     directory = Path(model_dir) if model_dir is not None else default_model_dir()
     manifest = Manifest.load(directory)
     if manifest.backend == "onnxruntime":
         from .onnxruntime_backend import OnnxDecoder as Dec, OnnxEncoder as Enc
     elif manifest.backend == "tensorrt":
         from .tensorrt_backend import TensorRTDecoder as Dec, TensorRTEncoder as Enc
+    elif manifest.backend == "torch":  # PyTorch encoder (CUDA, else CPU); the decoder stays ONNX Runtime's
+        from .onnxruntime_backend import OnnxDecoder as Dec
+
+        if encoder:
+            from .torch_backend import TorchEncoder as Enc
     else:
         raise ModelDirError(f"{directory}: unknown backend {manifest.backend!r}")
     return Model(
