@@ -252,7 +252,7 @@ def test_handles_are_remade_once_and_refused_when_too_deep_to_remake():
         made.append(prompt)
         return np.full((1, 4, 4), len(made), np.float32)
 
-    from maskserve.service.decoder_server import _to_prompt
+    from maskserve.service.decoding import to_prompt as _to_prompt
 
     async def main():
         r = refinement.Refinements(FakeRedis(), "v", 60, 8)

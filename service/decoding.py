@@ -1,0 +1,131 @@
+"""Prompts against one image's embedding → the masks a response carries: the decoder engine run (on a
+worker thread), then each mask upscaled, thresholded, measured and encoded in the format asked for."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from maskserve import engines
+from maskserve.engines import automatic, masks, prompts as prompt_lib
+
+from . import metrics, store
+from .config import Settings
+from .proto import pb
+from .tracing import tracer
+
+
+def to_prompt(p: pb.Prompt) -> prompt_lib.Prompt:
+    """A request's prompt as the engines take it (a `mask_from` handle is resolved by the caller)."""
+    coords = labels = box = mask = None
+    if p.points:
+        coords = np.array([[q.x, q.y] for q in p.points], np.float64)
+        labels = np.array([q.label for q in p.points], np.int64)
+    if p.HasField("box"):
+        box = np.array([p.box.x0, p.box.y0, p.box.x1, p.box.y1], np.float64)
+    if p.HasField("mask_input"):
+        side = p.mask_input.side
+        if len(p.mask_input.data) != 4 * side * side:
+            raise prompt_lib.PromptError(f"mask_input holds {len(p.mask_input.data)} bytes; a {side}x{side} "
+                                         f"float32 grid is {4 * side * side}", "mask_input")
+        mask = np.frombuffer(p.mask_input.data, "<f4").reshape(1, side, side)
+    return prompt_lib.Prompt(coords, labels, box, mask)
+
+
+class Decoding:
+    def __init__(self, settings: Settings, model_dir, model: engines.Model) -> None:
+        self.settings, self.model, self.manifest = settings, model, model.manifest
+        # ONNX Runtime: a decode that starts while another runs gets one thread instead of all of them. Runs
+        # side by side on one core each do more work than runs contending for every core (on 2 cores with 4
+        # clients: about 1.5x the throughput), and a lone request still gets every core.
+        self.narrow = None
+        if self.manifest.backend == "onnxruntime" and settings.decode_threads > 1 and settings.ort_threads != 1:
+            self.narrow = engines.load(model_dir, encoder=False, threads=1).decoder
+        self.running = 0
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def decoder(self):
+        """The decoder for a run: all threads when it runs alone, one when another run is under way."""
+        with self.lock:
+            decoder = self.narrow if self.running and self.narrow else self.model.decoder
+            self.running += 1
+        try:
+            yield decoder
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def answer(self, emb: store.Embedding, prompts: list, options: pb.OutputOptions,
+               full_logits: bool) -> tuple[list, list]:
+        """(PromptResults, the engine's answers) for prompts on one image."""
+        with self.decoder() as decoder, tracer.start_as_current_span("decode", attributes={"prompts": len(prompts)}):
+            start = time.perf_counter()
+            answers = self._decode(decoder, emb, prompts, not options.single_mask, full_logits)
+            metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
+        with tracer.start_as_current_span("postprocess"):
+            start = time.perf_counter()
+            results = [self.result(a, emb.original_size, options) for a in answers]
+            metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
+        return results, answers
+
+    def logits(self, emb: store.Embedding, prompt: prompt_lib.Prompt, multimask: bool) -> np.ndarray:
+        """An earlier answer's low-res logits made again, whole, for a prompt that refines it by handle."""
+        with self.decoder() as decoder:
+            return self._decode(decoder, emb, [prompt], multimask, True)[0].low_res_logits
+
+    def everything_crop(self, emb: store.Embedding, box, grid, size, options, cancel, advance, timings):
+        """One crop's point grid for SegmentEverything (automatic.process_crop on this decoder)."""
+        with self.decoder() as decoder:
+            if emb.decoder_features is None:
+                emb.decoder_features = decoder.prepare(emb.array)
+            return automatic.process_crop(decoder, self.manifest, emb.array, emb.decoder_features, box, grid, size,
+                                          options, cancel=cancel, progress=advance, timings=timings)
+
+    def _decode(self, decoder, emb: store.Embedding, prompts: list, multimask: bool, full_logits: bool) -> list:
+        if emb.decoder_features is None:  # first prompt on this image in this process
+            emb.decoder_features = decoder.prepare(emb.array)
+        return prompt_lib.decode(decoder, self.manifest, emb.array, emb.original_size, prompts,
+                                 multimask_output=multimask, max_points=self.settings.max_points,
+                                 features=emb.decoder_features, full_logits=full_logits)
+
+    def result(self, answer: prompt_lib.Answer, original_size, options: pb.OutputOptions) -> pb.PromptResult:
+        keep = range(len(answer.iou_predictions))
+        if options.best_mask_only:
+            keep = [int(np.argmax(answer.iou_predictions))]
+        h, w = original_size
+        result = pb.PromptResult()
+        fmt = options.mask_format
+        # COCO RLE is column-major: it is made in the transposed frame (W, H), where its runs are contiguous;
+        # packed bits and PNG are row-major, made in the image's frame. One mask at a time: its full-size maps
+        # are still in cache from the upscale to the encoding.
+        transposed = fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE)
+        for k in keep:
+            low = answer.low_res_logits[k]
+            if transposed:
+                full = prompt_lib.full_resolution_map(cv2.transpose(low), self.manifest, (w, h))
+            else:
+                full = prompt_lib.full_resolution_map(low, self.manifest, (h, w))
+            binary = full > 0.0
+            x, y, bw, bh = masks.bbox_xywh(binary)
+            if transposed:
+                x, y, bw, bh = y, x, bh, bw
+            m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
+                                 stability_score=masks.stability_score(full), area=int(np.count_nonzero(binary)),
+                                 output_index=k)
+            m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
+            if transposed:
+                m.rle.counts = masks.encode_rle_transposed(binary)
+            elif fmt == pb.MASK_FORMAT_PNG:
+                m.png = masks.encode_png(binary)
+            elif fmt == pb.MASK_FORMAT_BITMAP:
+                m.bitmap = masks.encode_bitmap(binary)
+            if options.return_low_res_logits:
+                side = answer.low_res_logits.shape[-1]
+                m.low_res_logits.side = side
+                m.low_res_logits.data = answer.low_res_logits[k].astype("<f4").tobytes()
+        return result
