@@ -28,6 +28,8 @@ class Settings:
     queue: str = setting("", "job stream name (fixed names let KEDA watch it)", shown="`jobs:{model_version}`")
     engine_cache: str = setting("", "TensorRT: engines compiled per GPU by `maskserve compile --cache`")
     model_dir: str = setting("", "model directory", shown="shipped tiny model")
+    torch_device: str = setting("", "torch encoder backend: `cuda`, `cuda:N` or `cpu`",
+                                shown="the model directory's (`auto`: CUDA where available)")
     grpc_host: str = setting("[::]", "address the decoder's gRPC listens on (every interface; the local stack "
                                      "sets loopback)")
     grpc_port: int = setting(50051, "decoder gRPC port", **PORT)
