@@ -56,9 +56,9 @@ def build(
     out: Path = typer.Option(..., help="The model directory to write."),
     model_type: str = typer.Option("vit_b", help="vit_b, vit_l, vit_h or tiny."),
     checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint in Meta's format; default: pull the published one."),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime (CPU) or tensorrt (NVIDIA GPU)."),
-    precision: str = typer.Option("fp32", help="fp32, or fp16 for TensorRT."),
-    max_encoder_batch: int = typer.Option(8, help="TensorRT: largest encoder batch."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime (CPU), tensorrt (NVIDIA GPU) or torch (PyTorch encoder: CUDA, else CPU)."),
+    precision: str = typer.Option("fp32", help="fp32; fp16 for TensorRT; bf16 or fp16 for torch."),
+    max_encoder_batch: int = typer.Option(8, help="TensorRT, torch: largest encoder batch (one run)."),
     max_decoder_batch: int = typer.Option(64, help="TensorRT: largest batch of prompts."),
     max_points: int = typer.Option(64, help="TensorRT: most points (boxes count two) in one prompt."),
 ) -> None:
