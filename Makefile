@@ -16,6 +16,7 @@ $(VENV)/.serve: pyproject.toml setup.cfg
 
 $(VENV)/.dev: $(VENV)/.serve
 	$(PY) -m pip install -q -e '.[export,test,bench]' $(TORCH)
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation sam2==1.1.0 hydra-core iopath
 	touch $@
 
 setup-serve: $(VENV)/.serve

@@ -26,11 +26,14 @@ def build_model_dir(
         raise ValueError(f"the {backend} backend runs {' or '.join(PRECISIONS[backend])}, not {precision!r} "
                          "(fp16: TensorRT or torch; bf16: torch)")
     spec = get_spec(model_type)
+    write = _write
+    if spec.family != "sam":  # SAM 2.1: its own graphs and manifest
+        from .sam2_export import write_model_dir as write
     sam = load_model(checkpoint, model_type)
     with staged(out) as staging:
         staging.mkdir()
-        return _write(sam, spec, checkpoint, model_type, staging, backend, precision,
-                      max_encoder_batch, max_decoder_batch, max_points)
+        return write(sam, spec, checkpoint, model_type, staging, backend, precision,
+                     max_encoder_batch, max_decoder_batch, max_points)
 
 
 def _write(sam, spec, checkpoint, model_type, staging, backend, precision,

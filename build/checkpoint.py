@@ -1,7 +1,8 @@
 """Meta's SAM checkpoints: construct the architecture for a model type and load a state dict into it.
 
 Checkpoints are raw state dicts (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`) exactly as Meta
-publishes them. Anything else is refused with a message that names what is wrong.
+publishes them. Anything else is refused with a message that names what is wrong. SAM 2.1's checkpoints
+(`{"model": state dict}`) load through `sam2_checkpoint`; `load_model` takes either by model type.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def build_model(spec: ModelSpec):
     return sam.eval()
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_checkpoint_file(path: str | Path):
+    """The object a PyTorch checkpoint file holds, loaded as data only (never running code from it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -76,15 +78,27 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is not a PyTorch file, or is truncated (no zip directory and no pickle header)")
     try:
         # weights_only: a checkpoint is data; never execute pickled code from it.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         if "Weights only load failed" in detail:
             detail = "it holds Python objects other than tensors, and loading it would run code from the file"
         raise CheckpointError(f"checkpoint {path} could not be read: {detail}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+
+
+def is_state_dict(state) -> bool:
+    return isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    state = read_checkpoint_file(path)
+    if not is_state_dict(state):
+        hint = ""
+        if isinstance(state, dict) and is_state_dict(state.get("model")):
+            hint = ("; it holds {\"model\": state dict}, the SAM 2.1 format: build it with a "
+                    "--model-type sam2.1_hiera_*")
         raise CheckpointError(
-            f"checkpoint {path} is not a SAM state dict (expected a flat mapping of parameter names to tensors)"
+            f"checkpoint {path} is not a SAM state dict (expected a flat mapping of parameter names to tensors){hint}"
         )
     return state
 
@@ -102,11 +116,26 @@ def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_model(path: str | Path, model_type: str):
-    """Build `model_type` and load the checkpoint at `path` into it, strictly."""
+    """Build `model_type` and load the checkpoint at `path` into it, strictly: a
+    `segment_anything.modeling.Sam`, or for a SAM 2.1 type the `sam2` package's SAM2Base."""
     spec = get_spec(model_type)
+    if spec.family != "sam":
+        from .sam2_checkpoint import load_sam2_model
+
+        return load_sam2_model(path, model_type)
     state = read_state_dict(path)
     sam = build_model(spec)
-    expected = sam.state_dict()
+    problems = key_problems(state, sam.state_dict())
+    if problems:
+        guess = guess_model_type(state)
+        hint = f"; it looks like a {guess} checkpoint" if guess and guess != model_type else ""
+        raise CheckpointError(f"checkpoint {path} does not fit model type {model_type}: " + "; ".join(problems) + hint)
+    sam.load_state_dict(state, strict=True)
+    return sam.eval()
+
+
+def key_problems(state: dict, expected: dict) -> list[str]:
+    """What keeps `state` from loading strictly into a model whose state dict is `expected`."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshaped = [
@@ -120,12 +149,7 @@ def load_model(path: str | Path, model_type: str):
         problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
     if misshaped:
         problems.append(f"{len(misshaped)} keys with the wrong shape ({_few(misshaped)})")
-    if problems:
-        guess = guess_model_type(state)
-        hint = f"; it looks like a {guess} checkpoint" if guess and guess != model_type else ""
-        raise CheckpointError(f"checkpoint {path} does not fit model type {model_type}: " + "; ".join(problems) + hint)
-    sam.load_state_dict(state, strict=True)
-    return sam.eval()
+    return problems
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

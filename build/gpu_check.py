@@ -259,7 +259,9 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         return {"model_version": manifest.model_version, "encoder": manifest.encoder,
                 "encoder_pt_bytes": (out / manifest.encoder["file"]).stat().st_size}
 
-    if report.stage(result, "weights", weights) is None or report.stage(result, "build", build) is None:
+    big = model_type in ("vit_h", "vit_l")
+    if report.stage(result, "weights", weights, need_s=60 if big else 20) is None or \
+            report.stage(result, "build", build, need_s=60 if big else 20) is None:
         return result
     manifest: Manifest = state["manifest"]
     images = photos(manifest.image_size, quick)
@@ -268,7 +270,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     grid = 2 if quick else 3
 
     def reference():
-        tb.ieee_fp32()
+        tb.fp32_flags("fp32")
         encoder = state["sam"].image_encoder.to(device)
         state["ref_encoder"] = encoder
         with torch.inference_mode():
@@ -298,6 +300,8 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
             encoders[precision] = enc
             got = enc.encode(x)
             out = error(got, state["ref"])
+            out["weights_gib"] = round(sum(t.numel() * t.element_size() for t in
+                                           [*enc.net.parameters(), *enc.net.buffers()]) / 2**30, 3)
             ours = [masks(state["decoder"], manifest, got[i], im.shape[:2], point_grid(*im.shape[:2], grid))
                     for i, (_, im) in enumerate(images)]
             ious = [v for a, b in zip(state["ref_masks"], ours) for v in mask_ious(a, b)]
@@ -317,6 +321,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     def latency(precision: str):
         def run():
             enc = encoders[precision]
+            tb.fp32_flags(precision)
             one_np, one = x[:1], xt[:1]
             return {"network_batch1": timed(lambda: enc.encode_tensor(one), device, warm, reps),
                     "encode_numpy_batch1": timed(lambda: enc.encode(one_np), device, warm, reps)}
@@ -333,6 +338,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     def sweep(precision: str):
         def run():
             enc = encoders[precision]
+            tb.fp32_flags(precision)
             rows, best = {}, None
             for b in batches:
                 if report.left() < 20 and b > 1:
@@ -368,6 +374,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
             return {"skipped": "needs CUDA and a throughput sweep"}
         precision = max(done, key=lambda p: done[p]["best_images_per_s"])
         enc = encoders[precision]
+        tb.fp32_flags(precision)
         out = {"precision": precision}
         for b in sorted({1, done[precision]["best_batch"]}):
             xb = xt[:1].expand(b, -1, -1, -1).contiguous()
@@ -430,6 +437,7 @@ def reference_decoder(state, manifest, embedding, size, device, warm, reps) -> d
     predict_torch): what a CUDA decoder path could answer in."""
     from segment_anything import SamPredictor
 
+    tb.fp32_flags("fp32")
     predictor = SamPredictor(state["sam"].to(device))
     predictor.features = torch.from_numpy(embedding).to(device)
     predictor.original_size = tuple(size)
@@ -458,6 +466,7 @@ def compile_stage(report: Report, model_type: str, device: torch.device) -> None
 
     def run():
         start = time.monotonic()
+        tb.fp32_flags(precision)
         compiled = torch.compile(enc.net, dynamic=False)
         out = {"precision": precision, "attention": enc.attention}
         for b in sorted({1, done[precision]["best_batch"]}):
@@ -553,10 +562,28 @@ def main(argv: list[str] | None = None) -> dict:
     report.data["arguments"] = {k: str(v) for k, v in vars(args).items()}
     report.save()
     print(f"gpu_check: {report.data['machine']}", flush=True)
+    try:
+        import segment_anything  # noqa: F401 - the reference, and the checkpoint format's builder
+    except ImportError:
+        report.data["errors"].append({"stage": "setup", "traceback": "ImportError: segment_anything is not installed: "
+                                      "carry its wheel in .whl/ (README, GPU encoder)"})
+        report.save()
+        _print_table(report)
+        raise SystemExit(2)
     import tempfile
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="maskserve-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, report, device, work)
+    finally:
+        if args.work_dir is None:  # gigabytes of random checkpoints
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, report: Report, device: torch.device, work: Path) -> dict:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     keep = not args.no_compile and not args.quick and device.type == "cuda"
     for model_type in models:
@@ -587,7 +614,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _print_table(report: Report) -> None:
     print(f"\nwritten {report.path} ({report.data['elapsed_s']} s)")
-    for model_type, s in report.data["summary"].items():
+    for model_type, s in report.data.get("summary", {}).items():
         if model_type == "goals":
             for goal, v in s.items():
                 print(f"goal {goal}: {v}")

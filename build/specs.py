@@ -1,4 +1,5 @@
-"""The SAM model family as data: architecture sizes and where Meta publishes each checkpoint.
+"""The SAM and SAM 2.1 model families as data: architecture sizes, embedding layouts and where Meta publishes
+each checkpoint.
 
 Kept free of torch so that `maskserve models pull` and the serving side can read it.
 """
@@ -32,6 +33,8 @@ class ModelSpec:
     checkpoint_md5: str | None = None
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    checkpoint_sha256: str | None = None
+    family: str = "sam"
 
     @property
     def embedding_size(self) -> int:
@@ -45,6 +48,11 @@ class ModelSpec:
     def mask_input_size(self) -> int:
         """Side of the low-resolution logits the decoder returns and accepts back as mask input."""
         return 4 * self.embedding_size
+
+    @property
+    def embedding_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """The per-image embedding as (name, shape, dtype) arrays: SAM's is one."""
+        return (("image_embeddings", self.embedding_shape, "float32"),)
 
     @property
     def checkpoint_url(self) -> str | None:
@@ -77,14 +85,100 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 }
 
 
+SAM2_CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+@dataclass(frozen=True)
+class Sam2Spec:
+    """A SAM 2.1 image model: Meta's Hiera backbone and FPN neck, SAM's prompt encoder and a mask decoder that
+    adds two high-resolution feature maps. The architecture is the `sam2` package's Hydra config."""
+
+    name: str
+    config: str  # in the sam2 package, for sam2.build_sam.build_sam2
+    trunk_embed_dim: int  # Hiera's first-stage width (the patch embedding's output channels)
+    trunk_depth: int  # Hiera blocks over all stages
+    checkpoint_file: str
+    checkpoint_bytes: int | None = None
+    checkpoint_sha256: str | None = None
+    checkpoint_md5: str | None = None  # not published; the sha256 is checked instead
+    family: str = "sam2.1"
+    image_size: int = 1024  # every image is resized to this square, whatever its aspect ratio
+    prompt_embed_dim: int = 256
+    # SAM2Transforms normalises [0, 1] pixels by ImageNet's mean and std; these are those ×255, as SAM's.
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    @property
+    def encoder_embed_dim(self) -> int:
+        return self.trunk_embed_dim
+
+    @property
+    def encoder_depth(self) -> int:
+        return self.trunk_depth
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_size // 16  # the backbone's stride-16 level
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        return (self.prompt_embed_dim, self.embedding_size, self.embedding_size)
+
+    @property
+    def mask_input_size(self) -> int:
+        return 4 * self.embedding_size
+
+    @property
+    def embedding_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """The per-image embedding as (name, shape, dtype) arrays, in the encoder graph's output order
+        (engines.interface.SAM2_ENCODER_OUTPUTS): the image embedding, then the stride-4 and stride-8 maps
+        after the mask decoder's conv_s0 (C/8 channels) and conv_s1 (C/4)."""
+        c, e = self.prompt_embed_dim, self.embedding_size
+        return (("image_embeddings", (c, e, e), "float32"),
+                ("high_res_feats_0", (c // 8, 4 * e, 4 * e), "float32"),
+                ("high_res_feats_1", (c // 4, 2 * e, 2 * e), "float32"))
+
+    @property
+    def checkpoint_url(self) -> str:
+        return SAM2_CHECKPOINT_BASE_URL + self.checkpoint_file
+
+
+# Sizes and sha256 of Meta's files as published by third parties (Hugging Face LFS pointers of mirrors of
+# dl.fbaipublicfiles.com, and projects that pin the same digests for the same URLs); Meta lists neither.
+SAM2_SPECS: dict[str, Sam2Spec] = {
+    "sam2.1_hiera_tiny": Sam2Spec(
+        "sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", 96, 12, "sam2.1_hiera_tiny.pt",
+        checkpoint_bytes=156_008_466,
+        checkpoint_sha256="7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+    ),
+    "sam2.1_hiera_small": Sam2Spec(
+        "sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml", 96, 16, "sam2.1_hiera_small.pt",
+        checkpoint_bytes=184_416_285,
+        checkpoint_sha256="6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+    ),
+    "sam2.1_hiera_base_plus": Sam2Spec(
+        "sam2.1_hiera_base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", 112, 24, "sam2.1_hiera_base_plus.pt",
+        checkpoint_bytes=323_606_802,
+        checkpoint_sha256="a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+    ),
+    "sam2.1_hiera_large": Sam2Spec(
+        "sam2.1_hiera_large", "configs/sam2.1/sam2.1_hiera_l.yaml", 144, 48, "sam2.1_hiera_large.pt",
+        checkpoint_bytes=898_083_611,
+        checkpoint_sha256="2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+    ),
+}
+
+ALL_SPECS: dict[str, ModelSpec | Sam2Spec] = {**MODEL_SPECS, **SAM2_SPECS}
+
+
 class UnknownModelType(ValueError):
     pass
 
 
-def get_spec(model_type: str) -> ModelSpec:
+def get_spec(model_type: str) -> ModelSpec | Sam2Spec:
     try:
-        return MODEL_SPECS[model_type]
+        return ALL_SPECS[model_type]
     except KeyError:
         raise UnknownModelType(
-            f"unknown model type {model_type!r}; known types: {', '.join(MODEL_SPECS)}"
+            f"unknown model type {model_type!r}; known types: {', '.join(ALL_SPECS)}"
         ) from None

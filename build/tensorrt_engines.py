@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from maskserve.engines.interface import DECODER_INPUTS, ENCODER_INPUTS
+from maskserve.engines.interface import ENCODER_INPUTS, decoder_inputs
 from maskserve.engines.model_dir import Manifest, staged
 
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
@@ -74,6 +74,23 @@ def _build(trt, onnx_path: Path, plan_path: Path, precision: str, profiles: dict
             "profile": {k: [list(s) for s in v] for k, v in profiles.items()}}
 
 
+def profiles(manifest: Manifest, max_encoder_batch: int, max_decoder_batch: int,
+             max_points: int) -> tuple[dict[str, tuple], dict[str, tuple], int]:
+    """The optimisation profiles of the encoder and general decoder graphs, {input: (min, opt, max) shape}
+    for every input of each, and the most sparse points per prompt the decoder's takes."""
+    s, m, b = manifest.image_size, manifest.mask_input_size, max_decoder_batch
+    # A box is two points; SAM pads a prompt without one with one point, SAM 2.1 pads every prompt so.
+    p = max_points + (3 if manifest.family == "sam2.1" else 2)
+    encoder = dict(zip(ENCODER_INPUTS, [((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s),
+                                         (max_encoder_batch, 3, s, s))]))
+    image = [((1, *a["shape"]),) * 3 for a in manifest.embedding_layout]  # one image's arrays: fixed shapes
+    decoder = dict(zip(decoder_inputs(manifest.family), [
+        *image,  # min, opt, max shapes of each input, in the graph's order
+        ((1, 1, 2), (1, 2, 2), (b, p, 2)), ((1, 1), (1, 2), (b, p)),
+        ((1, 1, m, m), (1, 1, m, m), (b, 1, m, m)), ((1,), (1,), (b,))]))
+    return encoder, decoder, p
+
+
 def compile_in_place(directory: Path, manifest: Manifest, precision: str, max_encoder_batch: int = 8,
                      max_decoder_batch: int = 64, max_points: int = 64) -> Manifest:
     """Build encoder.plan and decoder.plan next to the ONNX files of a model directory and rewrite its
@@ -86,16 +103,10 @@ def compile_in_place(directory: Path, manifest: Manifest, precision: str, max_en
     from maskserve.engines.tensorrt_backend import cuda_device_properties
 
     gpu = cuda_device_properties()
-    s, (c, e, _), m = manifest.image_size, manifest.embedding_shape, manifest.mask_input_size
-    p = max_points + 2  # a box is two points; a prompt without one carries one padding point
-    encoder = _build(trt, directory / "encoder.onnx", directory / "encoder.plan", precision, dict(zip(
-        ENCODER_INPUTS, [((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s), (max_encoder_batch, 3, s, s))])))
-    b = max_decoder_batch
-    decoder = _build(trt, directory / "decoder.onnx", directory / "decoder.plan", precision, dict(zip(
-        DECODER_INPUTS, [((1, c, e, e),) * 3,  # min, opt, max shapes of each input, in the graph's order
-                         ((1, 1, 2), (1, 2, 2), (b, p, 2)), ((1, 1), (1, 2), (b, p)),
-                         ((1, 1, m, m), (1, 1, m, m), (b, 1, m, m)), ((1,), (1,), (b,))])))
-    encoder["max_batch"], decoder["max_batch"], decoder["max_points"] = max_encoder_batch, b, p
+    encoder_profile, decoder_profile, p = profiles(manifest, max_encoder_batch, max_decoder_batch, max_points)
+    encoder = _build(trt, directory / "encoder.onnx", directory / "encoder.plan", precision, encoder_profile)
+    decoder = _build(trt, directory / "decoder.onnx", directory / "decoder.plan", precision, decoder_profile)
+    encoder["max_batch"], decoder["max_batch"], decoder["max_points"] = max_encoder_batch, max_decoder_batch, p
     manifest.backend, manifest.backend_version, manifest.precision = "tensorrt", trt.__version__, precision
     manifest.encoder, manifest.decoder, manifest.extra = encoder, decoder, {"gpu": gpu}
     manifest.save(directory)

@@ -3,6 +3,12 @@
 The manifest's `model_version` keys every embedding in the store. It is derived from the checkpoint's content
 and the embedding layout, not from the backend, so an ONNX Runtime decoder can read embeddings made by a
 TensorRT encoder of the same checkpoint, and a different checkpoint can never be decoded against them.
+
+`family` says which pre- and post-processing and which graphs the directory holds: "sam" (SAM and the tiny
+model; what a manifest without the field is) or "sam2.1". `embedding_layout` is the per-image embedding as
+named arrays, `[{"name", "shape" (without batch), "dtype"}, ...]` in the encoder graph's output order: SAM's
+one `image_embeddings` array (its `embedding_shape`), SAM 2.1's three (engines.interface.SAM2_ENCODER_OUTPUTS).
+`embedding_shape` stays the `image_embeddings` array's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+FAMILIES = ("sam", "sam2.1")
 
 
 class ModelDirError(ValueError):
@@ -40,10 +47,42 @@ class Manifest:
     decoder: dict  # "file": the general graph; ONNX Runtime also "image_file" + "points_file" (see build/export.py)
     format: int = FORMAT
     extra: dict = field(default_factory=dict)  # backend specifics: TensorRT GPU architecture, profiles
+    family: str = "sam"  # "sam" | "sam2.1"
+    embedding_layout: list = field(default_factory=list)  # [{"name", "shape", "dtype"}]; SAM's from embedding_shape
+
+    def __post_init__(self) -> None:
+        if not self.embedding_layout:
+            self.embedding_layout = [{"name": "image_embeddings", "shape": list(self.embedding_shape),
+                                      "dtype": self.embedding_dtype}]
+        self.embedding_layout = [{"name": str(a["name"]), "shape": [int(n) for n in a["shape"]],
+                                  "dtype": str(a["dtype"])} for a in self.embedding_layout]
+
+    @property
+    def array_names(self) -> list[str]:
+        """The embedding's arrays, in the layout's order."""
+        return [a["name"] for a in self.embedding_layout]
+
+    def array_shapes(self) -> dict[str, tuple[int, ...]]:
+        """name → per-image shape (no batch axis)."""
+        return {a["name"]: tuple(a["shape"]) for a in self.embedding_layout}
+
+    def embedding_nbytes(self, dtype: str | None = None) -> int:
+        """Bytes of one image's embedding: every array of the layout, in `dtype` if given (the store's
+        float16), else in each array's own."""
+        import numpy as np
+
+        return sum(int(np.prod(a["shape"])) * np.dtype(dtype or a["dtype"]).itemsize for a in self.embedding_layout)
 
     @staticmethod
-    def derive_model_version(model_type: str, checkpoint_sha256: str, embedding_shape) -> str:
-        key = f"{model_type}:{checkpoint_sha256}:{tuple(embedding_shape)}:{FORMAT}"
+    def derive_model_version(model_type: str, checkpoint_sha256: str, embedding_shape, family: str = "sam",
+                             embedding_layout: list | None = None) -> str:
+        """`{model_type}-{12 hex}` from the checkpoint's content and the embedding layout. SAM's (unchanged):
+        its one array's shape; other families': the family and every array's name, shape and dtype."""
+        if family == "sam":
+            key = f"{model_type}:{checkpoint_sha256}:{tuple(embedding_shape)}:{FORMAT}"
+        else:
+            layout = ";".join(f"{a['name']}{tuple(int(n) for n in a['shape'])}{a['dtype']}" for a in embedding_layout)
+            key = f"{family}:{model_type}:{checkpoint_sha256}:{layout}:{FORMAT}"
         return f"{model_type}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
     def save(self, directory: Path) -> None:
@@ -64,6 +103,12 @@ class Manifest:
             raise ModelDirError(f"{path}: malformed manifest ({exc})") from None
         m.embedding_shape = tuple(m.embedding_shape)
         m.pixel_mean, m.pixel_std = tuple(m.pixel_mean), tuple(m.pixel_std)
+        if m.family not in FAMILIES:
+            raise ModelDirError(f"{path}: model family {m.family!r} is not one this maskserve runs "
+                                f"({', '.join(FAMILIES)}); upgrade maskserve")
+        if m.array_names[0] != "image_embeddings" or tuple(m.embedding_layout[0]["shape"]) != m.embedding_shape:
+            raise ModelDirError(f"{path}: malformed manifest (embedding_layout must begin with the "
+                                f"image_embeddings array of embedding_shape {list(m.embedding_shape)})")
         for part in (m.encoder, m.decoder):
             for key in ("file", "image_file", "points_file"):
                 if key in part and not (Path(directory) / part[key]).is_file():

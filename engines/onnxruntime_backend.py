@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .interface import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS, decoder_inputs
 from .model_dir import Manifest
 
 
@@ -35,11 +36,21 @@ class OnnxEncoder:
 
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
         self.session = _session(Path(model_dir) / manifest.encoder["file"], threads, memory_pattern=False)
+        self.outputs = [o.name for o in self.session.get_outputs()]  # the embedding's arrays, layout order
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) float32 → (B, C, E, E) float32."""
+        if len(self.outputs) > 1:
+            raise TypeError(f"this model's embedding is {len(self.outputs)} arrays ({', '.join(self.outputs)}): "
+                            f"use encode_arrays")
         images = np.ascontiguousarray(images, np.float32)
         return np.concatenate([self.session.run(None, {"images": images[i:i + 1]})[0] for i in range(len(images))])
+
+    def encode_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 3, S, S) float32 → {name: (B, *shape) float32} for every array of the embedding."""
+        images = np.ascontiguousarray(images, np.float32)
+        runs = [self.session.run(None, {"images": images[i:i + 1]}) for i in range(len(images))]
+        return {name: np.concatenate([run[k] for run in runs]) for k, name in enumerate(self.outputs)}
 
 
 class OnnxDecoder:
@@ -58,6 +69,9 @@ class OnnxDecoder:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
         d = manifest.decoder
         self.session = _session(Path(model_dir) / d["file"], threads)
+        self.family = manifest.family
+        self.inputs = decoder_inputs(manifest.family)
+        self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
         split = "image_file" in d and "points_file" in d
         self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
         self.points_session = _session(Path(model_dir) / d["points_file"], threads) if split else None
@@ -69,6 +83,8 @@ class OnnxDecoder:
         """The per-image tensors `decode` takes as `features`; None without a split decoder."""
         if self.image_session is None:
             return None
+        if isinstance(embedding, Mapping):
+            embedding = embedding[DECODER_INPUTS[0]]
         names = [o.name for o in self.image_session.get_outputs()]
         return dict(zip(names, self.image_session.run(None, {DECODER_INPUTS[0]: embedding})))
 
@@ -85,6 +101,10 @@ class OnnxDecoder:
         decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
         if features is not None and not np.any(has_mask_input):
             return tuple(self.points_session.run(None, self.points_feeds(features, coords, labels, extent)))
-        iou, masks = self.session.run(DECODER_OUTPUTS, dict(zip(
-            DECODER_INPUTS, (embedding, coords, labels, mask_input, has_mask_input))))
+        if isinstance(embedding, Mapping):  # the embedding's named arrays (every family), else SAM's one array
+            feeds = {name: embedding[name] for name in self.arrays}
+        else:
+            feeds = {DECODER_INPUTS[0]: embedding}
+        feeds.update(zip(self.inputs[len(self.arrays):], (coords, labels, mask_input, has_mask_input)))
+        iou, masks = self.session.run(DECODER_OUTPUTS, feeds)
         return iou, masks

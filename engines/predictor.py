@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ class Predictor:
     """Drop-in for `SamPredictor`: `set_image` once, then `predict` for as many prompts as you like.
 
     `Predictor()` uses the tiny model that ships with maskserve; pass a model directory made by
-    `maskserve build` for a real checkpoint.
+    `maskserve build` for a real checkpoint. A SAM 2.1 model directory answers as `SAM2ImagePredictor`
+    (its pre-processing, single-mask choice and clamped low-res logits).
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None) -> None:
@@ -31,20 +33,37 @@ class Predictor:
         if image_format == "BGR":
             image = image[..., ::-1]
         m = self.manifest
-        x, _ = transforms.preprocess(image, m.image_size, m.pixel_mean, m.pixel_std)
-        self.set_embedding(self.model.encoder.encode(x[None]), image.shape[:2])
+        if m.family == "sam":
+            x, _ = transforms.preprocess(image, m.image_size, m.pixel_mean, m.pixel_std)
+            self.set_embedding(self.model.encoder.encode(x[None]), image.shape[:2])
+        else:
+            self.set_embedding(self.model.encoder.encode_arrays(prompts.prepare_image(image, m)[None]), image.shape[:2])
 
-    def set_embedding(self, embedding: np.ndarray, original_size: tuple[int, int]) -> None:
-        """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W)."""
-        self.features = np.ascontiguousarray(embedding, np.float32).reshape(1, *self.manifest.embedding_shape)
+    def set_embedding(self, embedding, original_size: tuple[int, int]) -> None:
+        """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W):
+        SAM's (1, C, E, E) array, or the manifest's named arrays (SAM 2.1's three) as a mapping."""
+        if self.manifest.family == "sam" and not isinstance(embedding, Mapping):
+            self.features = np.ascontiguousarray(embedding, np.float32).reshape(1, *self.manifest.embedding_shape)
+        else:
+            arrays = prompts.embedding_arrays(embedding, self.manifest)
+            self.features = arrays["image_embeddings"] if self.manifest.family == "sam" else arrays
         self.decoder_features = self.model.decoder.prepare(self.features)
         self.original_size = (int(original_size[0]), int(original_size[1]))
-        self.input_size = transforms.resized_shape(*self.original_size, self.manifest.image_size)
+        if self.manifest.family == "sam":
+            self.input_size = transforms.resized_shape(*self.original_size, self.manifest.image_size)
+        else:  # resized to the whole square
+            self.input_size = (self.manifest.image_size, self.manifest.image_size)
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
+        """(1, C, E, E): the image embedding (for SAM 2.1, its `image_embeddings` array, as the reference's)."""
         self._require_image()
-        return self.features
+        return self.features["image_embeddings"] if isinstance(self.features, dict) else self.features
+
+    def get_image_arrays(self) -> dict[str, np.ndarray]:
+        """The whole embedding as the manifest's named arrays, each (1, *shape)."""
+        self._require_image()
+        return prompts.embedding_arrays(self.features, self.manifest)
 
     def reset_image(self) -> None:
         self.is_image_set = False
@@ -67,7 +86,7 @@ class Predictor:
         prompt = prompts.Prompt(point_coords, point_labels, box, mask_input)
         (answer,) = prompts.decode(self.model.decoder, self.manifest, self.features, self.original_size,
                                    [prompt], multimask_output, features=self.decoder_features)
-        logits = prompts.full_resolution_logits(answer.low_res_logits, self.manifest, self.original_size)
+        logits = prompts.full_resolution_logits(answer.mask_logits, self.manifest, self.original_size)
         masks = logits if return_logits else logits > 0.0
         return masks, answer.iou_predictions, answer.low_res_logits
 

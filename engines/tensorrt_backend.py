@@ -6,11 +6,12 @@ unless the GPU's compute capability and the TensorRT version are the ones it was
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS
+from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, decoder_inputs, encoder_outputs
 from .model_dir import Manifest, ModelDirError
 
 
@@ -107,11 +108,20 @@ class TensorRTEncoder:
         self.engine = _Engine(model_dir, manifest, manifest.encoder)
         self.max_batch = int(manifest.encoder.get("max_batch", 1))
         self.run_size = self.max_batch  # images per run: the worker stores each run's as soon as it is done
+        self.outputs = encoder_outputs(manifest.family)  # the embedding's arrays, layout order
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        chunks = [self.engine.run({ENCODER_INPUTS[0]: images[i:i + self.max_batch]}, ENCODER_OUTPUTS)[0]
+        if len(self.outputs) > 1:
+            raise TypeError(f"this model's embedding is {len(self.outputs)} arrays ({', '.join(self.outputs)}): "
+                            f"use encode_arrays")
+        chunks = [self.engine.run({ENCODER_INPUTS[0]: images[i:i + self.max_batch]}, self.outputs)[0]
                   for i in range(0, len(images), self.max_batch)]
         return np.concatenate(chunks)
+
+    def encode_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        runs = [self.engine.run({ENCODER_INPUTS[0]: images[i:i + self.max_batch]}, self.outputs)
+                for i in range(0, len(images), self.max_batch)]
+        return {name: np.concatenate([run[k] for run in runs]) for k, name in enumerate(self.outputs)}
 
 
 class TensorRTDecoder:
@@ -119,17 +129,23 @@ class TensorRTDecoder:
         self.engine = _Engine(model_dir, manifest, manifest.decoder)
         self.max_batch = int(manifest.decoder.get("max_batch", 1))
         self.prompt_batch = self.max_batch  # a GPU wants the largest batch its profile allows
+        self.inputs = decoder_inputs(manifest.family)
+        self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
 
     def prepare(self, embedding: np.ndarray) -> None:
         return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough
 
     def decode(self, embedding, coords, labels, mask_input, has_mask_input, features=None, extent=None):
         """All four masks over the whole grid (`extent` is a hint the general graph does not take)."""
+        if isinstance(embedding, Mapping):  # the embedding's named arrays (every family), else SAM's one array
+            image = {name: embedding[name] for name in self.arrays}
+        else:
+            image = {DECODER_INPUTS[0]: embedding}
         ious, masks = [], []
         for i in range(0, len(coords), self.max_batch):
             s = slice(i, i + self.max_batch)
-            iou, low = self.engine.run(dict(zip(DECODER_INPUTS, (
-                embedding, coords[s], labels[s], mask_input[s], has_mask_input[s]))), DECODER_OUTPUTS)
+            iou, low = self.engine.run({**image, **dict(zip(self.inputs[len(self.arrays):], (
+                coords[s], labels[s], mask_input[s], has_mask_input[s])))}, DECODER_OUTPUTS)
             ious.append(iou)
             masks.append(low)
         return np.concatenate(ious), np.concatenate(masks)

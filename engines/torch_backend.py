@@ -24,7 +24,7 @@ stay fp32 too (cuDNN may run them as TF32): about 2 % of ViT-B's arithmetic, und
 measured on the tiny model (CPU, three photos) half of bf16's embedding error and most of fp16's: relative
 error 2.3e-3 → 1.0e-3 and 6.2e-4 → 1.1e-4, worst mask IoU of 81 masks 0.977 → 0.986 and 0.995 → 0.998.
 Embeddings come back float32, in the layout and under the model version of every other backend, so any
-decoder reads them. "fp32" on CUDA is IEEE fp32: the encoder turns TF32 off for the process.
+decoder reads them. "fp32" on CUDA is IEEE fp32: the encoder sets the process's TF32 flags (`fp32_flags`).
 
 On CUDA, a batch of images runs as one (`run_size` = the manifest's `max_batch`), each batch size may be
 replayed from a captured CUDA graph (`cuda_graphs`: "auto" measures both on the first run of each batch size
@@ -78,11 +78,15 @@ class _Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.empty(2 * size - 1, self.head_dim))
 
     def finalize(self) -> None:
-        """Once the weights are in: the tables of relative positions by (query, key) coordinate, fp32."""
+        """Once the weights are in: the tables of relative positions by (query, key) coordinate, fp32, and for
+        "fold" each key's one-hot row and column (made here, not per run: a CUDA graph captures no index writes)."""
         i = torch.arange(self.size, device=self.rel_pos_h.device)
         index = i[:, None] - i[None, :] + (self.size - 1)  # (q, k) → row of the table, as get_rel_pos
         self.register_buffer("table_h", self.rel_pos_h.detach().float()[index].contiguous(), persistent=False)
         self.register_buffer("table_w", self.rel_pos_w.detach().float()[index].contiguous(), persistent=False)
+        token = torch.arange(self.size * self.size, device=i.device)
+        onehot = torch.cat([token[:, None] // self.size == i, token[:, None] % self.size == i], dim=1)
+        self.register_buffer("onehot", onehot.float(), persistent=False)  # (n, 2·size): row, then column
 
     def _terms(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-key-row and per-key-column terms of each query's scores, (B, heads, h·w, h) and (…, w), fp32.
@@ -114,10 +118,7 @@ class _Attention(nn.Module):
         scale = d ** -0.5
         width = d + h + w
         padded = -(-width // 8) * 8  # fused kernels want a multiple of 8
-        onehot = torch.zeros(n, padded - d, dtype=q.dtype, device=q.device)
-        token = torch.arange(n, device=q.device)
-        onehot[token, token // w] = 1
-        onehot[token, h + token % w] = 1
+        onehot = F.pad(self.onehot.to(q.dtype), (0, padded - width))  # (n, padded − d)
         extra = torch.cat([rows, cols], dim=-1) / scale
         qf = torch.cat([q, extra.to(q.dtype), q.new_zeros(b, heads, n, padded - width)], dim=-1)
         kf = torch.cat([k, onehot.expand(b, heads, n, -1)], dim=-1)
@@ -214,7 +215,7 @@ class SamViT(nn.Module):
         conv1, norm1, conv2, norm2 = self.neck
         y = _layer_norm(conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm1)
         y = _layer_norm(conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm2)
-        return y.permute(0, 3, 1, 2)
+        return y.permute(0, 3, 1, 2).contiguous()  # the (B, C, E, E) layout every backend stores
 
 
 def encoder_state_dict(state: dict) -> dict:
@@ -271,7 +272,7 @@ def resolve_device(requested: str | None) -> torch.device:
 class _Graph:
     """One batch size's forward pass captured as a CUDA graph: copy in, replay, read the static output."""
 
-    def __init__(self, net: nn.Module, example: torch.Tensor) -> None:
+    def __init__(self, net, example: torch.Tensor, pool) -> None:
         self.input = example.clone()
         stream = torch.cuda.Stream(example.device)
         stream.wait_stream(torch.cuda.current_stream(example.device))
@@ -280,7 +281,7 @@ class _Graph:
                 net(self.input)
         torch.cuda.current_stream(example.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
+        with torch.cuda.graph(self.graph, pool=pool), torch.inference_mode():
             self.output = net(self.input)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,8 +308,8 @@ class TorchEncoder:
             raise ModelDirError(f"{model_dir}: cuda_graphs {self.graph_mode!r}; expected one of {', '.join(GRAPH_MODES)}")
         if threads and self.device.type == "cpu":
             torch.set_num_threads(threads)
-        if self.device.type == "cuda" and self.precision == "fp32":
-            ieee_fp32()
+        if self.device.type == "cuda":
+            fp32_flags(self.precision)
         state = torch.load(Path(model_dir) / part["file"], map_location="cpu", weights_only=True)
         self.net = SamViT.from_state_dict(state, DTYPES[self.precision], self.attention, self.device)
         c, e, _ = manifest.embedding_shape
@@ -326,6 +327,9 @@ class TorchEncoder:
         if (part.get("compile", False) if compile is None else compile) and self.cuda:
             self.forward = torch.compile(self.net, dynamic=False)
         self.graphs: dict[int, _Graph | None] = {}  # batch size → its graph, or None where eager was faster
+        # One memory pool for every batch size's graph: replays never overlap (one caller) and each output is
+        # copied out before the next, so the graphs' intermediates can share memory (the largest, not the sum).
+        self.pool = None
         self.choices: dict[int, dict] = {}  # what "auto" measured, per batch size
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -347,7 +351,9 @@ class TorchEncoder:
     def _graph(self, x: torch.Tensor) -> _Graph | None:
         b = x.shape[0]
         if b not in self.graphs:
-            graph = _Graph(self.forward, x)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = _Graph(self.forward, x, self.pool)
             if self.graph_mode == "auto":
                 eager, replay = _time_cuda(lambda: self.forward(x)), _time_cuda(lambda: graph(x))
                 self.choices[b] = {"eager_ms": eager * 1e3, "graph_ms": replay * 1e3, "graph": replay < eager}
@@ -373,14 +379,13 @@ def _time_cuda(fn, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def ieee_fp32() -> None:
-    """fp32 matrix products and convolutions as IEEE fp32, not TF32 (PyTorch's default for cuDNN convolutions)."""
-    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        matmul.fp32_precision = conv.fp32_precision = "ieee"  # torch ≥ 2.9
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+def fp32_flags(precision: str) -> None:
+    """The process's fp32 arithmetic for an encoder of `precision`: "fp32" IEEE throughout (no TF32); bf16 and
+    fp16 let cuDNN run their fp32 edges (patch embedding, neck) as TF32, PyTorch's default, with fp32 matrix
+    products (the relative-position terms) IEEE. Through the legacy flags: the newer per-backend API makes any
+    later reader of the legacy ones (torch.compile's cache key among them) raise."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
 
 
 def synchronize(device: torch.device) -> None:

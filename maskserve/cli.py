@@ -35,12 +35,12 @@ def models_list() -> None:
 
 @models_app.command("pull")
 def models_pull(
-    model_type: str = typer.Argument(..., help="vit_b, vit_l or vit_h"),
+    model_type: str = typer.Argument(..., help="vit_b, vit_l, vit_h, or SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus, _large"),
     cache_dir: Optional[Path] = typer.Option(None, help="Where checkpoints are kept (default ~/.cache/maskserve/checkpoints, or $MASKSERVE_CACHE/checkpoints)."),
     base_url: Optional[str] = typer.Option(None, envvar="MASKSERVE_CHECKPOINT_URL", help="A mirror of Meta's checkpoint folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Download a published checkpoint, verifying size and md5; an interrupted download resumes."""
+    """Download a published checkpoint, verifying size and md5 (SAM) or sha256 (SAM 2.1); an interrupted download resumes."""
     from maskserve.build.download import DownloadError, pull
     from maskserve.build.specs import UnknownModelType
 
@@ -54,7 +54,7 @@ def models_pull(
 @app.command()
 def build(
     out: Path = typer.Option(..., help="The model directory to write."),
-    model_type: str = typer.Option("vit_b", help="vit_b, vit_l, vit_h or tiny."),
+    model_type: str = typer.Option("vit_b", help="vit_b, vit_l, vit_h or tiny; SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus or _large."),
     checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint in Meta's format; default: pull the published one."),
     backend: str = typer.Option("onnxruntime", help="onnxruntime (CPU), tensorrt (NVIDIA GPU) or torch (PyTorch encoder: CUDA, else CPU)."),
     precision: str = typer.Option("fp32", help="fp32; fp16 for TensorRT; bf16 or fp16 for torch."),
@@ -62,7 +62,7 @@ def build(
     max_decoder_batch: int = typer.Option(64, help="TensorRT: largest batch of prompts."),
     max_points: int = typer.Option(64, help="TensorRT: most points (boxes count two) in one prompt."),
 ) -> None:
-    """Turn a SAM checkpoint into a model directory (encoder, decoder, manifest)."""
+    """Turn a SAM or SAM 2.1 checkpoint into a model directory (encoder, decoder, manifest)."""
     from maskserve.build.builder import build_model_dir
     from maskserve.build.checkpoint import CheckpointError
     from maskserve.build.download import DownloadError, pull

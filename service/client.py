@@ -8,7 +8,7 @@ import inspect
 import numpy as np
 import grpc
 
-from maskserve.engines import masks as mask_codec, transforms
+from maskserve.engines import masks as mask_codec, sam2_transforms, transforms
 from maskserve.engines.automatic import MaskSet, Options
 
 from . import errors, everything
@@ -158,6 +158,8 @@ class _Base:
             low = RemoteLogits(fetch, result.logits_handle, len(result.masks), info.low_res_side)
         if return_logits:
             h, w = result.masks[0].height, result.masks[0].width
+            if info.family == "sam2.1":  # resized straight to the square; upscaled straight back
+                return sam2_transforms.upscale_logits(np.asarray(low), (h, w)), ious, low
             size = transforms.resized_shape(h, w, info.image_size)
             return transforms.upscale_logits(low, size, (h, w), info.image_size), ious, low
         return np.stack([decode_mask(m) for m in result.masks]), ious, low

@@ -166,7 +166,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
         m = self.manifest
         return pb.ModelInfo(model_type=m.model_type, model_version=self.version, backend=m.backend,
                             image_size=m.image_size, low_res_side=m.mask_input_size,
-                            max_points=self.settings.max_points, max_prompts=self.settings.max_prompts)
+                            max_points=self.settings.max_points, max_prompts=self.settings.max_prompts,
+                            family=m.family)
 
     @_streaming_rpc
     async def SegmentEverything(self, request, context):

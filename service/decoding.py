@@ -105,7 +105,7 @@ class Decoding:
         # are still in cache from the upscale to the encoding.
         transposed = fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE)
         for k in keep:
-            low = answer.low_res_logits[k]
+            low = answer.mask_logits[k]  # SAM 2.1 upscales its unclamped logits, returns the clamped ones
             if transposed:
                 full = prompt_lib.full_resolution_map(cv2.transpose(low), self.manifest, (w, h))
             else:

@@ -27,8 +27,7 @@ class Embeddings:
         self.redis, self.queue, self.pool = redis_client, queue, pool
         self.producer = jobs.Producer(queue, settings.stream(self.version), self.version, settings.max_queue)
         self.lru = store.LRU(settings.lru_entries)
-        embedding_bytes = int(np.prod(manifest.embedding_shape)) * np.dtype(settings.embedding_dtype).itemsize
-        self.shared_quotas = quotas.Shared(queue, self.version, embedding_bytes)
+        self.shared_quotas = quotas.Shared(queue, self.version, manifest.embedding_nbytes(settings.embedding_dtype))
         self.waiters: dict[str, set[asyncio.Event]] = {}  # image ref → the events of the calls waiting for it
         self.renewing: set[asyncio.Task] = set()
 

@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from maskserve import engines
-from maskserve.engines import transforms
+from maskserve.engines import prompts
 
 from . import allocator, images, jobs, metrics, redis_clients, store, tracing
 from .config import Settings
@@ -77,7 +77,7 @@ class EncoderWorker:
             try:  # everything about one job that depends on its input alone: it fails for that job only
                 rgb = images.decode_payload(fields[b"payload"], self.settings.max_image_pixels)
                 images.check_fits(*rgb.shape[:2], m.image_size)
-                x, _ = transforms.preprocess(rgb, m.image_size, m.pixel_mean, m.pixel_std)
+                x = prompts.prepare_image(rgb, m)  # as the model's family prepares images
             except images.ImageError as exc:  # never retried: it cannot get better
                 self._dead_letter(entry_id, fields, str(exc))
                 continue
@@ -101,7 +101,7 @@ class EncoderWorker:
             with tracing.job_span("encode", [fields for _, fields in jobs_]):
                 start = time.perf_counter()
                 try:
-                    embeddings = self.model.encoder.encode(np.stack(xs))
+                    embeddings = self._encode(np.stack(xs))
                 except Exception:  # noqa: BLE001 - find the job that fails alone; the others go on
                     log.exception("an encoder run of %d images failed; encoding them one by one", len(jobs_))
                     for job, x in zip(jobs_, xs):
@@ -117,9 +117,17 @@ class EncoderWorker:
             self.jobs.hand_back(entry_ids, self.settings.claim_idle_ms)
             log.info("encoder %s: handed %d unfinished jobs back to the pool", self.name, len(entry_ids))
 
+    def _encode(self, batch: np.ndarray) -> list:
+        """Each image's embedding as the store packs it: SAM's (1, C, E, E) array, or the manifest's named
+        arrays (SAM 2.1's three), each with a batch axis of 1."""
+        if self.manifest.family == "sam":
+            return list(self.model.encoder.encode(batch)[:, None])
+        arrays = self.model.encoder.encode_arrays(batch)
+        return [{name: a[i:i + 1] for name, a in arrays.items()} for i in range(len(batch))]
+
     def _encode_alone(self, job, x) -> None:
         try:
-            embedding = self.model.encoder.encode(x[None])
+            embedding = self._encode(x[None])
         except Exception as exc:  # noqa: BLE001
             self._dead_letter(*job, f"the encoder failed on this image: {exc.__class__.__name__}: {exc}")
             return
@@ -129,7 +137,7 @@ class EncoderWorker:
     def _store(self, good: list, embeddings, sizes) -> None:
         cache = self.cache.pipeline(transaction=False)
         for (_, fields), emb, size in zip(good, embeddings, sizes):
-            blob = store.pack(emb[None], self.version, size, self.settings.embedding_dtype)
+            blob = store.pack(emb, self.version, size, self.settings.embedding_dtype)
             cache.set(store.key(self.version, fields[b"image_id"].decode()), blob, ex=self.settings.embedding_ttl_s)
         cache.execute()  # stored first: only then is the job done
         self.jobs.done(good, time.time() + self.settings.embedding_ttl_s)
@@ -140,7 +148,7 @@ class EncoderWorker:
         run (ViT-B on CPU: 11.4 s, then 8.6–8.9 s), and the startup probe waits for this."""
         size = self.manifest.image_size
         start = time.perf_counter()
-        self.model.encoder.encode(np.zeros((1, 3, size, size), np.float32))
+        self._encode(np.zeros((1, 3, size, size), np.float32))
         log.info("encoder %s: warmed up in %.1f s", self.name, time.perf_counter() - start)
 
     def run(self) -> None:

@@ -1,9 +1,11 @@
 """Embeddings in Redis, under a TTL, behind a bounded in-process LRU.
 
-Key `emb:{model_version}:{image_id}`; value = magic, header length, JSON header, raw array, so one GET
-returns everything and a decoder can check it was made by its own model. The array is float32, or float16
-where the encoders are configured so (half the bytes in Redis and on the wire; the README gives the
-measured effect on masks); readers always get float32.
+Key `emb:{model_version}:{image_id}`; value = magic, header length, JSON header, raw arrays, so one GET
+returns everything and a decoder can check it was made by its own model. SAM's embedding is one array;
+SAM 2.1's is three named arrays (the manifest's `embedding_layout`), stored one after another with their
+names and shapes in the header. Arrays are float32, or float16 where the encoders are configured so (half
+the bytes in Redis and on the wire; the README gives the measured effect on masks); readers always get
+float32.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import json
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +26,7 @@ DTYPES = ("float32", "float16")
 
 @dataclass
 class Embedding:
-    array: np.ndarray  # (1, C, E, E) float32
+    array: np.ndarray | dict[str, np.ndarray]  # SAM: (1, C, E, E) float32; else {name: (1, *shape)} float32
     model_version: str
     original_size: tuple[int, int]  # (H, W) of the image
     decoder_features: dict | None = None  # the decoder's per-image work, kept with the embedding in the LRU
@@ -33,13 +36,19 @@ def key(model_version: str, image_id: str) -> str:
     return f"emb:{model_version}:{image_id}"
 
 
-def pack(array: np.ndarray, model_version: str, original_size: tuple[int, int], dtype: str = "float32") -> bytes:
+def pack(array, model_version: str, original_size: tuple[int, int], dtype: str = "float32") -> bytes:
+    """One image's embedding: SAM's array, or a mapping of named arrays (each with its batch axis of 1)."""
     if dtype not in DTYPES:
         raise ValueError(f"embedding dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    array = np.ascontiguousarray(array, dtype)
-    header = json.dumps({"shape": list(array.shape), "dtype": dtype, "model_version": model_version,
-                         "original_size": list(original_size)}).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + array.tobytes()
+    header = {"dtype": dtype, "model_version": model_version, "original_size": list(original_size)}
+    if isinstance(array, Mapping):
+        arrays = [np.ascontiguousarray(a, dtype) for a in array.values()]
+        header["arrays"] = [{"name": n, "shape": list(a.shape)} for n, a in zip(array, arrays)]
+    else:
+        arrays = [np.ascontiguousarray(array, dtype)]
+        header["shape"] = list(arrays[0].shape)
+    encoded = json.dumps(header).encode()
+    return b"".join([MAGIC, struct.pack("<I", len(encoded)), encoded, *(a.tobytes() for a in arrays)])
 
 
 def unpack(blob: bytes) -> Embedding:
@@ -50,10 +59,14 @@ def unpack(blob: bytes) -> Embedding:
     dtype = header.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"embedding stored as {dtype!r}; this decoder reads {', '.join(DTYPES)}")
-    array = np.frombuffer(blob, dtype, offset=8 + n).reshape(header["shape"])  # zero-copy for float32
-    if array.dtype != np.float32:
-        array = half_to_float(array)
-    return Embedding(array, header["model_version"], tuple(header["original_size"]))
+    offset, found = 8 + n, {}
+    for part in header.get("arrays") or [{"name": "", "shape": header["shape"]}]:
+        count = int(np.prod(part["shape"]))
+        array = np.frombuffer(blob, dtype, count, offset).reshape(part["shape"])  # zero-copy for float32
+        found[part["name"]] = array if array.dtype == np.float32 else half_to_float(array)
+        offset += count * np.dtype(dtype).itemsize
+    arrays = found if "arrays" in header else found[""]
+    return Embedding(arrays, header["model_version"], tuple(header["original_size"]))
 
 
 # ONNX graph `y = Cast<to=float>(x)` for a float16 vector of any length, serialised by

@@ -62,6 +62,45 @@ def vit_b_random(tmp_path_factory) -> tuple[Path, Path]:
     return checkpoint, model_dir
 
 
+# SAM 2.1's seeded random checkpoint: two mask tokens' hypernetwork outputs are scaled so that its masks' logits
+# exercise what the reference does with them. At init scale token 0's logits are all within a few tenths of
+# zero, so every single-mask answer would be unstable and fall back to a multimask token; ×30 puts its
+# stability on both sides of the 0.98 threshold across prompts. ×400 on token 3 takes its logits past ±32,
+# where the returned low-res logits are clamped but the masks are not.
+SAM2_TOKEN_SCALES = {0: 30.0, 3: 400.0}
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, ONNX model directory) of sam2.1_hiera_tiny with seeded random weights, saved in Meta's
+    format {"model": state_dict} and built with `maskserve build`."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from maskserve.build.sam2_checkpoint import INSTALL, build_sam2_model
+    from maskserve.build.specs import get_spec
+
+    try:
+        import sam2  # noqa: F401
+    except ImportError:
+        pytest.fail(f"the SAM 2.1 tests need Meta's sam2 package: {INSTALL} (make setup installs it)")
+    root = tmp_path_factory.mktemp("sam2")
+    torch.manual_seed(0)
+    state = build_sam2_model(get_spec("sam2.1_hiera_tiny")).state_dict()
+    for token, scale in SAM2_TOKEN_SCALES.items():
+        for part in ("weight", "bias"):
+            state[f"sam_mask_decoder.output_hypernetworks_mlps.{token}.layers.2.{part}"] *= scale
+    checkpoint = root / "sam2.1_hiera_tiny_random.pt"
+    torch.save({"model": state}, checkpoint)
+    model_dir = root / "model"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "sam2.1_hiera_tiny",
+                          "--checkpoint", str(checkpoint), "--out", str(model_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return checkpoint, model_dir
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real photographs bundled with scikit-image, in several non-square, small and elongated shapes."""

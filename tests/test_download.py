@@ -98,3 +98,24 @@ def test_cli_pull_of_a_published_name_checks_its_published_size_and_md5(server, 
     assert out.returncode == 2
     assert "expected 375042383 bytes" in out.stderr.replace("\n", "")
     assert not list(tmp_path.iterdir())
+
+
+def test_sha256_is_verified(server, tmp_path):
+    """SAM 2.1's published digests are sha256."""
+    sha256 = hashlib.sha256(PAYLOAD).hexdigest()
+    path = download(_url(server), tmp_path / "sam2.pt", size=len(PAYLOAD), progress=False, sha256=sha256)
+    assert path.read_bytes() == PAYLOAD
+    assert download(_url(server), path, progress=False, sha256=sha256) == path  # verified, not fetched again
+    assert len(server.requests) == 1
+    with pytest.raises(DownloadError, match=f"checksum mismatch \\(sha256 {sha256}, expected 0+\\)"):
+        download(_url(server), tmp_path / "other.pt", size=len(PAYLOAD), progress=False, sha256="0" * 64)
+    assert not (tmp_path / "other.pt").exists() and not (tmp_path / "other.pt.part").exists()
+
+
+def test_cli_pull_of_a_sam2_name_checks_its_published_size(server, tmp_path):
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "models", "pull", "sam2.1_hiera_tiny", "--quiet",
+                          "--cache-dir", str(tmp_path), "--base-url", base], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "sam2.1_hiera_tiny.pt: expected 156008466 bytes" in out.stderr.replace("\n", "")
+    assert server.requests and not list(tmp_path.iterdir())

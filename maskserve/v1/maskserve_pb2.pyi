@@ -268,7 +268,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_type", "model_version", "backend", "image_size", "low_res_side", "max_points", "max_prompts")
+    __slots__ = ("model_type", "model_version", "backend", "image_size", "low_res_side", "max_points", "max_prompts", "family")
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class ModelInfo(_message.Message):
     LOW_RES_SIDE_FIELD_NUMBER: _ClassVar[int]
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     model_type: str
     model_version: str
     backend: str
@@ -283,7 +284,8 @@ class ModelInfo(_message.Message):
     low_res_side: int
     max_points: int
     max_prompts: int
-    def __init__(self, model_type: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., image_size: _Optional[int] = ..., low_res_side: _Optional[int] = ..., max_points: _Optional[int] = ..., max_prompts: _Optional[int] = ...) -> None: ...
+    family: str
+    def __init__(self, model_type: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., image_size: _Optional[int] = ..., low_res_side: _Optional[int] = ..., max_points: _Optional[int] = ..., max_prompts: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
 
 class AutomaticOptions(_message.Message):
     __slots__ = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
