@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the local disk on our CI machines (a CPU run of the CUDA build).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl proto clean
+.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl proto clean gpu-check
 
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -71,3 +71,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .setuptools-build out
+
+# The torch encoder's GPU figures (README, "GPU encoder"): ViT-B and ViT-H with seeded random weights made on the
+# machine itself, one JSON, $$OUT/gpu_check.json (out/ here). Fits 8 minutes on an H200 (stages time-boxed,
+# the JSON rewritten after each); needs segment-anything (on the GPU machine: its wheel carried in .whl/).
+# Where there is no virtual environment (the lent GPU machine) it runs python3. GPU_CHECK_ARGS: e.g. --models vit_b.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PY) build/gpu_check.py --out $${OUT:-out}/gpu_check.json $(GPU_CHECK_ARGS)
