@@ -287,6 +287,9 @@ class Segmenter(pb_grpc.SegmenterServicer):
     async def _everything_images(self, request, options: automatic.Options):
         """(image_id, original size, [(crop box, layer, crop's ref, its payload)]) for a request; a crop is an
         image like any other: content-addressed, queued, cached."""
+        if self.manifest.family != "sam":  # SAM 2's generator differs (its own options); not parity-tested yet
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"SegmentEverything serves SAM models; this "
+                               f"service runs {self.manifest.model_type}", "NOT_SUPPORTED_BY_MODEL")
         target = request.WhichOneof("target")
         if target == "image_id":
             if options.crop_n_layers:

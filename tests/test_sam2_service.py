@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from maskserve.service import errors
 from maskserve.service.client import Client
 from maskserve.service.stack import LocalStack
 
@@ -58,6 +59,9 @@ def test_client_equals_sam2_image_predictor(stack, sam2_tiny_random, photos):
                 worst_score = max(worst_score, float(np.abs(r1[1] - r2[1]).max()))
                 if (iou := _iou(r1[0][0] > 0, r2[0][0])) is not None:
                     worst_iou = min(worst_iou, iou)
+        with pytest.raises(errors.MaskserveError) as refused:  # not parity-tested for SAM 2.1: refused
+            client.segment_everything(image)
+        assert refused.value.reason == "NOT_SUPPORTED_BY_MODEL"
         full = client.predict(return_logits=True, **cases[0])[0]
         agree = ((full > 0) == reference.predict(**cases[0])[0].astype(bool)).mean()
     print(f"SAM 2.1 through the wire: worst mask IoU {worst_iou:.5f}, |Δ iou_pred| {worst_score:.1e}, "
