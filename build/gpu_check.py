@@ -502,6 +502,13 @@ def summary(report: Report) -> dict:
         for precision, t in r.get("latency", {}).items():
             if "network_batch1" in t:
                 s[f"{precision}_batch1_ms"] = t["network_batch1"]["median_ms"]
+        for key, row in r.get("variants", {}).items():
+            if key.startswith("batch") and isinstance(row, dict) and row.get("fastest"):
+                s[f"variants_{key}_fastest"] = row["fastest"]
+                s[f"variants_{key}_fastest_ms"] = row[row["fastest"]]["median_ms"]
+        for key, row in r.get("compile", {}).items():
+            if key.startswith("batch") and isinstance(row, dict) and "median_ms" in row:
+                s[f"compiled_{key}_ms"] = row["median_ms"]
         ref = r.get("reference_fp32", {})
         if "latency_batch1" in ref:
             s["reference_fp32_batch1_ms"] = ref["latency_batch1"]["median_ms"]
@@ -598,6 +605,8 @@ def _run(args, report: Report, device: torch.device, work: Path) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    report.data["summary"] = summary(report)  # before compiling, which may outlast the budget
+    report.save()
     if keep:
         for model_type in models:
             print(f"{model_type} compile:", flush=True)

@@ -360,7 +360,7 @@ class TorchEncoder:
                 log.info("torch encoder, batch %d: eager %.2f ms, CUDA graph %.2f ms: %s", b, eager * 1e3,
                          replay * 1e3, "graph" if replay < eager else "eager")
                 if replay >= eager:
-                    graph = None  # its memory goes back to the caching allocator
+                    graph = None  # its memory goes back to the shared pool, for the other sizes
             self.graphs[b] = graph
         return self.graphs[b]
 
