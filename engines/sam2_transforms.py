@@ -108,19 +108,11 @@ def clamp_logits(low_res: np.ndarray) -> np.ndarray:
 
 def upscale_map(low_res: np.ndarray, original_size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
     """One (M, M) low-res logit map → (H, W) logits: bilinear, half-pixel centres, no antialiasing (torch's
-    `F.interpolate(mode="bilinear", align_corners=False)`, which OpenCV's INTER_LINEAR computes; torch's
-    float32 source positions drift by up to ~1e-4 of the logits' range at the far edge of a large output,
-    OpenCV's are exact, as for SAM's upscale in `transforms`)."""
-    import cv2
+    `F.interpolate(mode="bilinear", align_corners=False)`), by SAM's resize in `transforms` (OpenCV, or its
+    matrix form on a client-only install)."""
+    from .transforms import _resize_bilinear
 
-    h, w = original_size
-    x = np.ascontiguousarray(low_res, np.float32)
-    if x.shape == (h, w):
-        if out is None:
-            return x.copy()
-        out[...] = x
-        return out
-    return cv2.resize(x, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+    return _resize_bilinear(np.ascontiguousarray(low_res, np.float32), *original_size, out=out)
 
 
 def upscale_logits(low_res: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
