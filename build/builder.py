@@ -42,8 +42,24 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         export.export_encoder(sam, staging / "encoder.onnx")
     export.export_decoder(sam, staging / "decoder.onnx")
     export.export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
+    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx", "image_file": "decoder_image.onnx",
+                                                           "points_file": "decoder_points.onnx"})
+    if backend == "torch":
+        from maskserve.engines import torch_backend
+
+        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
+        manifest.backend, manifest.backend_version, manifest.precision = "torch", torch_backend.torch.__version__, precision
+        manifest.encoder = {"file": torch_backend.ENCODER_FILE, "device": "auto", "max_batch": max_encoder_batch,
+                            "attention": "bias", "cuda_graphs": "auto", "compile": False, "architecture": architecture}
+    return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
+
+
+def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list | None = None) -> Manifest:
+    """The manifest of an ONNX Runtime model directory (`encoder.onnx` and `decoder`'s files); with `layout`, a
+    family of several embedding arrays (SAM 2.1), whose model version covers the layout."""
     checkpoint_sha256 = file_digest(checkpoint)
-    manifest = Manifest(
+    family = {} if layout is None else {"family": spec.family, "embedding_layout": layout}
+    return Manifest(
         model_type=model_type,
         backend="onnxruntime",
         backend_version=onnxruntime.__version__,
@@ -55,17 +71,17 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         pixel_mean=spec.pixel_mean,
         pixel_std=spec.pixel_std,
         checkpoint_sha256=checkpoint_sha256,
-        model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape),
+        model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape,
+                                                    family.get("family", "sam"), layout),
         encoder={"file": "encoder.onnx"},
-        decoder={"file": "decoder.onnx", "image_file": "decoder_image.onnx", "points_file": "decoder_points.onnx"},
+        decoder=decoder,
+        **family,
     )
-    if backend == "torch":
-        from maskserve.engines import torch_backend
 
-        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
-        manifest.backend, manifest.backend_version, manifest.precision = "torch", torch_backend.torch.__version__, precision
-        manifest.encoder = {"file": torch_backend.ENCODER_FILE, "device": "auto", "max_batch": max_encoder_batch,
-                            "attention": "bias", "cuda_graphs": "auto", "compile": False, "architecture": architecture}
+
+def save_and_compile(staging: Path, manifest: Manifest, backend: str, precision: str, max_encoder_batch: int,
+                     max_decoder_batch: int, max_points: int) -> Manifest:
+    """Write the manifest, then compile TensorRT engines from the graphs when that backend is asked for."""
     manifest.save(staging)
     if backend == "tensorrt":
         from . import tensorrt_engines

@@ -124,14 +124,19 @@ def load_model(path: str | Path, model_type: str):
 
         return load_sam2_model(path, model_type)
     state = read_state_dict(path)
-    sam = build_model(spec)
-    problems = key_problems(state, sam.state_dict())
+    return load_strictly(build_model(spec), state, path, model_type, guess_model_type)
+
+
+def load_strictly(model, state: dict, path, model_type: str, guess) -> torch.nn.Module:
+    """`state` into `model` with every key and shape checked first; a misfit names its problems and, through
+    `guess(state)`, the model type the checkpoint looks like."""
+    problems = key_problems(state, model.state_dict())
     if problems:
-        guess = guess_model_type(state)
-        hint = f"; it looks like a {guess} checkpoint" if guess and guess != model_type else ""
+        guessed = guess(state)
+        hint = f"; it looks like a {guessed} checkpoint" if guessed and guessed != model_type else ""
         raise CheckpointError(f"checkpoint {path} does not fit model type {model_type}: " + "; ".join(problems) + hint)
-    sam.load_state_dict(state, strict=True)
-    return sam.eval()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def key_problems(state: dict, expected: dict) -> list[str]:

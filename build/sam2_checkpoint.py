@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, is_state_dict, key_problems, read_checkpoint_file
+from .checkpoint import CheckpointError, is_state_dict, load_strictly, read_checkpoint_file
 from .specs import SAM2_SPECS, Sam2Spec, get_spec
 
 INSTALL = "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 hydra-core iopath"
@@ -69,11 +69,4 @@ def load_sam2_model(path: str | Path, model_type: str):
     if spec.family != "sam2.1":
         raise CheckpointError(f"{model_type} is not a SAM 2.1 model type")
     state = read_sam2_state_dict(path)
-    model = build_sam2_model(spec)
-    problems = key_problems(state, model.state_dict())
-    if problems:
-        guess = guess_sam2_model_type(state)
-        hint = f"; it looks like a {guess} checkpoint" if guess and guess != model_type else ""
-        raise CheckpointError(f"checkpoint {path} does not fit model type {model_type}: " + "; ".join(problems) + hint)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_strictly(build_sam2_model(spec), state, path, model_type, guess_sam2_model_type)

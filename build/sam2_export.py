@@ -27,14 +27,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import onnxruntime
 import torch
 from torch import nn
 
 from maskserve.engines.interface import DECODER_OUTPUTS, ENCODER_INPUTS, SAM2_DECODER_INPUTS, SAM2_ENCODER_OUTPUTS
 from maskserve.engines.model_dir import Manifest
 
-from .checkpoint import file_digest
 from .export import PROMPT_AXES, _export, two_way_transformer
 
 
@@ -148,31 +146,8 @@ def write_model_dir(model, spec, checkpoint, model_type, staging, backend, preci
         raise ValueError(f"SAM 2.1 models build for the onnxruntime and tensorrt backends, not {backend}")
     export_encoder(model, staging / "encoder.onnx")
     export_decoder(model, staging / "decoder.onnx")
-    checkpoint_sha256 = file_digest(checkpoint)
-    layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
-    manifest = Manifest(
-        model_type=model_type,
-        backend="onnxruntime",
-        backend_version=onnxruntime.__version__,
-        precision="fp32",
-        image_size=spec.image_size,
-        embedding_shape=spec.embedding_shape,
-        embedding_dtype="float32",
-        mask_input_size=spec.mask_input_size,
-        pixel_mean=spec.pixel_mean,
-        pixel_std=spec.pixel_std,
-        checkpoint_sha256=checkpoint_sha256,
-        model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape,
-                                                    spec.family, layout),
-        encoder={"file": "encoder.onnx"},
-        decoder={"file": "decoder.onnx"},
-        family=spec.family,
-        embedding_layout=layout,
-    )
-    manifest.save(staging)
-    if backend == "tensorrt":
-        from . import tensorrt_engines
+    from .builder import onnx_manifest, save_and_compile
 
-        manifest = tensorrt_engines.compile_in_place(staging, manifest, precision, max_encoder_batch,
-                                                     max_decoder_batch, max_points)
-    return manifest
+    layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
+    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx"}, layout)
+    return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
