@@ -1,10 +1,17 @@
 """Automatic mask generation ("segment everything"): the paper's grid generator, without torch.
 
-The same records as `segment_anything.SamAutomaticMaskGenerator` for the same model and image: per crop
+The same records as `segment_anything.SamAutomaticMaskGenerator` for a SAM model, and as
+`sam2.SAM2AutomaticMaskGenerator` for a SAM 2.1 one (`FAMILY_DEFAULTS`, `SAM2_OPTIONS`), for the same image: per crop
 (the whole image, then `crop_n_layers` levels of overlapping zoomed-in crops) a grid of single-point
 prompts, three masks each, kept if predicted IoU and stability pass, masks touching a crop's inner edge
 dropped, duplicates removed by box NMS within each crop and across crops, then optionally small holes and
-islands removed. What differs is only where and when the work happens:
+islands removed. SAM 2.1's generator differs in its model's pre- and post-processing (`prompts` does them by
+family), its default `pred_iou_thresh` (0.8), three options of its own (`mask_threshold`, `multimask_output`,
+`use_m2m`: each grid mask decoded once more with its own low-res logits as mask input), and, when
+`min_mask_region_area` is set, holes and specks of up to that many low-res cells removed from every mask
+before it is upscaled (`sam2_transforms.fill_holes_and_sprinkles`) in place of SAM's clean-up of the
+full-size masks. What differs from the references is only
+where and when the work happens:
 - the grid runs as large decoder batches against the crop's embedding and the split decoder's per-image
   tensors, computing only the mask cells the crop shows (`mask_extent`);
 - predicted IoU is filtered on the decoder's output, before anything is upscaled; each survivor is then
@@ -24,11 +31,15 @@ from typing import Callable
 
 import numpy as np
 
-from . import masks, prompts, transforms
+from . import masks, prompts, sam2_transforms, transforms
 from .model_dir import Manifest
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 EDGE_TOLERANCE = 20.0  # pixels: a mask box this close to a crop's inner edge is cut off by the crop
+# Where the references' defaults differ by model family.
+FAMILY_DEFAULTS = {"sam": {"pred_iou_thresh": 0.88}, "sam2.1": {"pred_iou_thresh": 0.8}}
+# SAM 2's generator's own options and their defaults (SAM's generator has none of them).
+SAM2_OPTIONS = {"mask_threshold": 0.0, "multimask_output": True, "use_m2m": False}
 
 
 class ParameterError(ValueError):
@@ -45,11 +56,12 @@ class Cancelled(Exception):
 
 @dataclass
 class Options:
-    """The reference generator's parameters, names and defaults (`SamAutomaticMaskGenerator.__init__`)."""
+    """The reference generators' parameters, names and defaults (`SamAutomaticMaskGenerator.__init__`, and
+    `SAM2AutomaticMaskGenerator.__init__` for the last three). None: the model family's default."""
 
     points_per_side: int | None = 32
     points_per_batch: int = 64  # accepted for compatibility; the answer does not depend on it
-    pred_iou_thresh: float = 0.88
+    pred_iou_thresh: float | None = None  # 0.88 for SAM, 0.8 for SAM 2.1
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
@@ -60,9 +72,13 @@ class Options:
     point_grids: list[np.ndarray] | None = None
     min_mask_region_area: int = 0
     output_mode: str = "binary_mask"
+    mask_threshold: float = 0.0  # SAM 2.1 only: the logit masks are cut at (stability: ± the offset)
+    multimask_output: bool = True  # SAM 2.1 only: three masks per grid point, or its single-mask choice
+    use_m2m: bool = False  # SAM 2.1 only: refine each mask once with its own low-res logits
 
-    def validate(self, max_crop_layers: int = 3, max_points: int = 65536) -> "Options":
-        """Check every parameter (one clear error naming it) and return the options with grids as arrays."""
+    def validate(self, max_crop_layers: int = 3, max_points: int = 65536, family: str | None = None) -> "Options":
+        """Check every parameter (one clear error naming it) and return the options with grids as arrays and,
+        for a model `family`, its defaults filled in; SAM 2's own options are refused for a SAM model."""
         def integer(name, low, high=None):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -84,12 +100,28 @@ class Options:
         if self.points_per_side is not None:
             integer("points_per_side", 1, int(math.isqrt(max_points)))
         integer("points_per_batch", 1)
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+        for name in ("stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             number(name, 0.0, 1.0)
         number("stability_score_offset", 0.0, 1e6)
         number("crop_overlap_ratio", 0.0, 1.0, high_open=True)
         integer("crop_n_points_downscale_factor", 1)
         integer("min_mask_region_area", 0)
+        if self.pred_iou_thresh is not None:
+            number("pred_iou_thresh", 0.0, 1.0)
+        number("mask_threshold", -1e6, 1e6)
+        for name in ("multimask_output", "use_m2m"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(name, f"must be true or false, got {getattr(self, name)!r}")
+        resolved = {}
+        if family is not None:
+            if family not in FAMILY_DEFAULTS:
+                raise ValueError(f"unknown model family {family!r}")
+            resolved = {k: v for k, v in FAMILY_DEFAULTS[family].items() if getattr(self, k) is None}
+            if family == "sam":
+                for name, default in SAM2_OPTIONS.items():
+                    if getattr(self, name) != default:
+                        raise ParameterError(name, "is an option of SAM 2's generator; this model is SAM (leave "
+                                                   f"it at {default})")
         if self.output_mode not in OUTPUT_MODES:
             raise ParameterError("output_mode", f"must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
         grids = self.point_grids
@@ -104,7 +136,8 @@ class Options:
                 if not np.all(np.isfinite(g)) or g.min() < 0 or g.max() > 1:
                     raise ParameterError("point_grids", f"grid {i} must hold coordinates in [0, 1] (fractions of "
                                                         "the crop's width and height)")
-        checked = Options(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "point_grids": grids})
+        checked = Options(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "point_grids": grids,
+                             **resolved})
         total = checked.total_points()
         if total > max_points:
             raise ParameterError("points_per_side" if grids is None else "point_grids",
@@ -198,10 +231,11 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
     return order[np.asarray(keep, np.int64)]
 
 
-def _stability(logits: np.ndarray, offset: float) -> np.float32:
-    """The reference's stability score: pixels above +offset over pixels above −offset, in float32."""
-    inner = np.count_nonzero(logits > np.float32(offset))
-    outer = np.count_nonzero(logits > np.float32(-offset))
+def _stability(logits: np.ndarray, offset: float, threshold: float = 0.0) -> np.float32:
+    """The references' stability score: pixels above threshold + offset over pixels above threshold − offset,
+    in float32."""
+    inner = np.count_nonzero(logits > np.float32(threshold + offset))
+    outer = np.count_nonzero(logits > np.float32(threshold - offset))
     return np.float32(inner) / np.float32(outer) if outer else np.float32(np.nan)
 
 
@@ -222,16 +256,43 @@ def _box_of_transposed(mask_t: np.ndarray) -> np.ndarray:
     return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.int64)
 
 
+def _grid_masks(decoder, manifest: Manifest, embedding, features, coords: np.ndarray, extent,
+                options: Options) -> tuple[np.ndarray, np.ndarray, int]:
+    """(predicted IoU (R,), low-res logits (R, M', M'), masks per point) of one batch of single-point
+    prompts, point-major (each point's masks together, in token order), as the reference generators flatten
+    them."""
+    n, m = len(coords), manifest.mask_input_size
+    labels = np.tile(np.array([[1, -1]], np.float32), (n, 1))
+    iou, low = decoder.decode(embedding, coords, labels, np.zeros((n, 1, m, m), np.float32),
+                              np.zeros(n, np.float32), features, extent)
+    if options.multimask_output:
+        iou, low = iou[:, 1:], low[:, 1:]
+    elif manifest.family == "sam2.1":
+        iou, low = sam2_transforms.select_single_mask(iou, low)
+    else:
+        iou, low = iou[:, :1], low[:, :1]
+    k = iou.shape[1]
+    iou, low = iou.reshape(-1), low.reshape(-1, *low.shape[2:])
+    if options.use_m2m:  # SAM 2: each mask once more, its own clamped low-res logits as the mask input
+        iou, low = decoder.decode(embedding, np.repeat(coords, k, axis=0), np.repeat(labels, k, axis=0),
+                                  sam2_transforms.clamp_logits(low)[:, None], np.ones(len(low), np.float32),
+                                  features, extent)
+        iou, low = sam2_transforms.select_single_mask(iou, low)
+        iou, low = iou[:, 0], low[:, 0]
+    return iou, low, k
+
+
 def process_crop(
-    decoder, manifest: Manifest, embedding: np.ndarray, features: dict | None, crop_box: list[int],
+    decoder, manifest: Manifest, embedding, features: dict | None, crop_box: list[int],
     grid: np.ndarray, image_size: tuple[int, int], options: Options, *, batch: int | None = None,
     cancel: threading.Event | None = None, progress: Callable[[int], None] | None = None,
     timings: dict | None = None,
 ) -> MaskSet:
     """The masks of one crop's point grid, filtered and de-duplicated (NMS within the crop) as the reference
-    does, in the whole image's frame. Prompts go `batch` at a time (default: the decoder's `prompt_batch`,
-    chosen by measurement for its runtime). `progress(n)` is told of each batch of n points; `cancel` is checked
-    between batches. `timings` accumulates seconds per stage (grid_decode, filter, nms)."""
+    does, in the whole image's frame. `options` are validated for the model's family (its defaults filled in).
+    Prompts go `batch` at a time (default: the decoder's `prompt_batch`, chosen by measurement for its
+    runtime). `progress(n)` is told of each batch of n points; `cancel` is checked between batches. `timings`
+    accumulates seconds per stage (grid_decode, filter, nms)."""
     import cv2  # here, not at the top: a client imports this module for Options and MaskSet only
 
     timings = timings if timings is not None else {}
@@ -240,10 +301,16 @@ def process_crop(
     ch, cw = crop_size
     points = grid * np.array([[cw, ch]], np.float64)
     size = manifest.image_size
-    embedding = np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
+    sam2 = manifest.family == "sam2.1"
+    if sam2:  # SAM 2's generator holds the grid in float32, and its records' point_coords
+        points = points.astype(np.float32)
+    offset = np.array([x0, y0], points.dtype)
+    to_input = sam2_transforms.transform_coords if sam2 else transforms.transform_coords
+    embedding = prompts.decoder_embedding(embedding, manifest)
     extent = prompts.mask_extent(manifest, crop_size)
-    m = manifest.mask_input_size
     iou_thresh, stab_thresh = np.float32(options.pred_iou_thresh), np.float32(options.stability_score_thresh)
+    cut = np.float32(options.mask_threshold)
+    fill_area = options.min_mask_region_area if sam2 else 0  # SAM2ImagePredictor's max_hole/sprinkle_area
     whole = crop_size == tuple(image_size)
     canvas = None if whole else np.zeros((image_size[1], image_size[0]), bool)  # the image, transposed
     kept: list[tuple] = []
@@ -255,20 +322,20 @@ def process_crop(
         chunk = points[start:start + batch]
         n = len(chunk)
         coords = np.zeros((n, 2, 2), np.float32)
-        coords[:, 0] = transforms.transform_coords(chunk, crop_size, size)
-        labels = np.tile(np.array([[1, -1]], np.float32), (n, 1))
-        iou, low = decoder.decode(embedding, coords, labels, np.zeros((n, 1, m, m), np.float32),
-                                  np.zeros(n, np.float32), features, extent)
-        iou, low = iou[:, 1:], low[:, 1:]  # multimask: tokens 1–3
+        coords[:, 0] = to_input(chunk, crop_size, size)
+        iou, low, per_point = _grid_masks(decoder, manifest, embedding, features, coords, extent, options)
         t2 = time.perf_counter()
         timings["grid_decode"] = timings.get("grid_decode", 0.0) + t2 - t
-        survivors = np.argwhere(iou > iou_thresh) if options.pred_iou_thresh > 0 else np.argwhere(np.ones_like(iou, bool))
-        for p, k in survivors:  # point-major, as the reference flattens (point, mask)
-            lt = prompts.full_resolution_map(cv2.transpose(low[p, k]), manifest, (cw, ch))
-            stability = _stability(lt, options.stability_score_offset)
+        survivors = np.flatnonzero(iou > iou_thresh) if options.pred_iou_thresh > 0 else range(len(iou))
+        for r in survivors:
+            logits = low[r]
+            if fill_area:
+                logits = sam2_transforms.fill_holes_and_sprinkles(logits, fill_area)
+            lt = prompts.full_resolution_map(cv2.transpose(logits), manifest, (cw, ch))
+            stability = _stability(lt, options.stability_score_offset, cut)
             if options.stability_score_thresh > 0 and not stability >= stab_thresh:
                 continue
-            binary_t = lt > 0.0
+            binary_t = lt > cut
             box = _box_of_transposed(binary_t) + np.array([x0, y0, x0, y0], np.int64)
             if _near_crop_edge(box, crop_box, image_size):
                 continue
@@ -278,7 +345,7 @@ def process_crop(
                 canvas[x0:x1, y0:y1] = binary_t
                 rle = masks.encode_rle_transposed(canvas)
                 canvas[x0:x1, y0:y1] = False
-            kept.append((rle, box, iou[p, k], stability, chunk[p] + (x0, y0)))
+            kept.append((rle, box, iou[r], stability, chunk[r // per_point] + offset))
         timings["filter"] = timings.get("filter", 0.0) + time.perf_counter() - t2
         if progress is not None:
             progress(n)
@@ -301,6 +368,21 @@ def merge_crops(sets: list[MaskSet], image_size: tuple[int, int], options: Optio
         area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).astype(np.float32)
         merged = merged.take(box_nms(merged.boxes, np.float32(1) / area, options.crop_nms_thresh))
     return merged
+
+
+def finish(sets: list[MaskSet], image_size: tuple[int, int], options: Options, family: str,
+           timings: dict) -> MaskSet:
+    """The crops' masks in one set (`merge_crops`), then, for SAM, small holes and islands of the
+    full-size masks removed (`clean_up`): SAM 2's generator removes them from the low-res logits instead,
+    in `process_crop`. `timings` gets crop_merge and cleanup seconds."""
+    t = time.perf_counter()
+    found = merge_crops(sets, image_size, options)
+    timings["crop_merge"] = time.perf_counter() - t
+    if options.min_mask_region_area > 0 and family == "sam":
+        t = time.perf_counter()
+        found = clean_up(found, options.min_mask_region_area, max(options.box_nms_thresh, options.crop_nms_thresh))
+        timings["cleanup"] = time.perf_counter() - t
+    return found
 
 
 def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
@@ -381,27 +463,32 @@ def records(found: MaskSet, output_mode: str = "binary_mask") -> list[dict]:
 
 
 class AutomaticMaskGenerator:
-    """Drop-in for `segment_anything.SamAutomaticMaskGenerator`: the same parameters and defaults, and
-    `generate(image)` returns the same records.
+    """Drop-in for `segment_anything.SamAutomaticMaskGenerator` and, on a SAM 2.1 model,
+    `sam2.SAM2AutomaticMaskGenerator`: the same parameters and defaults (`pred_iou_thresh` None: the model's,
+    0.88 or 0.8; the last three are SAM 2's), and `generate(image)` returns the same records.
 
     `model` is a model directory or a `Predictor` (runs in this process; None = the shipped tiny model),
     or a `maskserve.Client` (runs on the service: crops go through its encoder pool and embedding store)."""
 
     def __init__(self, model=None, points_per_side: int | None = 32, points_per_batch: int = 64,
-                 pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+                 pred_iou_thresh: float | None = None, stability_score_thresh: float = 0.95,
                  stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
                  crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
                  crop_n_points_downscale_factor: int = 1, point_grids: list[np.ndarray] | None = None,
-                 min_mask_region_area: int = 0, output_mode: str = "binary_mask") -> None:
-        self.options = Options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                               stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
-                               crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
-                               min_mask_region_area, output_mode).validate(max_crop_layers=8, max_points=2**24)
+                 min_mask_region_area: int = 0, output_mode: str = "binary_mask", mask_threshold: float = 0.0,
+                 multimask_output: bool = True, use_m2m: bool = False) -> None:
         self.client = model if hasattr(model, "segment_everything") else None
+        family = None  # the service's model: its defaults and checks are the service's
         if self.client is None:
             from .predictor import Predictor
 
             self.predictor = model if isinstance(model, Predictor) else Predictor(model)
+            family = self.predictor.manifest.family
+        self.options = Options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                               stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
+                               crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
+                               min_mask_region_area, output_mode, mask_threshold, multimask_output,
+                               use_m2m).validate(max_crop_layers=8, max_points=2**24, family=family)
         self.timings: dict[str, float] = {}
 
     def generate(self, image: np.ndarray) -> list[dict]:
@@ -427,11 +514,4 @@ class AutomaticMaskGenerator:
             self.timings["encode"] = self.timings.get("encode", 0.0) + time.perf_counter() - t
             sets.append(process_crop(p.model.decoder, p.manifest, p.features, p.decoder_features, box,
                                      grids[layer], size, o, timings=self.timings))
-        t = time.perf_counter()
-        found = merge_crops(sets, size, o)
-        self.timings["crop_merge"] = time.perf_counter() - t
-        if o.min_mask_region_area > 0:
-            t = time.perf_counter()
-            found = clean_up(found, o.min_mask_region_area, max(o.box_nms_thresh, o.crop_nms_thresh))
-            self.timings["cleanup"] = time.perf_counter() - t
-        return found
+        return finish(sets, size, o, p.manifest.family, self.timings)

@@ -78,7 +78,7 @@ def embedding_arrays(embedding: Embedding, manifest: Manifest) -> dict[str, np.n
     return {n: np.ascontiguousarray(embedding[n], np.float32).reshape(1, *shape) for n, shape in shapes.items()}
 
 
-def _decoder_embedding(embedding: Embedding, manifest: Manifest) -> Embedding:
+def decoder_embedding(embedding: Embedding, manifest: Manifest) -> Embedding:
     """What the decoder takes: SAM's one array as before (its speed unchanged), every other family's mapping."""
     if manifest.family == "sam" and not isinstance(embedding, Mapping):
         return np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
@@ -172,7 +172,7 @@ def decode(
         groups.setdefault((len(pts), mask is not None), []).append(i)
     answers: list[Answer | None] = [None] * len(prepared)
     token_slice = slice(1, None) if multimask_output else slice(0, 1)
-    embedding = _decoder_embedding(embedding, manifest)
+    embedding = decoder_embedding(embedding, manifest)
     extent = None if full_logits else mask_extent(manifest, original_size)
     for idx in groups.values():
         coords = np.stack([prepared[i][0] for i in idx])

@@ -10,7 +10,8 @@
   under 0.98, then the multimask token with the highest predicted IoU (`select_single_mask`);
 - masks: the 256² low-res logits bilinearly resized straight to the original size (half-pixel centres, no
   antialiasing), > 0; the returned low-res logits are clamped to ±32, the masks come from the unclamped ones.
-  The predictor's default `max_hole_area` and `max_sprinkle_area` are 0: no hole filling, no sprinkle removal.
+  The predictor's default `max_hole_area` and `max_sprinkle_area` are 0: no hole filling, no sprinkle removal;
+  SAM 2's automatic generator sets both to its `min_mask_region_area` (`fill_holes_and_sprinkles`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,26 @@ def select_single_mask(iou: np.ndarray, low_res: np.ndarray) -> tuple[np.ndarray
 def clamp_logits(low_res: np.ndarray) -> np.ndarray:
     """The low-res logits as SAM2ImagePredictor returns them (and takes back as mask_input): within ±32."""
     return np.clip(low_res, -LOGITS_LIMIT, LOGITS_LIMIT)
+
+
+def fill_holes_and_sprinkles(low_res: np.ndarray, max_area: int) -> np.ndarray:
+    """One (M, M) low-res logit map with its holes (8-connected regions ≤ 0) and sprinkles (8-connected
+    regions > 0) of at most `max_area` cells set to +10 and −10, as `SAM2Transforms.postprocess_masks` does
+    before upscaling when the predictor has `max_hole_area` / `max_sprinkle_area` (both found on the map as
+    given). Its CUDA labelling is 8-connected; without sam2's CUDA extension the reference skips this step."""
+    import cv2
+
+    def small(region: np.ndarray) -> np.ndarray:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+        is_small = stats[:, cv2.CC_STAT_AREA] <= max_area
+        is_small[0] = False  # the other side
+        return is_small[labels]
+
+    low_res = np.asarray(low_res, np.float32)
+    holes, sprinkles = small(low_res <= 0.0), small(low_res > 0.0)
+    if not holes.any() and not sprinkles.any():
+        return low_res
+    return np.where(holes, np.float32(10.0), np.where(sprinkles, np.float32(-10.0), low_res))
 
 
 def upscale_map(low_res: np.ndarray, original_size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`maskserve bench`: the real stack over gRPC against the reference `SamPredictor`, in one run.
+"""`maskserve bench`: the real stack over gRPC against the reference `SamPredictor` (and a SAM 2.1 model's
+against `SAM2ImagePredictor`), in one run.
 
 Every headline figure is also given as a ratio to the reference measured in the same run on the same
 machine, so it survives a noisy machine: `SegmentPrompt` and the reference's `predict` are timed in
@@ -336,9 +337,75 @@ def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, g
     return out
 
 
+def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4, set_image_reps: int = 3,
+             series: dict | None = None) -> dict:
+    """A SAM 2.1 model on its own stack against the official `SAM2ImagePredictor` on the same weights, in
+    the same run: `SegmentPrompt` (1 point, 3 masks, RLE) in alternating blocks with the reference's
+    `predict`; the encoder pool's throughput on distinct images against the reference's `set_image`; the
+    embedding's bytes in Redis and its fetch time, float32 and float16. `series` gets the latencies."""
+    import redis
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from maskserve.build.specs import get_spec
+
+    series = series if series is not None else {}
+    m = load(model_dir, encoder=False).manifest
+    if m.family != "sam2.1":
+        raise ValueError(f"{model_dir} holds a {m.family} model, not SAM 2.1")
+    image = np.asarray(Image.open(BUNDLED_PHOTO).convert("RGB").resize((1024, 768), Image.BILINEAR))
+    h, w = image.shape[:2]
+    point = [[w * 0.5, h * 0.3]]
+    reference = SAM2ImagePredictor(build_sam2(get_spec(m.model_type).config, ckpt_path=str(checkpoint), device="cpu"))
+    reference.set_image(image)  # the first call pays one-off costs
+    result: dict = {"model": {"type": m.model_type, "version": m.model_version, "backend": m.backend},
+                    "scenarios": {}}
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=600).image_id
+        request = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])])
+        mine, theirs = _alternating(lambda: stub.SegmentPrompt(request, timeout=60),
+                                    lambda: reference.predict(np.array(point), np.array([1])), requests)
+        series["SAM 2.1: segment 1 point, 3 masks RLE"], series["reference SAM2ImagePredictor.predict"] = mine, theirs
+        r = redis.Redis.from_url(stack.redis_url)
+        key = store.key(m.model_version, image_id)
+        stored = store.unpack(r.get(key))
+        r.set(key + ":float16", store.pack(stored.array, m.model_version, stored.original_size, "float16"), ex=600)
+        fetch = {dtype: _timed(lambda k=k: store.unpack(r.get(k)), requests)
+                 for dtype, k in (("float32", key), ("float16", key + ":float16"))}
+        # value_bytes: what a GET moves; redis_bytes: what Redis holds for it (MEMORY USAGE: the allocator's
+        # size class, which is not the value's size)
+        result["store"] = {dtype: {"value_bytes": int(r.strlen(k)), "redis_bytes": int(r.memory_usage(k)),
+                                   "fetch": _stats(fetch[dtype])}
+                           for dtype, k in (("float32", key), ("float16", key + ":float16"))}
+        distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(encode_images)]
+        start = time.perf_counter()
+        threads = [threading.Thread(target=lambda im=im: stub.EncodeImage(
+            pb.EncodeImageRequest(image=image_message(im), wait=True), timeout=3600)) for im in distinct]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
+    result["reference"] = {"set_image_s": _set_image_seconds(reference, image, set_image_reps)}
+    for name, values in (("segment 1 point, 3 masks RLE", mine), ("reference predict", theirs)):
+        result["scenarios"][name] = _stats(values)
+    seg, ref = result["scenarios"]["segment 1 point, 3 masks RLE"], result["scenarios"]["reference predict"]
+    result["ratios"] = {
+        "segment_p50_vs_reference_predict": seg["p50_ms"] / ref["p50_ms"],
+        "encode_throughput_vs_reference_set_image": result["scenarios"]["encode_images_per_s"]
+        * result["reference"]["set_image_s"],
+        "float16_fetch_p50_vs_float32": result["store"]["float16"]["fetch"]["p50_ms"]
+        / result["store"]["float32"]["fetch"]["p50_ms"],
+    }
+    return result
+
+
 def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, clients: int = 4,
         rate: float = 10.0, seconds: float = 5.0, encode_images: int = 8, out: Path = Path("bench"),
-        reference: bool = True, everything_reps: int = 3, everything_grid: int = 32) -> dict:
+        reference: bool = True, everything_reps: int = 3, everything_grid: int = 32,
+        sam2_model_dir=None, sam2_checkpoint=None) -> dict:
+    """The SAM bench; with `sam2_model_dir` and `sam2_checkpoint` also `run_sam2`'s, under "sam2.1"."""
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     model = load(model_dir, encoder=False)
     m = model.manifest
@@ -451,6 +518,9 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     if flops:
         result["decoder"]["fraction_of_peak"] = result["decoder"]["achieved_flops"] / result["machine"]["peak_flops"]
         result["decoder"]["fraction_of_gemm"] = result["decoder"]["achieved_flops"] / result["machine"]["gemm_flops"]
+    if sam2_model_dir is not None:
+        result["sam2.1"] = run_sam2(sam2_model_dir, sam2_checkpoint, requests, max(2, encode_images // 2),
+                                    series=series)
 
     if sam is not None:
         ref = result["reference"]
@@ -480,9 +550,9 @@ def _reference_predictor(checkpoint, model_type, image):
     return predictor
 
 
-def _set_image_seconds(predictor, image) -> float:
+def _set_image_seconds(predictor, image, reps: int = 3) -> float:
     times = []
-    for _ in range(3):  # one call swung from 17 to 27 s between runs on a shared VM: the median of three
+    for _ in range(reps):  # one call swung from 17 to 27 s between runs on a shared VM: the median of three
         start = time.perf_counter()
         predictor.set_image(image)
         times.append(time.perf_counter() - start)

@@ -271,11 +271,15 @@ def segment_everything(
     in_process: bool = typer.Option(False, "--in-process", help="Run here on --model-dir instead of the service."),
     model_dir: Optional[Path] = typer.Option(None, help="With --in-process: a model directory (default the tiny model)."),
     out: Path = typer.Option(Path("out"), help="Folder for IMAGE.json and IMAGE_overlay.png."),
-    points_per_side: int = typer.Option(32), pred_iou_thresh: float = typer.Option(0.88),
+    points_per_side: int = typer.Option(32),
+    pred_iou_thresh: Optional[float] = typer.Option(None, help="Default: the model's (0.88 SAM, 0.8 SAM 2.1)."),
     stability_score_thresh: float = typer.Option(0.95), stability_score_offset: float = typer.Option(1.0),
     box_nms_thresh: float = typer.Option(0.7), crop_n_layers: int = typer.Option(0),
     crop_nms_thresh: float = typer.Option(0.7), crop_overlap_ratio: float = typer.Option(512 / 1500),
     crop_n_points_downscale_factor: int = typer.Option(1), min_mask_region_area: int = typer.Option(0),
+    mask_threshold: float = typer.Option(0.0, help="SAM 2.1 only."),
+    multimask_output: bool = typer.Option(True, "--multimask-output/--single-mask-output", help="SAM 2.1 only."),
+    use_m2m: bool = typer.Option(False, "--use-m2m", help="SAM 2.1 only: refine each mask once with its own logits."),
     api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
     tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt,
 ) -> None:
@@ -294,7 +298,9 @@ def segment_everything(
                           crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
                           crop_overlap_ratio=crop_overlap_ratio,
                           crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                          min_mask_region_area=min_mask_region_area).validate(max_crop_layers=8, max_points=2**24)
+                          min_mask_region_area=min_mask_region_area, mask_threshold=mask_threshold,
+                          multimask_output=multimask_output,
+                          use_m2m=use_m2m).validate(max_crop_layers=8, max_points=2**24)
     except ParameterError as exc:
         _fail(str(exc))
     with Progress(console=console, transient=True) as bar:
@@ -337,6 +343,9 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
           encode_images: int = typer.Option(8),
           everything_reps: int = typer.Option(3, help="SegmentEverything runs against the reference generator "
                                                       "per setting (0: skip)."),
+          sam2_model_dir: Optional[Path] = typer.Option(None, help="Also a SAM 2.1 model directory, against the "
+                                                                   "official SAM2ImagePredictor."),
+          sam2_checkpoint: Optional[Path] = typer.Option(None, help="Its weights, in Meta's format."),
           out: Path = typer.Option(Path("bench"))) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
     from maskserve import bench as bench_lib
@@ -344,10 +353,14 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
 
     if checkpoint is None and model_dir is None:
         checkpoint = default_model_dir().parent / "sam_tiny.pth"
+    if (sam2_model_dir is None) != (sam2_checkpoint is None):
+        _fail("--sam2-model-dir and --sam2-checkpoint go together (the reference needs the same weights)")
     result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out,
-                           everything_reps=everything_reps)
+                           everything_reps=everything_reps, sam2_model_dir=sam2_model_dir,
+                           sam2_checkpoint=sam2_checkpoint)
     print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"],
-                      "everything": result.get("everything")}, indent=2))
+                      "everything": result.get("everything"),
+                      "sam2.1": result.get("sam2.1", {}).get("ratios")}, indent=2))
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 

@@ -176,7 +176,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         merged and sent in pages."""
         s = self.settings
         options = everything.options_from_proto(request.options).validate(
-            s.everything_max_crop_layers, s.everything_max_points)
+            s.everything_max_crop_layers, s.everything_max_points, family=self.manifest.family)
         image_id, size, crops = await self._everything_images(request, options)
         timings: dict[str, float] = {}
         async with contextlib.aclosing(self._encode_crops(crops, context, timings)) as encoding:
@@ -186,10 +186,10 @@ class Segmenter(pb_grpc.SegmenterServicer):
         async with contextlib.aclosing(self._decode_crops(crops, size, options, timings, found)) as decoding:
             async for progress in decoding:
                 yield progress
-        if options.min_mask_region_area:
+        if options.min_mask_region_area and self.manifest.family == "sam":
             yield _progress("cleanup", 0, 1)
         result = await asyncio.get_running_loop().run_in_executor(
-            self.everything_pool, _merge_crops, found, size, options, timings)
+            self.everything_pool, automatic.finish, found, size, options, self.manifest.family, timings)
         for stage, seconds in timings.items():
             metrics.EVERYTHING_STAGE.labels(stage).observe(seconds)
         for page in everything.pages(result, image_id, self.version, timings):
@@ -287,9 +287,6 @@ class Segmenter(pb_grpc.SegmenterServicer):
     async def _everything_images(self, request, options: automatic.Options):
         """(image_id, original size, [(crop box, layer, crop's ref, its payload)]) for a request; a crop is an
         image like any other: content-addressed, queued, cached."""
-        if self.manifest.family != "sam":  # SAM 2's generator differs (its own options); not parity-tested yet
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"SegmentEverything serves SAM models; this "
-                               f"service runs {self.manifest.model_type}", "NOT_SUPPORTED_BY_MODEL")
         target = request.WhichOneof("target")
         if target == "image_id":
             if options.crop_n_layers:
@@ -362,19 +359,6 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 found.append(work.result())
         finally:
             cancel.set()
-
-
-def _merge_crops(found, size, options: automatic.Options, timings: dict):
-    """The crops' masks in one set (NMS across crops), then the small-region clean-up if asked for."""
-    t = time.perf_counter()
-    result = automatic.merge_crops(found, size, options)
-    timings["crop_merge"] = time.perf_counter() - t
-    if options.min_mask_region_area > 0:
-        t = time.perf_counter()
-        result = automatic.clean_up(result, options.min_mask_region_area,
-                                    max(options.box_nms_thresh, options.crop_nms_thresh))
-        timings["cleanup"] = time.perf_counter() - t
-    return result
 
 
 def _read_ahead(request_iterator) -> tuple[asyncio.Queue, asyncio.Task]:

@@ -51,3 +51,15 @@ def test_cpu_peak_follows_the_fma_datapath(vendor, family, flags, per_cycle):
     info = (f"vendor_id\t: {vendor}\ncpu family\t: {family}\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu {flags}\n") * 2
     peak = cpu_peak_flops(cores=2, cpuinfo=info)
     assert peak["flops_per_cycle_per_core"] == per_cycle and peak["peak_flops"] == 2 * 2e9 * per_cycle
+
+
+def test_sam2_bench_measures_against_sam2_image_predictor(sam2_tiny_random):
+    result = bench.run_sam2(sam2_tiny_random[1], sam2_tiny_random[0], requests=6, encode_images=2, set_image_reps=1)
+    assert result["model"]["type"] == "sam2.1_hiera_tiny"
+    assert set(result["ratios"]) == {"segment_p50_vs_reference_predict", "encode_throughput_vs_reference_set_image",
+                                     "float16_fetch_p50_vs_float32"}
+    assert all(v > 0 for v in result["ratios"].values())
+    for dtype, nbytes in (("float32", 16 << 20), ("float16", 8 << 20)):
+        stored = result["store"][dtype]
+        assert nbytes < stored["value_bytes"] < nbytes + 4096  # the three arrays and a header
+        assert stored["redis_bytes"] >= stored["value_bytes"] and stored["fetch"]["p50_ms"] > 0

@@ -288,7 +288,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_type: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., image_size: _Optional[int] = ..., low_res_side: _Optional[int] = ..., max_points: _Optional[int] = ..., max_prompts: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
 
 class AutomaticOptions(_message.Message):
-    __slots__ = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area")
+    __slots__ = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area", "mask_threshold", "multimask_output", "use_m2m")
     POINTS_PER_SIDE_FIELD_NUMBER: _ClassVar[int]
     POINTS_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
     PRED_IOU_THRESH_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,9 @@ class AutomaticOptions(_message.Message):
     CROP_N_POINTS_DOWNSCALE_FACTOR_FIELD_NUMBER: _ClassVar[int]
     POINT_GRIDS_FIELD_NUMBER: _ClassVar[int]
     MIN_MASK_REGION_AREA_FIELD_NUMBER: _ClassVar[int]
+    MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MULTIMASK_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    USE_M2M_FIELD_NUMBER: _ClassVar[int]
     points_per_side: int
     points_per_batch: int
     pred_iou_thresh: float
@@ -313,7 +316,10 @@ class AutomaticOptions(_message.Message):
     crop_n_points_downscale_factor: int
     point_grids: _containers.RepeatedCompositeFieldContainer[PointGrid]
     min_mask_region_area: int
-    def __init__(self, points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., crop_n_layers: _Optional[int] = ..., crop_nms_thresh: _Optional[float] = ..., crop_overlap_ratio: _Optional[float] = ..., crop_n_points_downscale_factor: _Optional[int] = ..., point_grids: _Optional[_Iterable[_Union[PointGrid, _Mapping]]] = ..., min_mask_region_area: _Optional[int] = ...) -> None: ...
+    mask_threshold: float
+    multimask_output: bool
+    use_m2m: bool
+    def __init__(self, points_per_side: _Optional[int] = ..., points_per_batch: _Optional[int] = ..., pred_iou_thresh: _Optional[float] = ..., stability_score_thresh: _Optional[float] = ..., stability_score_offset: _Optional[float] = ..., box_nms_thresh: _Optional[float] = ..., crop_n_layers: _Optional[int] = ..., crop_nms_thresh: _Optional[float] = ..., crop_overlap_ratio: _Optional[float] = ..., crop_n_points_downscale_factor: _Optional[int] = ..., point_grids: _Optional[_Iterable[_Union[PointGrid, _Mapping]]] = ..., min_mask_region_area: _Optional[int] = ..., mask_threshold: _Optional[float] = ..., multimask_output: _Optional[bool] = ..., use_m2m: _Optional[bool] = ...) -> None: ...
 
 class PointGrid(_message.Message):
     __slots__ = ("xy",)
