@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from test_k8s import KUBECTL, OVERLAYS, by_name, containers, env_of, of_kind, pod_templates, render
+from test_k8s import GPU_OVERLAYS, KUBECTL, OVERLAYS, by_name, containers, env_of, of_kind, pod_templates, render
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) is not installed (`make kubectl`)")
 
@@ -38,6 +38,7 @@ OPERATOR_SECRETS = {
     "gpu": {"maskserve-redis-auth": {"users.acl", "maskserve.password", "keda.password", "exporter.password"},
             "maskserve-access": {"access.json"}},
 }
+OPERATOR_SECRETS["gpu-sam2.1"] = OPERATOR_SECRETS["gpu"]  # the gpu deployment with another model
 
 
 @dataclass
@@ -642,6 +643,33 @@ def volume_problems(docs, overlay: str) -> list[str]:
     return problems
 
 
+def model_volume_problems(docs) -> list[str]:
+    """The export Job writes the model directory on a claim that every node can mount (ReadWriteMany), and the
+    encoders' compile step and runtime and the decoders read that same directory on that same claim."""
+    (job,) = [j["spec"]["template"]["spec"] for j in of_kind(docs, "Job")]  # the export Job
+    (export,) = job["containers"]
+    out = export["args"][export["args"].index("--out") + 1]
+    volume, _, rel = mount_source(job, export, out)
+    if volume is None or "persistentVolumeClaim" not in volume:
+        return [f"the export Job writes {out} on no PersistentVolumeClaim"]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    problems = []
+    if "ReadWriteMany" not in by_name(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]:
+        problems.append(f"PersistentVolumeClaim {claim} is not ReadWriteMany: pods on other nodes cannot mount it")
+    encoder = by_name(docs, "Deployment", "maskserve-encoder")["spec"]["template"]["spec"]
+    decoder = by_name(docs, "Deployment", "maskserve-decoder")["spec"]["template"]["spec"]
+    readers = [(encoder, c) for c in containers(encoder)] + [(decoder, c) for c in decoder["containers"]]
+    for spec, c in readers:
+        args, env = c.get("args", []), env_of(c, docs)
+        path = args[args.index("--model-dir") + 1] if "--model-dir" in args else env.get("MASKSERVE_MODEL_DIR")
+        if path is None:
+            continue
+        v, _, r = mount_source(spec, c, path)
+        if v is None or v.get("persistentVolumeClaim", {}).get("claimName") != claim or r != rel:
+            problems.append(f"{c['name']} reads {path}, not the export Job's {out} on {claim}")
+    return problems
+
+
 def minimum_replicas(docs, workload) -> int:
     name, kind = workload["metadata"]["name"], workload["kind"]
     for so in of_kind(docs, "ScaledObject"):
@@ -721,6 +749,14 @@ def test_network_policies_admit_exactly_the_flows_the_system_needs(overlay):
 def test_volumes_are_writable_by_their_writers_and_files_readable_by_their_readers(overlay):
     name, docs = overlay
     assert volume_problems(docs, name) == []
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_the_exported_model_is_what_encoders_and_decoders_read(name):
+    docs = render(name)
+    assert model_volume_problems(docs) == []
+    assert len({c["name"] for d, t in pod_templates(docs) for c in containers(t["spec"])
+                if "/models" in json.dumps(c.get("volumeMounts", []))}) == 4  # export, compile-engines, encoder, decoder
 
 
 def test_budgets_allow_a_drain_at_the_autoscalers_minimum(overlay):
@@ -820,6 +856,17 @@ def test_the_checks_find_the_defects_they_exist_for():
     def no_fqdn(cert):
         cert["spec"]["dnsNames"] = [n for n in cert["spec"]["dnsNames"] if "redis-queue." not in n]
     assert any("is not in" in p for p in dial_problems(mutate(dev, "Certificate", "maskserve-redis-tls", no_fqdn)))
+
+    # A decoder that reads another model directory than the export Job writes, or none of the shared volume.
+    sam2 = render("gpu-sam2.1")
+    def other_dir(deployment):
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        [e for e in env if e["name"] == "MASKSERVE_MODEL_DIR"][0]["value"] = "/models/vit_h"
+    assert model_volume_problems(mutate(sam2, "Deployment", "maskserve-decoder", other_dir))
+    def no_volume(deployment):
+        c = deployment["spec"]["template"]["spec"]["containers"][0]
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "models"]
+    assert model_volume_problems(mutate(sam2, "Deployment", "maskserve-decoder", no_volume))
 
     def wrong_password(secret):
         secret["data"]["keda.password"] = base64.b64encode(b"guess").decode()
