@@ -54,7 +54,7 @@ def test_cpu_peak_follows_the_fma_datapath(vendor, family, flags, per_cycle):
 
 
 def test_sam2_bench_measures_against_sam2_image_predictor(sam2_tiny_random):
-    result = bench.run_sam2(sam2_tiny_random[1], sam2_tiny_random[0], requests=6, encode_images=2, set_image_reps=1)
+    result = bench.run_sam2(sam2_tiny_random[1], sam2_tiny_random[0], requests=6, encode_images=1, set_image_reps=1)
     assert result["model"]["type"] == "sam2.1_hiera_tiny"
     assert set(result["ratios"]) == {"segment_p50_vs_reference_predict", "encode_throughput_vs_reference_set_image",
                                      "float16_fetch_p50_vs_float32"}
