@@ -138,6 +138,20 @@ def _stream(stub, image_id: str, points: list) -> list[float]:
     return latencies
 
 
+def _encode_throughput(stub, image: np.ndarray, n: int) -> tuple[float, list[str]]:
+    """(images per second, their ids) for `n` distinct images (shifted copies) sent at once to the encoder pool."""
+    distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(n)]
+    ids: list[str] = []
+    start = time.perf_counter()
+    threads = [threading.Thread(target=lambda im=im: ids.append(stub.EncodeImage(
+        pb.EncodeImageRequest(image=image_message(im), wait=True), timeout=3600).image_id)) for im in distinct]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n / (time.perf_counter() - start), ids
+
+
 def _peak_rss_during(pid: int, fn) -> tuple[float, float]:
     """(seconds, peak resident MB above the start) of `fn()`, for process `pid` (the kernel's high-water
     mark, reset first through /proc/PID/clear_refs)."""
@@ -378,15 +392,7 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
         result["store"] = {dtype: {"value_bytes": int(r.strlen(k)), "redis_bytes": int(r.memory_usage(k)),
                                    "fetch": _stats(fetch[dtype])}
                            for dtype, k in (("float32", key), ("float16", key + ":float16"))}
-        distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(encode_images)]
-        start = time.perf_counter()
-        threads = [threading.Thread(target=lambda im=im: stub.EncodeImage(
-            pb.EncodeImageRequest(image=image_message(im), wait=True), timeout=3600)) for im in distinct]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
+        result["scenarios"]["encode_images_per_s"] = _encode_throughput(stub, image, encode_images)[0]
     result["reference"] = {"set_image_s": _set_image_seconds(reference, image, set_image_reps)}
     for name, values in (("segment 1 point, 3 masks RLE", mine), ("reference predict", theirs)):
         result["scenarios"][name] = _stats(values)
@@ -461,16 +467,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         stored = store.unpack(r.get(key))
         r.set(key + ":float16", store.pack(stored.array, m.model_version, stored.original_size, "float16"), ex=600)
         series["embedding fetch from Redis, float16"] = _timed(lambda: store.unpack(r.get(key + ":float16")), requests)
-        distinct = [np.ascontiguousarray(np.roll(image, 17 * (i + 1), axis=1)) for i in range(encode_images)]
-        ids: list[str] = []
-        start = time.perf_counter()
-        threads = [threading.Thread(target=lambda im=im: ids.append(stub.EncodeImage(
-            pb.EncodeImageRequest(image=image_message(im), wait=True), timeout=3600).image_id)) for im in distinct]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        result["scenarios"]["encode_images_per_s"] = encode_images / (time.perf_counter() - start)
+        result["scenarios"]["encode_images_per_s"], ids = _encode_throughput(stub, image, encode_images)
         result["security"] = _security_cost(stack, image, point, requests)
         result["client"], client_series = _client_levers(stack, image_id, point, sam, requests)
         series.update({f"client: {k}": v for k, v in client_series.items() if not k.startswith("reference")})
