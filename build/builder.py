@@ -48,10 +48,17 @@ def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
         from maskserve.engines import torch_backend
 
         architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
-        manifest.backend, manifest.backend_version, manifest.precision = "torch", torch_backend.torch.__version__, precision
-        manifest.encoder = {"file": torch_backend.ENCODER_FILE, "device": "auto", "max_batch": max_encoder_batch,
-                            "attention": "bias", "cuda_graphs": "auto", "compile": False, "architecture": architecture}
+        torch_encoder(manifest, precision, max_encoder_batch, architecture, attention="bias")
     return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
+
+
+def torch_encoder(manifest: Manifest, precision: str, max_batch: int, architecture: dict, **options) -> None:
+    """Make `manifest` a torch directory's: its encoder the weights in encoder.pt, its decoder ONNX Runtime's."""
+    from maskserve.engines import torch_backend
+
+    manifest.backend, manifest.backend_version, manifest.precision = "torch", torch_backend.torch.__version__, precision
+    manifest.encoder = {"file": torch_backend.ENCODER_FILE, "device": "auto", "max_batch": max_batch, **options,
+                        "cuda_graphs": "auto", "compile": False, "architecture": architecture}
 
 
 def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list | None = None) -> Manifest:

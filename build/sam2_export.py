@@ -141,13 +141,18 @@ def export_decoder(model, path: Path) -> None:
 
 def write_model_dir(model, spec, checkpoint, model_type, staging, backend, precision,
                     max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
-    """A SAM 2.1 model directory in `staging`: both graphs and the manifest (then TensorRT engines if asked)."""
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"SAM 2.1 models build for the onnxruntime and tensorrt backends, not {backend}")
-    export_encoder(model, staging / "encoder.onnx")
-    export_decoder(model, staging / "decoder.onnx")
-    from .builder import onnx_manifest, save_and_compile
+    """A SAM 2.1 model directory in `staging`: the decoder graph, the encoder (a graph, or for the torch backend
+    the checkpoint's encoder weights), the manifest, then TensorRT engines if asked."""
+    from .builder import onnx_manifest, save_and_compile, torch_encoder
 
+    if backend != "torch":
+        export_encoder(model, staging / "encoder.onnx")
+    export_decoder(model, staging / "decoder.onnx")
     layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
     manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx"}, layout)
+    if backend == "torch":
+        from maskserve.engines import torch_backend, torch_hiera
+
+        architecture = torch_hiera.save_encoder(model, staging / torch_backend.ENCODER_FILE)
+        torch_encoder(manifest, precision, max_encoder_batch, architecture)
     return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)

@@ -1,5 +1,6 @@
 """The PyTorch encoder backend: SAM's ViT image encoder written for inference, for NVIDIA GPUs through CUDA
-(and, slowly, the CPU, so that CI checks it). The decoder of a torch model directory is the ONNX Runtime one.
+(and, slowly, the CPU, so that CI checks it); SAM 2.1's Hiera is torch_hiera's, run by the same `TorchEncoder`.
+The decoder of a torch model directory is the ONNX Runtime one.
 
 The network is this module's own, not segment_anything's, and loads the `image_encoder.*` weights of Meta's
 checkpoint format (the model directory's `encoder.pt` is that part of the checkpoint, keys without the prefix):
@@ -311,13 +312,22 @@ class TorchEncoder:
         if self.device.type == "cuda":
             fp32_flags(self.precision)
         state = torch.load(Path(model_dir) / part["file"], map_location="cpu", weights_only=True)
-        self.net = SamViT.from_state_dict(state, DTYPES[self.precision], self.attention, self.device)
+        self.outputs = manifest.array_names  # the embedding's arrays, layout order
+        if manifest.family == "sam2.1":
+            from .torch_hiera import Sam2ImageEncoder
+
+            if "architecture" not in part:
+                raise ModelDirError(f"{model_dir}: a SAM 2.1 torch encoder needs the manifest's encoder.architecture")
+            self.net = Sam2ImageEncoder.from_state_dict(state, part["architecture"], DTYPES[self.precision], self.device)
+            size, channels = part["architecture"]["image_size"], part["architecture"]["d_model"]
+            grid = size // 16
+        else:
+            self.net = SamViT.from_state_dict(state, DTYPES[self.precision], self.attention, self.device)
+            size, channels, grid = (self.net.config[k] for k in ("image_size", "out_chans", "grid"))
         c, e, _ = manifest.embedding_shape
-        if (self.net.config["image_size"], self.net.config["out_chans"], self.net.config["grid"]) != \
-                (manifest.image_size, c, e):
-            raise ModelDirError(f"{model_dir}: {part['file']} is a {self.net.config['image_size']}-pixel encoder of "
-                                f"{self.net.config['out_chans']} channels, the manifest says {manifest.image_size} "
-                                f"and {manifest.embedding_shape}")
+        if (size, channels, grid) != (manifest.image_size, c, e):
+            raise ModelDirError(f"{model_dir}: {part['file']} is a {size}-pixel encoder of {channels} channels, "
+                                f"the manifest says {manifest.image_size} and {manifest.embedding_shape}")
         self.image_size = manifest.image_size
         self.cuda = self.device.type == "cuda"
         self.max_batch = int(max_batch or part.get("max_batch", 8))
@@ -334,19 +344,30 @@ class TorchEncoder:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) float32 → (B, C, E, E) float32, in runs of at most max_batch images."""
+        if len(self.outputs) > 1:
+            raise TypeError(f"this model's embedding is {len(self.outputs)} arrays ({', '.join(self.outputs)}): "
+                            f"use encode_arrays")
+        return self.encode_arrays(images)[self.outputs[0]]
+
+    def encode_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 3, S, S) float32 → {name: (B, *shape) float32} for every array of the embedding."""
         images = np.ascontiguousarray(images, np.float32)
-        out = [self.encode_tensor(torch.from_numpy(images[i:i + self.max_batch])).cpu().numpy()
-               for i in range(0, len(images), self.max_batch)]
-        return np.concatenate(out)
+        runs = [_as_tuple(self.encode_tensor(torch.from_numpy(images[i:i + self.max_batch])))
+                for i in range(0, len(images), self.max_batch)]
+        return {name: np.concatenate([run[k].cpu().numpy() for run in runs]) for k, name in enumerate(self.outputs)}
 
     @torch.inference_mode()
-    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) on any device → (B, C, E, E) float32 on this encoder's device (a fresh tensor)."""
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """(B, 3, S, S) on any device → the embedding on this encoder's device, fresh tensors: SAM's (B, C, E, E)
+        float32, SAM 2.1's three arrays as a tuple in layout order."""
         x = images.to(self.device, torch.float32, non_blocking=True)
         if not self.cuda or self.graph_mode == "off":
             return self.forward(x)
         graph = self._graph(x)
-        return graph(x).clone() if graph is not None else self.forward(x)
+        if graph is None:
+            return self.forward(x)
+        out = graph(x)
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
     def _graph(self, x: torch.Tensor) -> _Graph | None:
         b = x.shape[0]
@@ -363,6 +384,10 @@ class TorchEncoder:
                     graph = None  # its memory goes back to the shared pool, for the other sizes
             self.graphs[b] = graph
         return self.graphs[b]
+
+
+def _as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _time_cuda(fn, repeats: int = 3) -> float:

@@ -1,4 +1,5 @@
-"""TensorRT engines against the ONNX Runtime model they are compiled from. Needs an NVIDIA GPU."""
+"""TensorRT engines (SAM and SAM 2.1) against the ONNX Runtime model they are compiled from. Needs an NVIDIA GPU
+and TensorRT."""
 
 from __future__ import annotations
 
@@ -64,3 +65,35 @@ def test_engine_for_another_gpu_is_refused(tiny_checkpoint, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="rebuild it here"):
         load(tmp_path / "trt")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_sam2_engines_match_onnxruntime(sam2_tiny_random, photos, tmp_path, precision):
+    """SAM 2.1: the encoder engine's three arrays and the decoder engine's masks against the ONNX Runtime build of
+    the same checkpoint (same model version), at an odd image size, multimask and single-mask."""
+    from maskserve import Predictor
+    from maskserve.build.builder import build_model_dir
+    from maskserve.engines.interface import SAM2_ENCODER_OUTPUTS
+    from maskserve.engines.model_dir import Manifest
+
+    checkpoint, onnx_dir = sam2_tiny_random
+    manifest = build_model_dir(checkpoint, "sam2.1_hiera_tiny", tmp_path / "trt", backend="tensorrt",
+                               precision=precision, max_encoder_batch=2, max_decoder_batch=16, max_points=8)
+    assert manifest.family == "sam2.1" and manifest.encoder["file"] == "encoder.plan"
+    assert manifest.model_version == Manifest.load(onnx_dir).model_version
+    gpu, cpu = Predictor(tmp_path / "trt"), Predictor(onnx_dir)
+    image = np.ascontiguousarray(photos["coffee_400x600"][30:363, 40:557])
+    gpu.set_image(image)
+    cpu.set_image(image)
+    tol = 1e-3 if precision == "fp32" else 5e-2
+    g_arrays, c_arrays = gpu.get_image_arrays(), cpu.get_image_arrays()
+    for name in SAM2_ENCODER_OUTPUTS:
+        c = c_arrays[name]
+        assert np.abs(g_arrays[name] - c).max() < tol * max(1.0, float(np.abs(c).max())), name
+    for multimask in (True, False):
+        point = np.array([[260, 160], [100, 300]])
+        g, c = (p.predict(point, np.array([1, 0]), multimask_output=multimask) for p in (gpu, cpu))
+        assert np.abs(g[1] - c[1]).max() < (1e-3 if precision == "fp32" else 2e-2)
+        for k in range(len(c[0])):
+            union = (g[0][k] | c[0][k]).sum()
+            assert union == 0 or (g[0][k] & c[0][k]).sum() / union > (0.995 if precision == "fp32" else 0.97)
