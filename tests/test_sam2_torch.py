@@ -212,3 +212,29 @@ def test_cuda_with_and_without_graphs(torch_dir, image, expected, precision, tol
         arrays = enc.encode_arrays(x)
         for name, e in zip(interface.SAM2_ENCODER_OUTPUTS, expected):
             assert rel(arrays[name], e) <= tol, (precision, graphs, name, rel(arrays[name], e))
+
+
+@pytest.mark.slow
+def test_full_size_base_plus_equals_the_official_encoder():
+    """Seeded random sam2.1_hiera_base_plus (position tables filled), one image, fp32: the full-size
+    architecture as recorded from the official model (14×14 background position table, windows of 8, 4, 14
+    and 7 — the last two padded — global blocks 12, 16, 20, heads 2 to 16) against SAM2ImagePredictor's features
+    (build/sam2_export.Sam2ImageEncoder, the exported graph's module, computes exactly them; tests/test_sam2.py)."""
+    from maskserve.build.sam2_export import Sam2ImageEncoder
+
+    torch.manual_seed(0)
+    model = build_sam2_model(get_spec("sam2.1_hiera_base_plus"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in (model.image_encoder.trunk.pos_embed, model.image_encoder.trunk.pos_embed_window):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    arch = torch_hiera.architecture(model)
+    assert arch["pos_embed_size"] == [14, 14] and [i for i, b in enumerate(arch["blocks"]) if not b[2]] == [12, 16, 20]
+    x = torch.randn(1, 3, 1024, 1024, generator=g)
+    with torch.inference_mode():
+        expected = Sam2ImageEncoder(model).eval()(x)
+        got = torch_hiera.Sam2ImageEncoder.from_state_dict(model.state_dict(), arch)(x)
+    errors = [float((a - b).abs().max()) for a, b in zip(got, expected)]
+    report(f"SAM 2.1 torch encoder fp32 vs the official encoder, hiera-base+ random, CPU: max abs "
+           f"{', '.join(f'{e:.1e}' for e in errors)}")
+    assert max(errors) <= FP32_ABS
