@@ -1,19 +1,20 @@
 """The torch encoder backend's GPU figures in one run, written for the lent GPU machine (README, "GPU encoder").
 
-For each model (ViT-B and ViT-H by default) it makes seeded random weights in Meta's checkpoint format on the
-machine itself (nothing big travels; the zero-initialised position tables are filled too, so that the
-relative-position path is exercised), builds a torch model directory from them the way `maskserve build
---backend torch` does, and measures, each stage time-boxed and the JSON rewritten after every stage (a
-timeout still leaves what was measured):
-  parity    segment_anything's image encoder in fp32 (TF32 off) on the same GPU as the reference; the torch
-            encoder in fp32, bf16 and fp16: max abs and relative error, non-finite values, and the IoU of the
-            masks that the model directory's ONNX decoder makes from either embedding for a grid of point
-            prompts on real photos; a batch of two against the two alone;
+For each model (ViT-B and ViT-H by default; SAM 2.1's `sam2.1_hiera_*` too, given the `sam2` package) it makes
+seeded random weights in Meta's checkpoint format on the machine itself (nothing big travels; the
+zero-initialised position tables are filled too, so that the position paths are exercised), builds a torch
+model directory from them the way `maskserve build --backend torch` does, and measures, each stage time-boxed
+and the JSON rewritten after every stage (a timeout still leaves what was measured):
+  parity    the official image encoder (segment_anything's; for SAM 2.1 the `sam2` modules that
+            SAM2ImagePredictor.set_image runs) in fp32 (TF32 off) on the same GPU as the reference; the torch
+            encoder in fp32, bf16 and fp16: max abs and relative error (the worst of SAM 2.1's three arrays),
+            non-finite values, and the IoU of the masks that the model directory's ONNX decoder makes from
+            either embedding for a grid of point prompts on real photos; a batch of two against the two alone;
   latency   batch 1, the network alone (tensors on the GPU) and `encode` from a NumPy array; the reference too;
-  throughput batches 1..16, images/s, peak GPU memory, the best batch; CUDA graphs on/off and the two
+  throughput batches 1..16, images/s, peak GPU memory, the best batch; CUDA graphs on/off and (SAM) the two
             attention forms ("bias", "fold") at batch 1 and the best batch; torch.compile last, if time is left;
   decoder   per-prompt latency of the model directory's ONNX Runtime decoder (the machine's CPU) and, as the
-            lead for a CUDA decoder, of segment_anything's decoder on the GPU (1 prompt, and 64 per run).
+            lead for a CUDA decoder, of segment_anything's decoder on the GPU (SAM; 1 prompt, and 64 per run).
 
     python build/gpu_check.py --out $OUT/gpu_check.json           # on the GPU machine (no install needed)
     python -m maskserve.build.gpu_check --models tiny --quick --device cpu --out out/gpu_check.json   # CI's check
@@ -140,6 +141,21 @@ def random_sam(model_type: str, seed: int = 0):
     return sam.eval()
 
 
+def random_sam2(model_type: str, seed: int = 0):
+    """The `sam2` package's SAM 2.1 of `model_type` with seeded random weights, its zero position tables filled."""
+    from maskserve.build.sam2_checkpoint import build_sam2_model
+    from maskserve.build.specs import get_spec
+
+    torch.manual_seed(seed)
+    model = build_sam2_model(get_spec(model_type))
+    generator = torch.Generator().manual_seed(seed + 1)
+    trunk = model.image_encoder.trunk
+    with torch.no_grad():
+        for p in (trunk.pos_embed, trunk.pos_embed_window):
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
 def photos(size: int, quick: bool) -> list[tuple[str, np.ndarray]]:
     """Real photographs: the bundled demo photo, and scikit-image's where it is installed."""
     import importlib.resources
@@ -160,8 +176,21 @@ def photos(size: int, quick: bool) -> list[tuple[str, np.ndarray]]:
 
 
 def prepared(images, manifest: Manifest) -> np.ndarray:
-    return np.stack([transforms.preprocess(im, manifest.image_size, manifest.pixel_mean, manifest.pixel_std)[0]
-                     for im in images])
+    return np.stack([prompts.prepare_image(im, manifest) for im in images])
+
+
+def one_image(arrays: dict, i: int) -> dict:
+    """Image i of a batch's embedding arrays, each with its batch axis of 1."""
+    return {name: a[i:i + 1] for name, a in arrays.items()}
+
+
+def reference_encoder(state: dict, manifest: Manifest):
+    """The official image encoder as a module: images → the embedding's arrays as a tuple in layout order."""
+    if manifest.family == "sam2.1":
+        from maskserve.build.sam2_export import Sam2ImageEncoder
+
+        return Sam2ImageEncoder(state["sam"]).eval()
+    return state["sam"].image_encoder
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------
@@ -198,7 +227,14 @@ def peak_memory(fn, device: torch.device) -> dict:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
 
 
-def error(got: np.ndarray, ref: np.ndarray) -> dict:
+def error(got, ref) -> dict:
+    """Max abs and relative error; for several named arrays, the worst of each over the arrays."""
+    if isinstance(got, dict):
+        parts = {name: error(got[name], ref[name]) for name in ref}
+        return {"max_abs": max(p["max_abs"] for p in parts.values()), "rel_l2": max(p["rel_l2"] for p in parts.values()),
+                "ref_max_abs": max(p["ref_max_abs"] for p in parts.values()),
+                "nonfinite": sum(p["nonfinite"] for p in parts.values()),
+                **({"arrays": parts} if len(parts) > 1 else {})}
     finite = np.isfinite(got)
     diff = np.where(finite, got - ref, 0.0)
     return {"max_abs": float(np.abs(diff).max()), "rel_l2": float(np.linalg.norm(diff) / np.linalg.norm(ref)),
@@ -209,12 +245,14 @@ def point_grid(h: int, w: int, n: int) -> list[tuple[float, float]]:
     return [(w * (i + 0.5) / n, h * (j + 0.5) / n) for i in range(n) for j in range(n)]
 
 
-def masks(decoder, manifest: Manifest, embedding: np.ndarray, size, points) -> list[np.ndarray]:
-    """(3, H, W) multimask answers for one foreground point each, through the model directory's decoder."""
-    features = decoder.prepare(embedding[None])
+def masks(decoder, manifest: Manifest, embedding: dict, size, points) -> list[np.ndarray]:
+    """(3, H, W) multimask answers for one foreground point each, through the model directory's decoder;
+    `embedding` one image's named arrays."""
+    embedding = prompts.decoder_embedding(embedding, manifest)
+    features = decoder.prepare(embedding)
     out = []
     for p in points:
-        (answer,) = prompts.decode(decoder, manifest, embedding[None], size,
+        (answer,) = prompts.decode(decoder, manifest, embedding, size,
                                    [prompts.Prompt(np.array([p]), np.array([1]))], True, features=features)
         out.append(prompts.full_resolution_logits(answer.low_res_logits, manifest, size) > 0)
     return out
@@ -241,11 +279,14 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     warm, reps = (0, 1) if quick else (3, 10)  # quick: the logic, not the figures
     few = 1 if quick else max(3, reps // 2)
 
+    sam2 = model_type.startswith("sam2")
+
     def weights():
         start = time.monotonic()
-        sam = random_sam(model_type)
-        checkpoint = work / f"sam_{model_type}_random.pth"
-        torch.save(sam.state_dict(), checkpoint)  # Meta's format: the flat state dict
+        sam = random_sam2(model_type) if sam2 else random_sam(model_type)
+        checkpoint = work / f"{model_type}_random.pt"
+        # Meta's formats: SAM's flat state dict, SAM 2.1's {"model": state dict}
+        torch.save({"model": sam.state_dict()} if sam2 else sam.state_dict(), checkpoint)
         state["sam"], state["checkpoint"] = sam, checkpoint
         return {"seconds": round(time.monotonic() - start, 1), "checkpoint_bytes": checkpoint.stat().st_size,
                 "parameters_m": round(sum(p.numel() for p in sam.parameters()) / 1e6, 1),
@@ -259,7 +300,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         return {"model_version": manifest.model_version, "encoder": manifest.encoder,
                 "encoder_pt_bytes": (out / manifest.encoder["file"]).stat().st_size}
 
-    big = model_type in ("vit_h", "vit_l")
+    big = model_type in ("vit_h", "vit_l", "sam2.1_hiera_large")
     if report.stage(result, "weights", weights, need_s=60 if big else 20) is None or \
             report.stage(result, "build", build, need_s=60 if big else 20) is None:
         return result
@@ -271,14 +312,16 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
 
     def reference():
         tb.fp32_flags("fp32")
-        encoder = state["sam"].image_encoder.to(device)
-        state["ref_encoder"] = encoder
+        encoder = reference_encoder(state, manifest).to(device)
         with torch.inference_mode():
-            ref = torch.cat([encoder(xt[i:i + 1]) for i in range(len(x))]).float().cpu().numpy()
+            runs = [tb._as_tuple(encoder(xt[i:i + 1])) for i in range(len(x))]
+        ref = {name: torch.cat([run[k] for run in runs]).float().cpu().numpy() for k, name in enumerate(manifest.array_names)}
         state["ref"] = ref
-        state["ref_masks"] = [masks(state["decoder"], manifest, ref[i], im.shape[:2],
+        state["ref_masks"] = [masks(state["decoder"], manifest, one_image(ref, i), im.shape[:2],
                                     point_grid(*im.shape[:2], grid)) for i, (_, im) in enumerate(images)]
-        out = {"what": "segment_anything ImageEncoderViT, fp32, TF32 off, same device",
+        what = "sam2 image encoder + no_mem_embed + conv_s0/conv_s1 (set_image's features)" if sam2 \
+            else "segment_anything ImageEncoderViT"
+        out = {"what": f"{what}, fp32, TF32 off, same device",
                "images": [name for name, _ in images], "points_per_image": grid * grid}
         with torch.inference_mode():
             one = xt[:1]
@@ -298,18 +341,18 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         def run():
             enc = tb.TorchEncoder(state["dir"], manifest, device=str(device), precision=precision, cuda_graphs="off")
             encoders[precision] = enc
-            got = enc.encode(x)
+            got = enc.encode_arrays(x)
             out = error(got, state["ref"])
             out["weights_gib"] = round(sum(t.numel() * t.element_size() for t in
                                            [*enc.net.parameters(), *enc.net.buffers()]) / 2**30, 3)
-            ours = [masks(state["decoder"], manifest, got[i], im.shape[:2], point_grid(*im.shape[:2], grid))
+            ours = [masks(state["decoder"], manifest, one_image(got, i), im.shape[:2], point_grid(*im.shape[:2], grid))
                     for i, (_, im) in enumerate(images)]
             ious = [v for a, b in zip(state["ref_masks"], ours) for v in mask_ious(a, b)]
             out["mask_iou"] = {"min": round(min(ious), 5), "mean": round(float(np.mean(ious)), 5), "masks": len(ious)}
             if len(x) >= 2:
-                both = enc.encode(x[:2])
-                alone = np.concatenate([enc.encode(x[:1]), enc.encode(x[1:2])])
-                out["batch2_vs_singles_max_abs"] = float(np.abs(both - alone).max())
+                both, first, second = enc.encode_arrays(x[:2]), enc.encode_arrays(x[:1]), enc.encode_arrays(x[1:2])
+                out["batch2_vs_singles_max_abs"] = max(float(np.abs(both[n] - np.concatenate([first[n], second[n]])).max())
+                                                       for n in both)
             return out
         return run
 
@@ -324,7 +367,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
             tb.fp32_flags(precision)
             one_np, one = x[:1], xt[:1]
             return {"network_batch1": timed(lambda: enc.encode_tensor(one), device, warm, reps),
-                    "encode_numpy_batch1": timed(lambda: enc.encode(one_np), device, warm, reps)}
+                    "encode_numpy_batch1": timed(lambda: enc.encode_arrays(one_np), device, warm, reps)}
         return run
 
     latency_result: dict = {}
@@ -376,53 +419,58 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         enc = encoders[precision]
         tb.fp32_flags(precision)
         out = {"precision": precision}
+        forms = ("plain",) if sam2 else tb.ATTENTION  # Hiera has no relative positions to place
         for b in sorted({1, done[precision]["best_batch"]}):
             xb = xt[:1].expand(b, -1, -1, -1).contiguous()
             row = {}
-            for attention in tb.ATTENTION:
+            for attention in forms:
                 for graphs in ("off", "on"):
                     key = f"{attention}/graphs-{graphs}"
                     if report.left() < 15:
                         row[key] = {"skipped": "time budget"}
                         continue
-                    for block in enc.net.blocks:
-                        block.attn.mode = attention
+                    if not sam2:
+                        for block in enc.net.blocks:
+                            block.attn.mode = attention
                     enc.graph_mode, enc.graphs = graphs, {}
                     try:
                         row[key] = timed(lambda: enc.encode_tensor(xb), device, warm, few)
-                        ours = enc.encode_tensor(xt[:1]).float().cpu().numpy()
-                        row[key]["rel_l2_vs_reference"] = error(ours, state["ref"][:1])["rel_l2"]
+                        ours = dict(zip(manifest.array_names, (t.float().cpu().numpy()
+                                                               for t in tb._as_tuple(enc.encode_tensor(xt[:1])))))
+                        row[key]["rel_l2_vs_reference"] = error(ours, one_image(state["ref"], 0))["rel_l2"]
                     except Exception as exc:  # noqa: BLE001
                         row[key] = {"error": f"{exc.__class__.__name__}: {exc}"[:500]}
             ok = {k: v["median_ms"] for k, v in row.items() if "median_ms" in v}
             row["fastest"] = min(ok, key=ok.get) if ok else None
             out[f"batch{b}"] = row
-        for block in enc.net.blocks:
-            block.attn.mode = enc.attention
+        if not sam2:
+            for block in enc.net.blocks:
+                block.attn.mode = enc.attention
         enc.graph_mode, enc.graphs = "off", {}
         return out
 
     report.stage(result, "variants", variants, need_s=40)
 
     def decoder():
-        dec, ref = state["decoder"], state["ref"]
+        dec, ref = state["decoder"], prompts.decoder_embedding(one_image(state["ref"], 0), manifest)
         size = images[0][1].shape[:2]
-        features = dec.prepare(ref[:1])
+        features = dec.prepare(ref)
         point = [prompts.Prompt(np.array([point_grid(*size, 1)[0]]), np.array([1]))]
 
         def low_res():
-            prompts.decode(dec, manifest, ref[:1], size, point, True, features=features, full_logits=False)
+            prompts.decode(dec, manifest, ref, size, point, True, features=features, full_logits=False)
 
         def full():
-            (a,) = prompts.decode(dec, manifest, ref[:1], size, point, True, features=features)
+            (a,) = prompts.decode(dec, manifest, ref, size, point, True, features=features)
             prompts.full_resolution_logits(a.low_res_logits, manifest, size)
 
         cpu = torch.device("cpu")
-        out = {"onnxruntime_cpu": {"threads": os.cpu_count(), "what": "points decoder, 1 point, multimask",
+        what = "general decoder" if sam2 else "points decoder"
+        out = {"onnxruntime_cpu": {"threads": os.cpu_count(), "what": f"{what}, 1 point, multimask",
                                    "low_res": timed(low_res, cpu, 2, reps * 3),
                                    "with_full_resolution_masks": timed(full, cpu, 2, reps * 2)}}
-        if device.type == "cuda":
-            out["reference_cuda"] = reference_decoder(state, manifest, ref[:1], size, device, warm, reps)
+        if device.type == "cuda" and not sam2:
+            out["reference_cuda"] = reference_decoder(state, manifest, ref, size, device, warm, reps)
         return out
 
     report.stage(result, "decoder", decoder, need_s=10)
@@ -482,7 +530,7 @@ def compile_stage(report: Report, model_type: str, device: torch.device) -> None
         out["total_s"] = round(time.monotonic() - start, 1)
         return out
 
-    report.stage(result, "compile", run, need_s=120 if model_type == "vit_h" else 60)
+    report.stage(result, "compile", run, need_s=120 if model_type in ("vit_h", "sam2.1_hiera_large") else 60)
 
 
 def summary(report: Report) -> dict:
@@ -569,11 +617,16 @@ def main(argv: list[str] | None = None) -> dict:
     report.data["arguments"] = {k: str(v) for k, v in vars(args).items()}
     report.save()
     print(f"gpu_check: {report.data['machine']}", flush=True)
-    try:
-        import segment_anything  # noqa: F401 - the reference, and the checkpoint format's builder
-    except ImportError:
-        report.data["errors"].append({"stage": "setup", "traceback": "ImportError: segment_anything is not installed: "
-                                      "carry its wheel in .whl/ (README, GPU encoder)"})
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    needs = {"segment_anything": any(not m.startswith("sam2") for m in models),
+             "sam2": any(m.startswith("sam2") for m in models)}  # the references, and the checkpoints' builders
+    for package in (p for p, needed in needs.items() if needed):
+        try:
+            __import__(package)
+        except ImportError:
+            report.data["errors"].append({"stage": "setup", "traceback": f"ImportError: {package} is not installed: "
+                                          "carry its wheels in .whl/ (README, GPU encoder)"})
+    if report.data["errors"]:
         report.save()
         _print_table(report)
         raise SystemExit(2)

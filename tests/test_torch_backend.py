@@ -191,12 +191,13 @@ def test_the_worker_runs_a_torch_model_dir_for_the_onnx_decoder_service(torch_di
 
 
 def test_gpu_check_logic_in_its_quick_mode(tmp_path):
-    """The device script on the CPU with the tiny model, reduced: every stage runs and the JSON says what it must."""
+    """The device script on the CPU with the tiny model and SAM 2.1's hiera-tiny, reduced: every stage runs and
+    the JSON says what it must."""
     from maskserve.build import gpu_check
 
     out = tmp_path / "gpu_check.json"
-    gpu_check.main(["--models", "tiny", "--quick", "--device", "cpu", "--no-compile", "--budget-s", "300",
-                    "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    gpu_check.main(["--models", "tiny,sam2.1_hiera_tiny", "--quick", "--device", "cpu", "--no-compile",
+                    "--budget-s", "300", "--out", str(out), "--work-dir", str(tmp_path / "work")])
     data = json.loads(out.read_text())
     assert data["complete"] and not data["errors"], data["errors"]
     tiny = data["models"]["tiny"]
@@ -207,6 +208,12 @@ def test_gpu_check_logic_in_its_quick_mode(tmp_path):
     assert tiny["throughput"]["bf16"]["best_batch"] in (1, 2)
     assert tiny["decoder"]["onnxruntime_cpu"]["low_res"]["median_ms"] > 0
     assert "tiny" in data["summary"] and "goals" in data["summary"]
+    sam2 = data["models"]["sam2.1_hiera_tiny"]  # its three arrays, the worst of each reported
+    assert sam2["build"]["encoder"]["architecture"]["stage_ends"] == [0, 2, 9, 11]
+    assert sam2["parity"]["fp32"]["rel_l2"] <= FP32_REL and sam2["parity"]["fp32"]["mask_iou"]["min"] == 1.0
+    assert set(sam2["parity"]["bf16"]["arrays"]) == set(interface.SAM2_ENCODER_OUTPUTS)
+    assert sam2["parity"]["bf16"]["nonfinite"] == 0 and sam2["parity"]["bf16"]["mask_iou"]["min"] >= IOU_WORST_MIN
+    assert sam2["throughput"]["bf16"]["best_batch"] in (1, 2) and sam2["decoder"]["onnxruntime_cpu"]["low_res"]["median_ms"] > 0
     # Out of time: every stage says it was skipped, and the file is still written whole.
     gpu_check.main(["--models", "tiny", "--quick", "--device", "cpu", "--budget-s", "0", "--out", str(out),
                     "--work-dir", str(tmp_path / "work")])
