@@ -314,11 +314,11 @@ class TorchEncoder:
         state = torch.load(Path(model_dir) / part["file"], map_location="cpu", weights_only=True)
         self.outputs = manifest.array_names  # the embedding's arrays, layout order
         if manifest.family == "sam2.1":
-            from .torch_hiera import Sam2ImageEncoder
+            from .torch_hiera import HieraEncoder
 
             if "architecture" not in part:
                 raise ModelDirError(f"{model_dir}: a SAM 2.1 torch encoder needs the manifest's encoder.architecture")
-            self.net = Sam2ImageEncoder.from_state_dict(state, part["architecture"], DTYPES[self.precision], self.device)
+            self.net = HieraEncoder.from_state_dict(state, part["architecture"], DTYPES[self.precision], self.device)
             size, channels = part["architecture"]["image_size"], part["architecture"]["d_model"]
             grid = size // 16
         else:

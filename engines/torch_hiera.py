@@ -117,7 +117,7 @@ class _Block(nn.Module):
         return x + self.mlp(_layer_norm(x, self.norm2).to(dtype))
 
 
-class Sam2ImageEncoder(nn.Module):
+class HieraEncoder(nn.Module):
     """(B, 3, S, S) normalised images → (image_embeddings, high_res_feats_0, high_res_feats_1), float32."""
 
     def __init__(self, arch: dict, dtype: torch.dtype = torch.float32) -> None:
@@ -144,7 +144,7 @@ class Sam2ImageEncoder(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state: dict, arch: dict, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu") -> "Sam2ImageEncoder":
+                        device: str | torch.device = "cpu") -> "HieraEncoder":
         state = encoder_state_dict(state)
         try:
             with torch.device("meta"):

@@ -167,9 +167,9 @@ def test_an_architecture_the_weights_do_not_fit_or_the_backend_does_not_run(torc
     arch = m.encoder["architecture"]
     shorter = dict(arch, blocks=arch["blocks"][:-1], stage_ends=[0, 2, 9, 10])
     with pytest.raises(ModelDirError, match=r"do not fit the recorded SAM 2\.1 architecture: .*unexpected \['trunk\.blocks\.11"):
-        torch_hiera.Sam2ImageEncoder.from_state_dict(state, shorter)
+        torch_hiera.HieraEncoder.from_state_dict(state, shorter)
     with pytest.raises(ModelDirError, match="malformed SAM 2.1 encoder architecture in the manifest: KeyError"):
-        torch_hiera.Sam2ImageEncoder.from_state_dict(state, {k: v for k, v in arch.items() if k != "blocks"})
+        torch_hiera.HieraEncoder.from_state_dict(state, {k: v for k, v in arch.items() if k != "blocks"})
     model = build_sam2_model(SPEC)
     model.image_encoder.neck.fuse_type = "avg"
     with pytest.raises(ValueError, match="does not run this SAM 2.1 image encoder: FPN fusion avg"):
@@ -233,7 +233,7 @@ def test_full_size_base_plus_equals_the_official_encoder():
     x = torch.randn(1, 3, 1024, 1024, generator=g)
     with torch.inference_mode():
         expected = Sam2ImageEncoder(model).eval()(x)
-        got = torch_hiera.Sam2ImageEncoder.from_state_dict(model.state_dict(), arch)(x)
+        got = torch_hiera.HieraEncoder.from_state_dict(model.state_dict(), arch)(x)
     errors = [float((a - b).abs().max()) for a, b in zip(got, expected)]
     report(f"SAM 2.1 torch encoder fp32 vs the official encoder, hiera-base+ random, CPU: max abs "
            f"{', '.join(f'{e:.1e}' for e in errors)}")
