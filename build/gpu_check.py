@@ -314,7 +314,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         tb.fp32_flags("fp32")
         encoder = reference_encoder(state, manifest).to(device)
         with torch.inference_mode():
-            runs = [tb._as_tuple(encoder(xt[i:i + 1])) for i in range(len(x))]
+            runs = [tb.as_tuple(encoder(xt[i:i + 1])) for i in range(len(x))]
         ref = {name: torch.cat([run[k] for run in runs]).float().cpu().numpy() for k, name in enumerate(manifest.array_names)}
         state["ref"] = ref
         state["ref_masks"] = [masks(state["decoder"], manifest, one_image(ref, i), im.shape[:2],
@@ -436,7 +436,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
                     try:
                         row[key] = timed(lambda: enc.encode_tensor(xb), device, warm, few)
                         ours = dict(zip(manifest.array_names, (t.float().cpu().numpy()
-                                                               for t in tb._as_tuple(enc.encode_tensor(xt[:1])))))
+                                                               for t in tb.as_tuple(enc.encode_tensor(xt[:1])))))
                         row[key]["rel_l2_vs_reference"] = error(ours, one_image(state["ref"], 0))["rel_l2"]
                     except Exception as exc:  # noqa: BLE001
                         row[key] = {"error": f"{exc.__class__.__name__}: {exc}"[:500]}

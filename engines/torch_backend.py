@@ -352,7 +352,7 @@ class TorchEncoder:
     def encode_arrays(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """(B, 3, S, S) float32 → {name: (B, *shape) float32} for every array of the embedding."""
         images = np.ascontiguousarray(images, np.float32)
-        runs = [_as_tuple(self.encode_tensor(torch.from_numpy(images[i:i + self.max_batch])))
+        runs = [as_tuple(self.encode_tensor(torch.from_numpy(images[i:i + self.max_batch])))
                 for i in range(0, len(images), self.max_batch)]
         return {name: np.concatenate([run[k].cpu().numpy() for run in runs]) for k, name in enumerate(self.outputs)}
 
@@ -386,7 +386,8 @@ class TorchEncoder:
         return self.graphs[b]
 
 
-def _as_tuple(out) -> tuple:
+def as_tuple(out) -> tuple:
+    """An encoder network's output as the tuple of its arrays (SAM's one tensor, SAM 2.1's three)."""
     return out if isinstance(out, tuple) else (out,)
 
 
