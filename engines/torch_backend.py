@@ -61,7 +61,7 @@ EPS = 1e-6  # SAM's LayerNorm and LayerNorm2d
 # -- the network ------------------------------------------------------------------------------------------------
 
 
-def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+def layer_norm_fp32(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """LayerNorm over the last axis in fp32, whatever the input's precision."""
     return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
@@ -148,13 +148,13 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """x: (B, H, W, C) fp32, the residual stream."""
-        y = _layer_norm(x, self.norm1).to(dtype)
+        y = layer_norm_fp32(x, self.norm1).to(dtype)
         if self.window:
             y = self._windows(y)
         else:
             y = self.attn(y)
         x = x + y
-        return x + self.mlp(_layer_norm(x, self.norm2).to(dtype))
+        return x + self.mlp(layer_norm_fp32(x, self.norm2).to(dtype))
 
     def _windows(self, y: torch.Tensor) -> torch.Tensor:
         """Attention within window × window tiles; the grid zero-padded right and bottom to whole tiles after
@@ -214,8 +214,8 @@ class SamViT(nn.Module):
         for block in self.blocks:
             x = block(x, self.dtype)
         conv1, norm1, conv2, norm2 = self.neck
-        y = _layer_norm(conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm1)
-        y = _layer_norm(conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm2)
+        y = layer_norm_fp32(conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm1)
+        y = layer_norm_fp32(conv2(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), norm2)
         return y.permute(0, 3, 1, 2).contiguous()  # the (B, C, E, E) layout every backend stores
 
 

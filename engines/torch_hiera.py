@@ -20,15 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model_dir import ModelDirError
+from .torch_backend import layer_norm_fp32
 
 EPS = 1e-6  # Hiera's LayerNorm
 # The checkpoint's parts this encoder runs, under their names there → under encoder.pt's.
 PARTS = {"image_encoder.": "", "sam_mask_decoder.conv_s0.": "conv_s0.", "sam_mask_decoder.conv_s1.": "conv_s1.",
          "no_mem_embed": "no_mem_embed"}
-
-
-def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _pool(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -96,7 +93,7 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """x: (B, H, W, C) fp32, the residual stream."""
-        y = _layer_norm(x, self.norm1)
+        y = layer_norm_fp32(x, self.norm1)
         shortcut = x
         if self.proj is not None:
             shortcut = self.proj(y)
@@ -114,7 +111,7 @@ class _Block(nn.Module):
         return self._mlp(shortcut + _unpartition(out, window, padded, size), dtype)
 
     def _mlp(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return x + self.mlp(_layer_norm(x, self.norm2).to(dtype))
+        return x + self.mlp(layer_norm_fp32(x, self.norm2).to(dtype))
 
 
 class HieraEncoder(nn.Module):
