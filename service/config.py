@@ -66,9 +66,8 @@ class Settings:
                                              "threads of their own: prompts are not queued behind them); more wait "
                                              "their turn", minimum=1)
     max_message_mb: int = setting(64, "gRPC message size limit", minimum=1)
-    logits_ttl_s: int = setting(300, "refinement by handle: made logits kept in Redis this long", minimum=1)
     logits_cache_entries: int = setting(32, "refinement by handle: the latest answers' logits kept in each decoder "
-                                            "process (ViT-B: 768 KB each)", minimum=1)
+                                            "process, never in Redis (ViT-B: 768 KB each)", minimum=1)
     decode_threads: int = setting(2, "decoder runs in parallel per process", minimum=1)
     ort_threads: int = setting(0, "ONNX Runtime threads of a decode that runs alone; decodes that overlap it take "
                                   "one thread each", shown="0 (all cores)", minimum=0)

@@ -116,8 +116,7 @@ class Segmenter(pb_grpc.SegmenterServicer):
         self.everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
         self.embeddings = Embeddings(settings, self.manifest, self.redis, self.queue, self.pool)
         self.decoding = Decoding(settings, model_dir, model)
-        self.refinements = refinement.Refinements(self.redis, self.version, settings.logits_ttl_s,
-                                                  settings.logits_cache_entries)
+        self.refinements = refinement.Refinements(self.queue, settings.logits_cache_entries)
         self.access = access.AccessFile(settings.auth_file, access.Limits.from_settings(settings)) \
             if settings.auth_file else None
         self.anonymous = access.Caller("", "anonymous", frozenset({"*"}), access.Limits.from_settings(settings))
@@ -234,18 +233,19 @@ class Segmenter(pb_grpc.SegmenterServicer):
             raise prompt_lib.PromptError(f"{len(proto_prompts)} prompts in one call; at most "
                                          f"{self.settings.max_prompts} are allowed")
         ref, emb = await self.embeddings.require(image_id)
-        prompts = [await self._prompt(ref, image_id, emb, i, p) for i, p in enumerate(proto_prompts)]
+        budget = [refinement.MAX_REMAKE]  # decoder runs this call may spend making expired logits again
+        prompts = [await self._prompt(ref, image_id, emb, i, p, budget) for i, p in enumerate(proto_prompts)]
         refining = any(p.HasField("mask_from") for p in proto_prompts)
         results, answers = await asyncio.get_running_loop().run_in_executor(  # in this call's context: its
             self.pool, contextvars.copy_context().run, self.decoding.answer, emb, prompts, options,  # spans nest
             options.return_low_res_logits or refining)
         for p, result, answer in zip(proto_prompts, results, answers):
-            result.logits_handle = refinement.handle(image_id, p, options.single_mask)
+            result.logits_handle = await self.refinements.handle(ref, image_id, p, options.single_mask)
             if p.HasField("mask_from"):  # an interactive loop: its next click will refine this answer
-                await self.refinements.keep(ref, result.logits_handle, answer.low_res_logits)
+                self.refinements.keep(ref, result.logits_handle, answer.low_res_logits)
         return results
 
-    async def _prompt(self, ref: str, image_id: str, emb, i: int, p: pb.Prompt) -> prompt_lib.Prompt:
+    async def _prompt(self, ref: str, image_id: str, emb, i: int, p: pb.Prompt, budget: list[int]) -> prompt_lib.Prompt:
         """A request's i-th prompt, its `mask_from` handle resolved to logits; errors name prompts[i]."""
         try:
             prompt = to_prompt(p)
@@ -256,7 +256,8 @@ class Segmenter(pb_grpc.SegmenterServicer):
                 def make(recipe_prompt, multimask):
                     return asyncio.get_running_loop().run_in_executor(
                         self.pool, self.decoding.logits, emb, recipe_prompt, multimask)
-                prompt.mask_input = await self.refinements.resolve(ref, image_id, p.mask_from, make, to_prompt)
+                prompt.mask_input = await self.refinements.resolve(ref, image_id, p.mask_from, make, to_prompt,
+                                                                   budget)
             return prompt
         except prompt_lib.PromptError as exc:
             exc.field = f"prompts[{i}]" + (f".{exc.field}" if exc.field else "")

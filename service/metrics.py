@@ -29,6 +29,8 @@ EVERYTHING_POINTS = Counter("maskserve_everything_points_total", "Point prompts 
 # The decoder's own bookkeeping, so that a slow leak shows in a soak before it shows in memory.
 WAITING_IMAGES = Gauge("maskserve_waiting_images", "Images the decoder has calls waiting on (for the encoder pool).")
 LRU_ENTRIES = Gauge("maskserve_lru_entries", "Embeddings held in the decoder's in-process cache.")
+REFINEMENT_REMAKES = Counter("maskserve_refinement_remakes_total", "Decoder runs that made a handle's expired "
+                             "logits again (bounded per call: refinement.MAX_REMAKE).")
 REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
 
 

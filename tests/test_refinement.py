@@ -14,6 +14,7 @@ import pytest
 from conftest import report
 from test_parity import IOU_MIN, SCORE_TOL, _iou, _prompt_cases
 
+from maskserve.engines.prompts import PromptError
 from maskserve.service import refinement
 from maskserve.service.client import AsyncClient, Client, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
@@ -125,7 +126,7 @@ def test_a_handle_resolves_on_another_replica_and_only_for_its_image(stack, phot
             handle = first[2].handle
             a.set_image(photos["coffee_400x600"])  # a handle of the chelsea image, used on another image
             for mask_from, message in ((pb.MaskFrom(handle=handle), "belongs to image"),
-                                       (pb.MaskFrom(handle=b"\x0a\x03abc"), "belongs to image 'abc'"),
+                                       (pb.MaskFrom(handle=b"\x0a\x03abc"), "is not a handle"),
                                        (pb.MaskFrom(handle=b"garbage\xff"), "is not a handle")):
                 request = pb.SegmentPromptRequest(image_id=a.image_id, prompts=[pb.Prompt(
                     points=[pb.Point(x=10, y=10, label=1)], mask_from=mask_from)])
@@ -226,7 +227,7 @@ def test_remote_logits_views():
     assert len(fetched) == 1  # views share one fetch
 
 
-def test_handles_are_remade_once_and_refused_when_too_deep_to_remake():
+def test_handles_are_signed_remade_within_a_budget_and_cut_when_too_long():
     class FakeRedis:
         def __init__(self):
             self.data = {}
@@ -234,17 +235,9 @@ def test_handles_are_remade_once_and_refused_when_too_deep_to_remake():
         async def get(self, k):
             return self.data.get(k)
 
-        async def set(self, k, v, ex=None):
-            self.data[k] = v
-
-    def chain(n):
-        handle = b""
-        for i in range(n):
-            p = pb.Prompt(points=[pb.Point(x=i, y=i, label=1)])
-            if handle:
-                p.mask_from.handle = handle
-            handle = refinement.handle("0" * 32, p, True)
-        return handle
+        async def set(self, k, v, nx=False):
+            if not (nx and k in self.data):
+                self.data[k] = v
 
     made = []
 
@@ -254,18 +247,55 @@ def test_handles_are_remade_once_and_refused_when_too_deep_to_remake():
 
     from maskserve.service.decoding import to_prompt as _to_prompt
 
+    image, ref = "0" * 32, "t/" + "0" * 32
+
+    async def chain(r, n):
+        handle = b""
+        for i in range(n):
+            p = pb.Prompt(points=[pb.Point(x=i, y=i, label=1)])
+            if handle:
+                p.mask_from.handle = handle
+            handle = await r.handle(ref, image, p, True)
+        return handle
+
+    async def resolve(r, handle, budget=None):
+        return await r.resolve(ref, image, pb.MaskFrom(handle=handle), make, _to_prompt,
+                               budget or [refinement.MAX_REMAKE])
+
     async def main():
-        r = refinement.Refinements(FakeRedis(), "v", 60, 8)
-        out = await r.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(3)), make, _to_prompt)
+        shared = FakeRedis()  # the queue's Redis: both "replicas" share the handle key
+        r = refinement.Refinements(shared, 8)
+        handle = await chain(r, 3)
+        out = await resolve(r, handle)
         assert len(made) == 3 and out.shape == (1, 4, 4)  # the chain made once, from its root
         assert made[1].mask_input is not None and made[0].mask_input is None
-        await r.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(3)), make, _to_prompt)
+        await resolve(r, handle)
         assert len(made) == 3  # kept
-        fresh = refinement.Refinements(FakeRedis(), "v", 60, 8)
+        other = refinement.Refinements(shared, 8)
+        budget = [2]
+        with pytest.raises(refinement.HandleExpired):  # 3 runs needed, 2 left: refused before any work
+            await resolve(other, handle, budget)
+        assert len(made) == 3 and budget == [2]
+        # a chain longer than a call may remake: its handle names the level below by hash only
+        long = await chain(r, refinement.MAX_REMAKE + 2)
+        assert len(long) < 40 * refinement.MAX_REMAKE  # the handle's size is bounded too
+        assert refinement.Refinements.levels(long) > refinement.MAX_REMAKE
+        made.clear()
         with pytest.raises(refinement.HandleExpired):
-            await fresh.resolve("t/" + "0" * 32, "0" * 32, pb.MaskFrom(handle=chain(refinement.MAX_DEPTH + 2)),
-                                make, _to_prompt)
-        other_tenant = await r.get("u/" + "0" * 32, chain(3))
-        assert other_tenant is None  # kept logits are the tenant's own
+            await resolve(other, long)
+        assert not made
+        # forged, altered, or another tenant's handles are not ours
+        recipe = pb.LogitsRecipe(image_id=image, prompt=pb.Prompt(points=[pb.Point(x=1, y=1, label=1)]),
+                                 single_mask=True).SerializeToString()
+        tampered = bytearray(handle)
+        tampered[3] ^= 1
+        for bad in (recipe, recipe + bytes(16), bytes(tampered), b"", b"x" * 5):
+            with pytest.raises(PromptError, match="not a handle"):
+                await resolve(r, bad)
+        with pytest.raises(PromptError, match="not a handle"):
+            await r.resolve("u/" + image, image, pb.MaskFrom(handle=handle), make, _to_prompt, [16])
+        fresh_key = refinement.Refinements(FakeRedis(), 8)  # a deployment with another key
+        with pytest.raises(PromptError, match="not a handle"):
+            await resolve(fresh_key, handle)
 
     asyncio.run(main())
