@@ -83,20 +83,24 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: a key with any other byte is no key of ours
+
+
 def bearer(metadata) -> str | None:
     for name, value in metadata or ():
         if name == "authorization":
             scheme, _, token = str(value).partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise AccessError(False, "the authorization metadata must be `Bearer <API key>`")
-            return token.strip()
+            token = token.strip(" \t")
+            if scheme.lower() != "bearer" or not TOKEN.fullmatch(token):
+                raise AccessError(False, "the authorization metadata must be `Bearer <API key>` (printable ASCII)")
+            return token
     return None
 
 
 @dataclass(frozen=True)
 class _Table:
     keys: dict[str, Caller]  # sha256 hex → caller
-    clients: dict[str, Caller]  # certificate subject (SAN DNS/URI name or CN) → caller
+    clients: dict[str, Caller]  # certificate subject (a SAN DNS/URI name, or the CN of one without SANs) → caller
 
 
 def parse(text: str, defaults: Limits) -> _Table:
@@ -187,8 +191,8 @@ class AccessFile:
 
 
 def certificate_subjects(auth_context: dict) -> list[str]:
-    """The verified client certificate's names (SANs first, then the common name); empty without mutual TLS."""
-    names = []
-    for prop in ("x509_subject_alternative_name", "x509_common_name"):
-        names += [v.decode() if isinstance(v, bytes) else str(v) for v in auth_context.get(prop, ())]
-    return names
+    """The verified client certificate's names: its SAN DNS/URI names when it has any (then the common name is
+    not used: RFC 6125 matches the SAN alone), else its common name; empty without mutual TLS."""
+    def names(prop: str) -> list[str]:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in auth_context.get(prop, ())]
+    return names("x509_subject_alternative_name") or names("x509_common_name")

@@ -28,8 +28,8 @@ from grpc_reflection.v1alpha import reflection
 from maskserve import engines
 from maskserve.engines import automatic, prompts as prompt_lib
 
-from . import (access, allocator, errors, everything, failures, images, jobs, metrics, quotas, redis_clients, refinement,
-               tls, tracing)
+from . import (access, allocator, errors, everything, failures, images, jobs, logs, metrics, quotas, redis_clients,
+               refinement, tls, tracing)
 from .config import Settings
 from .decoding import Decoding, to_prompt
 from .embeddings import Embeddings
@@ -77,8 +77,10 @@ def _streaming_rpc(method):
         code = grpc.StatusCode.OK
         close_stream = None
         try:
-            close_stream = self.local_quotas.open_stream(access.caller())
+            caller = access.caller()
+            close_stream = self.local_quotas.open_stream(caller)
             async for response in method(self, request, context):
+                caller = self.recheck(context, name, caller)  # a revoked key ends the stream
                 yield response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -142,6 +144,20 @@ class Segmenter(pb_grpc.SegmenterServicer):
             code, status = failures.outcome(exc)
             failures.count(rpc, code)
             await context.abort_with_status(status)
+
+    def recheck(self, context, rpc: str, caller: access.Caller) -> access.Caller:
+        """A long call's credentials checked again, as the access file may have changed since it began: the
+        caller now, or an AccessError that ends the call (a revoked key does not live on in an open stream)."""
+        if self.access is None:
+            return caller
+        now = self.access.authenticate(context.invocation_metadata(), context.auth_context)
+        if now.tenant != caller.tenant:
+            raise access.AccessError(False, "the call's credentials now belong to another tenant; call again")
+        if not now.may(rpc):
+            raise access.AccessError(True, f"{now.name!r} (tenant {now.tenant!r}) may no longer call {rpc}")
+        if now is not caller:
+            access.CALLER.set(now)
+        return now
 
     # -- RPCs -----------------------------------------------------------------------------------------
     @_rpc
@@ -210,6 +226,12 @@ class Segmenter(pb_grpc.SegmenterServicer):
         try:
             while (req := await queue.get()) is not None:
                 start = time.perf_counter()
+                try:
+                    caller = self.recheck(context, "StreamSegment", caller)
+                except access.AccessError as exc:  # ends the stream, not just this message
+                    code, status = failures.outcome(exc)
+                    failures.count("StreamSegment", code)
+                    await context.abort_with_status(status)
                 try:
                     response, current = await self._stream_message(req, queue, caller, current, context)
                     code = grpc.StatusCode.OK
@@ -427,22 +449,29 @@ def _server_span(context, rpc: str):
         context.invocation_metadata()), kind=tracing.SERVER, attributes={"rpc.system": "grpc", "rpc.method": rpc})
 
 
-async def _watch_health(segmenter: Segmenter, health_servicer) -> None:
-    """Readiness follows Redis: NOT_SERVING while the store is unreachable, SERVING when it is back."""
-    status = None
+async def _watch_health(segmenter: Segmenter, health_servicer, every_s: float = 1.0) -> None:
+    """Readiness follows Redis: NOT_SERVING while the store is unreachable, SERVING when it is back. The cause
+    (refused connection, wrong password, ...) is logged when it starts and once a minute while it lasts."""
+    status, logged = None, 0.0
     while True:
         try:
-            await segmenter.redis.ping()
-            await segmenter.queue.ping()
+            for name, client in (("cache", segmenter.redis), ("queue", segmenter.queue)):
+                where = name
+                await client.ping()
             new = health_pb2.HealthCheckResponse.SERVING
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             new = health_pb2.HealthCheckResponse.NOT_SERVING
             metrics.REDIS_ERRORS.inc()
+            if new != status or time.monotonic() - logged > 60:
+                log.error("not serving: the %s Redis cannot be used: %s: %s", where, type(exc).__name__, exc)
+                logged = time.monotonic()
         if new != status:
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, new)
+            if status is not None and new == health_pb2.HealthCheckResponse.SERVING:
+                log.info("serving again: Redis is reachable")
             status = new
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(every_s)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -499,7 +528,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup()
     allocator.reuse_large_blocks()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, "decoder", settings.metrics_host)

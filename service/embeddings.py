@@ -33,7 +33,13 @@ class Embeddings:
 
     def ref(self, image_id: str) -> str:
         """The caller's name for an image in Redis (see jobs.ref). An id that is not one of ours is refused like
-        an unknown one, so that no string can step outside the caller's space."""
+        an unknown one, so that no string can step outside the caller's space; one too long to be an id is
+        INVALID_ARGUMENT, and is never echoed."""
+        if len(image_id) > images.MAX_ID_CHARS:
+            message = (f"image_id is {len(image_id)} characters long; an image_id (from EncodeImage) is 32, and "
+                       f"at most {images.MAX_ID_CHARS} are read")
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_IMAGE_ID",
+                               errors.bad_request("image_id", message))
         if not images.IMAGE_ID.fullmatch(image_id):
             raise unknown_image(image_id, "not an image_id that EncodeImage returns")
         return jobs.ref(access.caller().tenant, image_id)

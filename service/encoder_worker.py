@@ -21,7 +21,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import prompts
 
-from . import allocator, images, jobs, metrics, redis_clients, store, tracing
+from . import allocator, images, jobs, logs, metrics, redis_clients, store, tracing
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -172,7 +172,7 @@ class EncoderWorker:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup()
     allocator.reuse_large_blocks()
     stopping = threading.Event()  # a SIGTERM while the engine loads is a clean stop too
     for sig in (signal.SIGTERM, signal.SIGINT):

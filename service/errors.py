@@ -16,6 +16,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "maskserve.io"
+MAX_TEXT = 1024  # characters of a message or detail: input echoed into an error never makes large trailers
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 40]}… ({len(text)} characters, cut)"
 
 
 # -- the service's side ---------------------------------------------------------------------------------------
@@ -31,11 +36,12 @@ def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
 
 def bad_request(field: str, description: str) -> error_details_pb2.BadRequest:
     return error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=description)])
+        error_details_pb2.BadRequest.FieldViolation(field=clip(field, 200), description=clip(description))])
 
 
 def resource_info(kind: str, name: str, description: str) -> error_details_pb2.ResourceInfo:
-    return error_details_pb2.ResourceInfo(resource_type=kind, resource_name=name, description=description)
+    return error_details_pb2.ResourceInfo(resource_type=kind, resource_name=clip(name, 200),
+                                          description=clip(description))
 
 
 def status(code: grpc.StatusCode, message: str, details: list) -> grpc.Status:
@@ -43,7 +49,7 @@ def status(code: grpc.StatusCode, message: str, details: list) -> grpc.Status:
     for d in details:
         packed.append(any_pb2.Any())
         packed[-1].Pack(d)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=packed))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=clip(message), details=packed))
 
 
 # -- the client's side ----------------------------------------------------------------------------------------

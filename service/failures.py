@@ -75,7 +75,7 @@ def stream_error(exc: BaseException) -> tuple[grpc.StatusCode, "object"]:
 
     code, message, _ = explain(exc)
     refused(exc)
-    error = pb.Error(code=code.value[0], message=message)
+    error = pb.Error(code=code.value[0], message=errors.clip(message))
     if isinstance(exc, quotas.QuotaExceeded):
         error.retry_after_ms = max(1, round(exc.retry_after_s * 1000))
     return code, error

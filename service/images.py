@@ -19,6 +19,7 @@ class ImageError(ValueError):
 
 
 IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+MAX_ID_CHARS = 64  # an image_id longer than this is refused unread (INVALID_ARGUMENT), never echoed
 
 
 def image_id(payload: bytes, model_version: str, tenant: str = "") -> str:

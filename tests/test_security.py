@@ -68,6 +68,10 @@ def pki(tmp_path_factory):
                                  ("expired", ca, {"identities": ("robot-7.fleet.example",),
                                                   "not_after": datetime.datetime(2020, 1, 1)}),
                                  ("forged", other_ca, {"identities": ("robot-7.fleet.example",)}),
+                                 # a mapped subject as the CN of a certificate whose SAN is not mapped
+                                 ("san_unmapped", ca, {"identities": ("unmapped.example",),
+                                                       "common_name": "robot-7.fleet.example"}),
+                                 ("cn_only", ca, {"identities": (), "common_name": "robot-7.fleet.example"}),
                                  ("server2", other_ca, {"identities": ("127.0.0.1", "localhost")})]:
         cert = issuer.issue_cert(*kwargs.pop("identities"), **kwargs)
         files[name] = d / f"{name}.crt", d / f"{name}.key"
@@ -108,14 +112,15 @@ def secure(pki, tmp_path_factory):
     mtls = None
     try:
         with stack:
-            mtls_port = free_port()
+            mtls_port, mtls_metrics_port = free_port(), free_port()
             mtls_env = {**stack.env("decoder"), **env, "MASKSERVE_GRPC_PORT": str(mtls_port),
-                        "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HEALTH_PORT": "0",
+                        "MASKSERVE_METRICS_PORT": str(mtls_metrics_port), "MASKSERVE_HEALTH_PORT": "0",
                         "MASKSERVE_TLS_CLIENT_CA_FILE": str(pki["ca"]), "MASKSERVE_REFLECTION": "false"}
             mtls = start_role("decoder", mtls_env, d / "decoder-mtls.log")
             wait_serving(f"127.0.0.1:{mtls_port}", proc=mtls, credentials=tls(pki, "robot"))
             stack.auth_file, stack.health_port, stack.mtls_target, stack.dir = auth_file, health_port, \
                 f"127.0.0.1:{mtls_port}", d
+            stack.mtls_metrics_port, stack.secure_env = mtls_metrics_port, env
             stack.redis_client = redis.Redis.from_url(f"rediss://maskserve:{REDIS_PASSWORD}@127.0.0.1:{redis_port}/0",
                                                       ssl_ca_certs=str(pki["ca"]))
             yield stack
@@ -212,6 +217,9 @@ def test_mutual_tls_maps_the_client_certificate_to_its_tenant(secure, pki):
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "not mapped" in error.details()
     assert call("stranger", KEYS["a"]).model_version  # ... which may still bring a key
     assert call("robot").model_version
+    assert call("cn_only").model_version  # without SANs, the common name is the certificate's name
+    error = code_of(lambda: call("san_unmapped"))  # with SANs, only they name it: a mapped CN does not count
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "not mapped" in error.details()
     assert_healthy(secure.mtls_target, tls(pki, "robot"))
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -432,3 +440,193 @@ def test_a_rotated_redis_password_is_used_on_reconnect(secure, pki):
     assert_healthy(secure.target, tls(pki))
     logs = "".join(p.read_text(errors="replace") for p in secure.dir.glob("*.log"))
     assert new not in logs
+
+
+def forged_chain(image_id: str, depth: int) -> bytes:
+    """A refinement handle made up by the caller: recipes nested `depth` deep, as the old unsigned format was."""
+    handle = b""
+    for i in range(depth):
+        p = pb.Prompt(points=[pb.Point(x=5 + i % 50, y=5, label=1)])
+        if handle:
+            p.mask_from.handle = handle
+        handle = pb.LogitsRecipe(image_id=image_id, prompt=p, single_mask=False).SerializeToString()
+    return handle
+
+
+def test_refinement_stores_nothing_shared_and_its_work_per_call_is_bounded(secure, pki):
+    """The reported attack: a tenant chained refinements 63 deep from handles it made up, so that each call
+    made and wrote 63 answers' logits into the shared cache and evicted other tenants' embeddings."""
+    r = secure.redis_client
+    with client(secure, pki, "a") as victim, client(secure, pki, "e") as attacker:
+        victim_ids = [victim.encode(image(50 + i)) for i in range(4)]
+        attacker.image_id = attacker.encode(image(60))
+        stub, md = attacker.stub, attacker.metadata
+
+        def segment(handle: bytes | None, x: float, who=attacker, **kw):
+            prompt = pb.Prompt(points=[pb.Point(x=x, y=30, label=1)])
+            if handle is not None:
+                prompt.mask_from.handle = handle
+            return who.stub.SegmentPrompt(pb.SegmentPromptRequest(image_id=who.image_id, prompts=[prompt]),
+                                          timeout=30, metadata=who.metadata, **kw).results[0].logits_handle
+
+        handles = [segment(None, 20)]
+        keys_before = set(r.scan_iter("*"))
+        used_before = r.info("memory")["used_memory"]
+        for depth in (2, 63):  # handles the service never gave are refused before any work
+            error = code_of(lambda: segment(forged_chain(attacker.image_id, depth), 20))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a handle" in error.details()
+        for i in range(20):  # an honest interactive loop: each click refines the last answer
+            handles.append(segment(handles[-1], 21 + i))
+        assert len(handles[-1]) < 2048  # a long chain's handle stays small
+        assert set(r.scan_iter("*")) == keys_before, "refinement wrote to the shared cache"
+        assert r.info("memory")["used_memory"] - used_before < 256 * 1024
+        for image_id in victim_ids:
+            assert r.exists(store.key(victim_version(victim), f"a/{image_id}"))
+        # another tenant cannot use the handles, not even on an image of its own
+        victim.image_id = victim_ids[0]
+        error = code_of(lambda: segment(handles[3], 20, who=victim))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a handle" in error.details()
+    # another replica (empty process cache) makes a short chain again, and refuses a long one unworked
+    with Client(secure.mtls_target, timeout=30, api_key=KEYS["e"], root_certificates=read(pki["ca"]),
+                certificate_chain=read(pki["stranger"][0]), private_key=read(pki["stranger"][1])) as other:
+        other.image_id = attacker.image_id
+        remakes = metric(secure.mtls_metrics_port, "maskserve_refinement_remakes_total")
+        assert segment(handles[2], 25, who=other)
+        assert metric(secure.mtls_metrics_port, "maskserve_refinement_remakes_total") == remakes + 3
+        error = code_of(lambda: segment(handles[-1], 25, who=other))
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "send the mask input as data" in error.details()
+        assert metric(secure.mtls_metrics_port, "maskserve_refinement_remakes_total") == remakes + 3
+
+
+def victim_version(c: Client) -> str:
+    return c.model_info().model_version
+
+
+def test_a_revoked_key_ends_its_open_streams(secure, pki):
+    import queue
+
+    key = access.new_key()
+    write_atomically(secure.auth_file, json.dumps(access_doc({**KEYS, "rev": key})))
+    deadline = time.monotonic() + 10
+    with client(secure, pki, key=key) as c:
+        while True:
+            try:
+                c.model_info()
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the new key was not accepted within 10 s"
+                time.sleep(0.2)
+        image_id = c.encode(image(70))
+        requests: queue.Queue = queue.Queue()
+        replies = c.stub.StreamSegment(iter(requests.get, None), timeout=60, metadata=c.metadata)
+        requests.put(pb.StreamSegmentRequest(sequence=1, image_id=image_id))
+        assert next(replies).image_id == image_id
+        everything = c.stub.SegmentEverything(pb.SegmentEverythingRequest(
+            image_id=image_id, options=pb.AutomaticOptions(points_per_side=96)), timeout=120, metadata=c.metadata)
+        assert next(everything).WhichOneof("payload") == "progress"
+        write_atomically(secure.auth_file, json.dumps(access_doc(KEYS)))  # the key is removed
+        time.sleep(1.5)  # the access file is looked at once a second
+        requests.put(pb.StreamSegmentRequest(sequence=2, prompt=pb.Prompt(points=[pb.Point(x=5, y=5, label=1)])))
+        error = code_of(lambda: next(replies))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "not valid" in error.details()
+        requests.put(None)
+        error = code_of(lambda: list(everything))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "not valid" in error.details()
+
+
+def test_unbounded_ids_are_refused_unread_and_never_echoed(secure, pki):
+    """A 10 KB, 64 KB or 1 MB image_id was echoed three times into NOT_FOUND's message and details, past
+    gRPC's metadata limit: the client saw RESOURCE_EXHAUSTED instead."""
+    with client(secure, pki, "a") as c:
+        for n in (65, 10_000, 65_536, 1 << 20):
+            long_id = "f" * n
+            calls = [lambda: c.stub.SegmentPrompt(pb.SegmentPromptRequest(
+                         image_id=long_id, prompts=[pb.Prompt(points=[pb.Point(x=1, y=1, label=1)])]),
+                         timeout=10, metadata=c.metadata),
+                     lambda: list(c.stub.SegmentEverything(pb.SegmentEverythingRequest(image_id=long_id),
+                                                           timeout=10, metadata=c.metadata))]
+            for call in calls:
+                error = code_of(call)
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (n, error.code())
+                assert f"{n} characters" in error.details() and "f" * 65 not in error.details()
+                assert sum(len(k) + len(v) for k, v in error.trailing_metadata()) < 2048
+            (reply,) = c.stub.StreamSegment(iter([pb.StreamSegmentRequest(sequence=1, image_id=long_id)]),
+                                            timeout=10, metadata=c.metadata)
+            assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and len(reply.error.message) < 300
+
+
+def raw_grpc(target: str, path: str, message: bytes, headers: list, ca) -> dict:
+    """One unary call over HTTP/2 written by hand (TLS, ALPN h2), for metadata grpcio's client will not send;
+    the response's headers and trailers."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = target.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"https"), (b":path", path.encode()),
+                              (b":authority", target.encode()), (b"content-type", b"application/grpc"),
+                              (b"te", b"trailers"), *headers])
+        conn.send_data(1, b"\0" + len(message).to_bytes(4, "big") + message, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        found: dict = {}
+        while True:
+            data = sock.recv(65536)
+            assert data, "the connection closed before the call ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    found.update(dict(event.headers))
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return found
+            sock.sendall(conn.data_to_send())
+
+
+def test_a_key_with_a_stray_byte_is_refused_and_never_logged(secure, pki):
+    """`Bearer <valid key>` plus one byte that is not UTF-8 was accepted, and grpcio logged the whole header."""
+    log = secure.dir / "decoder.log"
+    before = log.stat().st_size
+    for tail in (b"\xff", b"\x85", b"\xa0"):
+        found = raw_grpc(secure.target, "/maskserve.v1.Segmenter/GetModelInfo", b"",
+                         [(b"authorization", b"Bearer " + KEYS["a"].encode() + tail)], pki["ca"])
+        assert found.get(b"grpc-status") == str(grpc.StatusCode.UNAUTHENTICATED.value[0]).encode(), found
+    found = raw_grpc(secure.target, "/maskserve.v1.Segmenter/GetModelInfo", b"",
+                     [(b"authorization", b"Bearer " + KEYS["a"].encode())], pki["ca"])
+    assert found.get(b"grpc-status") == b"0", found  # the same call, the key alone: served
+    time.sleep(0.5)
+    written = log.read_bytes()[before:].decode(errors="replace")
+    assert KEYS["a"] not in written and KEYS["a"][4:20] not in written
+    assert "Invalid encoding" not in written or "[redacted]" in written
+
+
+def test_a_wrong_redis_password_is_logged_by_the_decoder(secure, pki):
+    wrong = secure.dir / "wrong-redis-password"
+    wrong.write_text("not-the-password\n")
+    port = free_port()
+    env = {**secure.env("decoder"), **secure.secure_env, "MASKSERVE_REDIS_PASSWORD_FILE": str(wrong),
+           "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HEALTH_PORT": "0"}
+    log = secure.dir / "decoder-wrong-password.log"
+    proc = start_role("decoder", env, log)
+    try:
+        deadline = time.monotonic() + 60
+        while "invalid username-password pair" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the decoder did not log why it is not serving"
+            time.sleep(0.3)
+        with grpc.secure_channel(f"127.0.0.1:{port}", tls(pki)) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert "not serving: the cache Redis cannot be used" in log.read_text()
+    finally:
+        stop(proc)
