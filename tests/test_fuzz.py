@@ -202,3 +202,78 @@ def test_malformed_protobuf_bytes_on_the_wire(stack, method, payload):
         else:
             call = channel.unary_unary(f"/maskserve.v1.Segmenter/{method}")
         _call(lambda: call(payload, timeout=20))
+
+
+def _text_fields(descriptor, prefix: tuple = (), depth: int = 0):
+    """Every string and bytes field reachable in a request, as a path of field names."""
+    for f in descriptor.fields:
+        if f.type in (f.TYPE_STRING, f.TYPE_BYTES):
+            yield prefix + (f.name,)
+        elif f.type == f.TYPE_MESSAGE and depth < 4 and not f.message_type.GetOptions().map_entry:
+            yield from _text_fields(f.message_type, prefix + (f.name,), depth + 1)
+
+
+def _set(message, path: tuple, value) -> None:
+    for name in path[:-1]:
+        field = message.DESCRIPTOR.fields_by_name[name]
+        message = getattr(message, name).add() if field.is_repeated else getattr(message, name)
+    field = message.DESCRIPTOR.fields_by_name[path[-1]]
+    if field.is_repeated:
+        getattr(message, path[-1]).append(value)
+    else:
+        setattr(message, path[-1], value)
+
+
+REQUESTS = {"SegmentPrompt": pb.SegmentPromptRequest, "StreamSegment": pb.StreamSegmentRequest,
+            "SegmentEverything": pb.SegmentEverythingRequest, "EncodeImage": pb.EncodeImageRequest}
+TEXT_FIELDS = [(rpc, path) for rpc, cls in REQUESTS.items() for path in _text_fields(cls.DESCRIPTOR)]
+LENGTHS = [0, 1, 32, 64, 65, 4096, 65536, 1 << 20]
+
+
+def test_every_request_text_field_is_covered():
+    """The long-input property below reaches every string and bytes field a request has (a new one joins it)."""
+    paths = {".".join(p) for _, p in TEXT_FIELDS}
+    assert {"image_id", "image.encoded", "image.raw.data", "prompts.mask_input.data", "prompts.mask_from.handle",
+            "frame.encoded", "prompt.mask_from.handle"} <= paths, paths
+
+
+@FUZZ
+@given(field=st.sampled_from(TEXT_FIELDS), length=st.sampled_from(LENGTHS), kind=st.sampled_from(["ascii", "bytes"]))
+def test_every_string_and_bytes_field_at_any_length(stub, image_id, field, length, kind):
+    """Any length in any string or bytes field: a client error whose message and trailers stay small (input is
+    never echoed unbounded), never RESOURCE_EXHAUSTED from gRPC's metadata limit."""
+    rpc, path = field
+    request = REQUESTS[rpc]()
+    if rpc == "SegmentPrompt":
+        request.image_id = image_id
+        request.prompts.add(points=[pb.Point(x=3, y=3, label=1)])
+    elif rpc == "SegmentEverything":
+        request.image_id = image_id
+        request.options.points_per_side = 2
+    descriptor = request.DESCRIPTOR
+    for name in path[:-1]:
+        descriptor = descriptor.fields_by_name[name].message_type
+    leaf = descriptor.fields_by_name[path[-1]]
+    if leaf.type == leaf.TYPE_STRING:
+        value = ("f" if kind == "ascii" else "é") * length
+    else:
+        value = b"f" * length if kind == "ascii" else np.random.default_rng(length).bytes(length)
+    _set(request, path, value)
+    if rpc == "StreamSegment":
+        replies = list(stub.StreamSegment(iter([request]), timeout=30))
+        assert len(replies) == 1
+        if replies[0].WhichOneof("outcome") == "error":
+            assert len(replies[0].error.message) <= 1100
+        _seen["OK"] = _seen.get("OK", 0) + 1
+        return
+    try:
+        result = getattr(stub, rpc)(request, timeout=30)
+        if rpc == "SegmentEverything":
+            list(result)
+        _seen["OK"] = _seen.get("OK", 0) + 1
+    except grpc.RpcError as exc:
+        _seen[exc.code().name] = _seen.get(exc.code().name, 0) + 1
+        assert exc.code() in CLIENT_ERRORS, (rpc, path, length, exc.code(), exc.details()[:200])
+        assert "metadata" not in exc.details(), (rpc, path, length, exc.details()[:200])
+        assert len(exc.details()) <= 1100
+        assert sum(len(k) + len(v) for k, v in exc.trailing_metadata() or ()) < 8192, (rpc, path, length)
