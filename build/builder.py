@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import onnxruntime
 
+from maskserve.engines import families
 from maskserve.engines.model_dir import Manifest, staged
 
-from . import export
 from .checkpoint import file_digest, load_model
 from .specs import get_spec
 
@@ -26,30 +27,12 @@ def build_model_dir(
         raise ValueError(f"the {backend} backend runs {' or '.join(PRECISIONS[backend])}, not {precision!r} "
                          "(fp16: TensorRT or torch; bf16: torch)")
     spec = get_spec(model_type)
-    write = _write
-    if spec.family != "sam":  # SAM 2.1: its own graphs and manifest
-        from .sam2_export import write_model_dir as write
-    sam = load_model(checkpoint, model_type)
+    exporter = importlib.import_module(families.get(spec.family).export_module)  # the family's graphs and manifest
+    model = load_model(checkpoint, model_type)
     with staged(out) as staging:
         staging.mkdir()
-        return write(sam, spec, checkpoint, model_type, staging, backend, precision,
-                     max_encoder_batch, max_decoder_batch, max_points)
-
-
-def _write(sam, spec, checkpoint, model_type, staging, backend, precision,
-           max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
-    if backend != "torch":  # the torch backend runs the checkpoint's own encoder weights, not a graph
-        export.export_encoder(sam, staging / "encoder.onnx")
-    export.export_decoder(sam, staging / "decoder.onnx")
-    export.export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
-    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx", "image_file": "decoder_image.onnx",
-                                                           "points_file": "decoder_points.onnx"})
-    if backend == "torch":
-        from maskserve.engines import torch_backend
-
-        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
-        torch_encoder(manifest, precision, max_encoder_batch, architecture, attention="bias")
-    return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
+        return exporter.write_model_dir(model, spec, checkpoint, model_type, staging, backend, precision,
+                                        max_encoder_batch, max_decoder_batch, max_points)
 
 
 def torch_encoder(manifest: Manifest, precision: str, max_batch: int, architecture: dict, **options) -> None:
@@ -64,9 +47,8 @@ def torch_encoder(manifest: Manifest, precision: str, max_batch: int, architectu
 def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list | None = None) -> Manifest:
     """The manifest of an ONNX Runtime model directory (`encoder.onnx` and `decoder`'s files); with `layout`, a
     family of several embedding arrays (SAM 2.1), whose model version covers the layout."""
-    checkpoint_sha256 = file_digest(checkpoint)
     family = {} if layout is None else {"family": spec.family, "embedding_layout": layout}
-    return Manifest(
+    manifest = Manifest(
         model_type=model_type,
         backend="onnxruntime",
         backend_version=onnxruntime.__version__,
@@ -77,13 +59,14 @@ def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list
         mask_input_size=spec.mask_input_size,
         pixel_mean=spec.pixel_mean,
         pixel_std=spec.pixel_std,
-        checkpoint_sha256=checkpoint_sha256,
-        model_version=Manifest.derive_model_version(model_type, checkpoint_sha256, spec.embedding_shape,
-                                                    family.get("family", "sam"), layout),
+        checkpoint_sha256=file_digest(checkpoint),
+        model_version="",
         encoder={"file": "encoder.onnx"},
         decoder=decoder,
         **family,
     )
+    manifest.model_version = manifest.derive_model_version()
+    return manifest
 
 
 def save_and_compile(staging: Path, manifest: Manifest, backend: str, precision: str, max_encoder_batch: int,

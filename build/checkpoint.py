@@ -118,13 +118,18 @@ def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
 def load_model(path: str | Path, model_type: str):
     """Build `model_type` and load the checkpoint at `path` into it, strictly: a
     `segment_anything.modeling.Sam`, or for a SAM 2.1 type the `sam2` package's SAM2Base."""
-    spec = get_spec(model_type)
-    if spec.family != "sam":
-        from .sam2_checkpoint import load_sam2_model
+    import importlib
 
-        return load_sam2_model(path, model_type)
+    from maskserve.engines import families
+
+    exporter = importlib.import_module(families.get(get_spec(model_type).family).export_module)
+    return exporter.load_model(path, model_type)
+
+
+def load_sam_model(path: str | Path, model_type: str):
+    """A SAM-family checkpoint into `segment_anything.modeling.Sam`, strictly."""
     state = read_state_dict(path)
-    return load_strictly(build_model(spec), state, path, model_type, guess_model_type)
+    return load_strictly(build_model(get_spec(model_type)), state, path, model_type, guess_model_type)
 
 
 def load_strictly(model, state: dict, path, model_type: str, guess) -> torch.nn.Module:

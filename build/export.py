@@ -34,8 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskserve.engines.interface import (DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS,  # noqa: F401
-                                         ENCODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS)
+from maskserve.engines import families
+from maskserve.engines.interface import DECODER_OUTPUTS, ENCODER_INPUTS, IMAGE_FEATURES, POINTS_INPUTS
+from maskserve.engines.model_dir import Manifest
+
+from .checkpoint import load_sam_model as load_model  # noqa: F401 - the family's loader (checkpoint.load_model)
+
+FAMILY = families.get("sam")
 
 OPSET = 17
 PROMPT_AXES = {"point_coords": {0: "batch", 1: "points"}, "point_labels": {0: "batch", 1: "points"},
@@ -283,7 +288,7 @@ def export_encoder(sam, path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
         _export(
-            sam.image_encoder, (torch.zeros(1, 3, size, size),), staged, ENCODER_INPUTS, ENCODER_OUTPUTS,
+            sam.image_encoder, (torch.zeros(1, 3, size, size),), staged, ENCODER_INPUTS, list(FAMILY.arrays),
             {"images": {0: "batch"}, "image_embeddings": {0: "batch"}},
         )
         if len(list(Path(tmp).iterdir())) == 1:
@@ -297,7 +302,7 @@ def export_encoder(sam, path: Path) -> None:
 @torch.no_grad()
 def export_decoder(sam, path: Path) -> None:
     """The general decoder graph; with `export_points_decoder`, `path`'s `_image` and `_points` siblings."""
-    _export(PromptDecoder(sam).eval(), decoder_example_inputs(sam), path, DECODER_INPUTS, DECODER_OUTPUTS,
+    _export(PromptDecoder(sam).eval(), decoder_example_inputs(sam), path, FAMILY.decoder_inputs, DECODER_OUTPUTS,
             {**PROMPT_AXES, "mask_input": {0: "batch"}, "has_mask_input": {0: "batch"}})
 
 
@@ -311,3 +316,28 @@ def export_points_decoder(sam, image_path: Path, points_path: Path) -> None:
     extent = torch.tensor([side - 1, side - 2])  # traced as a crop of any size
     _export(PointsDecoder(sam).eval(), (*image_part(embeddings), coords, labels, extent), points_path,
             POINTS_INPUTS, DECODER_OUTPUTS, POINTS_AXES)
+
+
+def reference_image_encoder(model) -> nn.Module:
+    """The official module that computes what the encoder graph does (the GPU check's fp32 reference)."""
+    return model.image_encoder
+
+
+def write_model_dir(sam, spec, checkpoint, model_type, staging, backend, precision,
+                    max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
+    """A SAM model directory in `staging`: the general and split decoder graphs, the encoder (a graph, or for the
+    torch backend the checkpoint's encoder weights), the manifest, then TensorRT engines if asked."""
+    from .builder import onnx_manifest, save_and_compile, torch_encoder
+
+    if backend != "torch":  # the torch backend runs the checkpoint's own encoder weights, not a graph
+        export_encoder(sam, staging / "encoder.onnx")
+    export_decoder(sam, staging / "decoder.onnx")
+    export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
+    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx", "image_file": "decoder_image.onnx",
+                                                           "points_file": "decoder_points.onnx"})
+    if backend == "torch":
+        from maskserve.engines import torch_backend
+
+        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
+        torch_encoder(manifest, precision, max_encoder_batch, architecture, attention="bias")
+    return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from maskserve import engines
-from maskserve.engines import prompts, transforms
+from maskserve.engines import families, prompts, transforms
 from maskserve.engines import torch_backend as tb
 from maskserve.engines.model_dir import Manifest
 
@@ -186,11 +186,9 @@ def one_image(arrays: dict, i: int) -> dict:
 
 def reference_encoder(state: dict, manifest: Manifest):
     """The official image encoder as a module: images → the embedding's arrays as a tuple in layout order."""
-    if manifest.family == "sam2.1":
-        from maskserve.build.sam2_export import Sam2ImageEncoder
+    import importlib
 
-        return Sam2ImageEncoder(state["sam"]).eval()
-    return state["sam"].image_encoder
+    return importlib.import_module(families.of(manifest).export_module).reference_image_encoder(state["sam"])
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------
@@ -248,12 +246,12 @@ def point_grid(h: int, w: int, n: int) -> list[tuple[float, float]]:
 def masks(decoder, manifest: Manifest, embedding: dict, size, points) -> list[np.ndarray]:
     """(3, H, W) multimask answers for one foreground point each, through the model directory's decoder;
     `embedding` one image's named arrays."""
-    embedding = prompts.decoder_embedding(embedding, manifest)
-    features = decoder.prepare(embedding)
+    embedding = prompts.embedding_arrays(embedding, manifest)
+    prepared = decoder.prepare(embedding)
     out = []
     for p in points:
         (answer,) = prompts.decode(decoder, manifest, embedding, size,
-                                   [prompts.Prompt(np.array([p]), np.array([1]))], True, features=features)
+                                   [prompts.Prompt(np.array([p]), np.array([1]))], True, prepared=prepared)
         out.append(prompts.full_resolution_logits(answer.low_res_logits, manifest, size) > 0)
     return out
 
@@ -452,16 +450,16 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     report.stage(result, "variants", variants, need_s=40)
 
     def decoder():
-        dec, ref = state["decoder"], prompts.decoder_embedding(one_image(state["ref"], 0), manifest)
+        dec, ref = state["decoder"], prompts.embedding_arrays(one_image(state["ref"], 0), manifest)
         size = images[0][1].shape[:2]
-        features = dec.prepare(ref)
+        prepared = dec.prepare(ref)
         point = [prompts.Prompt(np.array([point_grid(*size, 1)[0]]), np.array([1]))]
 
         def low_res():
-            prompts.decode(dec, manifest, ref, size, point, True, features=features, full_logits=False)
+            prompts.decode(dec, manifest, ref, size, point, True, prepared=prepared, full_logits=False)
 
         def full():
-            (a,) = prompts.decode(dec, manifest, ref, size, point, True, features=features)
+            (a,) = prompts.decode(dec, manifest, ref, size, point, True, prepared=prepared)
             prompts.full_resolution_logits(a.low_res_logits, manifest, size)
 
         cpu = torch.device("cpu")

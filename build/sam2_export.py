@@ -30,10 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskserve.engines.interface import DECODER_OUTPUTS, ENCODER_INPUTS, SAM2_DECODER_INPUTS, SAM2_ENCODER_OUTPUTS
+from maskserve.engines import families
+from maskserve.engines.interface import DECODER_OUTPUTS, ENCODER_INPUTS
 from maskserve.engines.model_dir import Manifest
 
 from .export import PROMPT_AXES, _export, two_way_transformer
+from .sam2_checkpoint import load_sam2_model as load_model  # noqa: F401 - the family's loader (checkpoint.load_model)
+
+FAMILY = families.get("sam2.1")
 
 
 class Sam2ImageEncoder(nn.Module):
@@ -129,14 +133,19 @@ def export_encoder(model, path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
         _export(Sam2ImageEncoder(model).eval(), (torch.zeros(1, 3, size, size),), staged, ENCODER_INPUTS,
-                SAM2_ENCODER_OUTPUTS, {"images": {0: "batch"}, **{name: {0: "batch"} for name in SAM2_ENCODER_OUTPUTS}})
+                list(FAMILY.arrays), {"images": {0: "batch"}, **{name: {0: "batch"} for name in FAMILY.arrays}})
         staged.replace(path)
 
 
 @torch.no_grad()
 def export_decoder(model, path: Path) -> None:
-    _export(Sam2PromptDecoder(model).eval(), decoder_example_inputs(model), path, SAM2_DECODER_INPUTS,
+    _export(Sam2PromptDecoder(model).eval(), decoder_example_inputs(model), path, FAMILY.decoder_inputs,
             DECODER_OUTPUTS, {**PROMPT_AXES, "mask_input": {0: "batch"}, "has_mask_input": {0: "batch"}})
+
+
+def reference_image_encoder(model) -> nn.Module:
+    """The official modules that compute what the encoder graph does (the GPU check's fp32 reference)."""
+    return Sam2ImageEncoder(model).eval()
 
 
 def write_model_dir(model, spec, checkpoint, model_type, staging, backend, precision,

@@ -131,7 +131,7 @@ class Sam2Spec:
     @property
     def embedding_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
         """The per-image embedding as (name, shape, dtype) arrays, in the encoder graph's output order
-        (engines.interface.SAM2_ENCODER_OUTPUTS): the image embedding, then the stride-4 and stride-8 maps
+        (engines.families.sam2.Sam2.arrays): the image embedding, then the stride-4 and stride-8 maps
         after the mask decoder's conv_s0 (C/8 channels) and conv_s1 (C/4)."""
         c, e = self.prompt_embed_dim, self.embedding_size
         return (("image_embeddings", (c, e, e), "float32"),

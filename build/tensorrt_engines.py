@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from maskserve.engines.interface import ENCODER_INPUTS, decoder_inputs
+from maskserve.engines import families
+from maskserve.engines.interface import ENCODER_INPUTS
 from maskserve.engines.model_dir import Manifest, staged
 
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
@@ -80,11 +81,11 @@ def profiles(manifest: Manifest, max_encoder_batch: int, max_decoder_batch: int,
     for every input of each, and the most sparse points per prompt the decoder's takes."""
     s, m, b = manifest.image_size, manifest.mask_input_size, max_decoder_batch
     # A box is two points; SAM pads a prompt without one with one point, SAM 2.1 pads every prompt so.
-    p = max_points + (3 if manifest.family == "sam2.1" else 2)
+    p = max_points + families.of(manifest).extra_prompt_points
     encoder = dict(zip(ENCODER_INPUTS, [((1, 3, s, s), (max(1, max_encoder_batch // 2), 3, s, s),
                                          (max_encoder_batch, 3, s, s))]))
     image = [((1, *a["shape"]),) * 3 for a in manifest.embedding_layout]  # one image's arrays: fixed shapes
-    decoder = dict(zip(decoder_inputs(manifest.family), [
+    decoder = dict(zip(families.of(manifest).decoder_inputs, [
         *image,  # min, opt, max shapes of each input, in the graph's order
         ((1, 1, 2), (1, 2, 2), (b, p, 2)), ((1, 1), (1, 2), (b, p)),
         ((1, 1, m, m), (1, 1, m, m), (b, 1, m, m)), ((1,), (1,), (b,))]))

@@ -1,16 +1,15 @@
 """Automatic mask generation ("segment everything"): the paper's grid generator, without torch.
 
 The same records as `segment_anything.SamAutomaticMaskGenerator` for a SAM model, and as
-`sam2.SAM2AutomaticMaskGenerator` for a SAM 2.1 one (`FAMILY_DEFAULTS`, `SAM2_OPTIONS`), for the same image: per crop
+`sam2.SAM2AutomaticMaskGenerator` for a SAM 2.1 one (the model family says how they differ), for the same image: per crop
 (the whole image, then `crop_n_layers` levels of overlapping zoomed-in crops) a grid of single-point
 prompts, three masks each, kept if predicted IoU and stability pass, masks touching a crop's inner edge
 dropped, duplicates removed by box NMS within each crop and across crops, then optionally small holes and
-islands removed. SAM 2.1's generator differs in its model's pre- and post-processing (`prompts` does them by
-family), its default `pred_iou_thresh` (0.8), three options of its own (`mask_threshold`, `multimask_output`,
-`use_m2m`: each grid mask decoded once more with its own low-res logits as mask input), and, when
-`min_mask_region_area` is set, holes and specks of up to that many low-res cells removed from every mask
-before it is upscaled (`sam2_transforms.fill_holes_and_sprinkles`) in place of SAM's clean-up of the
-full-size masks. What differs from the references is only
+islands removed. SAM 2.1's generator differs in its model's pre- and post-processing, its default
+`pred_iou_thresh` (0.8), three options of its own (`mask_threshold`, `multimask_output`, `use_m2m`: each grid
+mask decoded once more with its own low-res logits as mask input), and, when `min_mask_region_area` is set,
+holes and specks of up to that many low-res cells removed from every mask before it is upscaled in place of
+SAM's clean-up of the full-size masks: the family object (`families`) holds each of these. What differs from the references is only
 where and when the work happens:
 - the grid runs as large decoder batches against the crop's embedding and the split decoder's per-image
   tensors, computing only the mask cells the crop shows (`mask_extent`);
@@ -22,6 +21,7 @@ NMS and comparisons follow torchvision's and torch's float32 arithmetic, ties br
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -31,15 +31,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import masks, prompts, sam2_transforms, transforms
+from . import families, masks, prompts
+from .families import Family
 from .model_dir import Manifest
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 EDGE_TOLERANCE = 20.0  # pixels: a mask box this close to a crop's inner edge is cut off by the crop
-# Where the references' defaults differ by model family.
-FAMILY_DEFAULTS = {"sam": {"pred_iou_thresh": 0.88}, "sam2.1": {"pred_iou_thresh": 0.8}}
-# SAM 2's generator's own options and their defaults (SAM's generator has none of them).
-SAM2_OPTIONS = {"mask_threshold": 0.0, "multimask_output": True, "use_m2m": False}
 
 
 class ParameterError(ValueError):
@@ -54,31 +51,61 @@ class Cancelled(Exception):
     """The caller stopped waiting (a cancelled RPC); the work in hand was abandoned."""
 
 
+def _option(default, help: str, cli: bool = True, flag: str | None = None):
+    """A generator parameter: its default and description, declared here once; the CLI's flags, the proto's
+    defaults check and the README's table are derived from them (`option_fields`)."""
+    return field(default=default, metadata={"help": help, "cli": cli, "flag": flag})
+
+
 @dataclass
 class Options:
     """The reference generators' parameters, names and defaults (`SamAutomaticMaskGenerator.__init__`, and
     `SAM2AutomaticMaskGenerator.__init__` for the last three). None: the model family's default."""
 
-    points_per_side: int | None = 32
-    points_per_batch: int = 64  # accepted for compatibility; the answer does not depend on it
-    pred_iou_thresh: float | None = None  # 0.88 for SAM, 0.8 for SAM 2.1
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    point_grids: list[np.ndarray] | None = None
-    min_mask_region_area: int = 0
-    output_mode: str = "binary_mask"
-    mask_threshold: float = 0.0  # SAM 2.1 only: the logit masks are cut at (stability: ± the offset)
-    multimask_output: bool = True  # SAM 2.1 only: three masks per grid point, or its single-mask choice
-    use_m2m: bool = False  # SAM 2.1 only: refine each mask once with its own low-res logits
+    points_per_side: int | None = _option(32, "points per side of the grid (exclusive with point_grids)")
+    points_per_batch: int = _option(64, "accepted for compatibility; the answer does not depend on it", cli=False)
+    pred_iou_thresh: float | None = _option(None, "keep masks whose predicted IoU is above this")
+    stability_score_thresh: float = _option(0.95, "keep masks whose stability score is at least this")
+    stability_score_offset: float = _option(1.0, "logit offset of the stability score")
+    box_nms_thresh: float = _option(0.7, "box IoU above which NMS drops a mask within a crop")
+    crop_n_layers: int = _option(0, "layers of zoomed-in crops (layer i: 4^i crops)")
+    crop_nms_thresh: float = _option(0.7, "box IoU above which NMS drops a mask across crops")
+    crop_overlap_ratio: float = _option(512 / 1500, "overlap of neighbouring crops, as a fraction of the crop")
+    crop_n_points_downscale_factor: int = _option(1, "each crop layer's grid has this many times fewer points a side")
+    point_grids: list[np.ndarray] | None = _option(None, "one grid per crop layer, points as fractions of the crop",
+                                                   cli=False)
+    min_mask_region_area: int = _option(0, "remove holes and islands up to this area (SAM: pixels; SAM 2.1: low-res "
+                                           "cells)")
+    output_mode: str = _option("binary_mask", "binary_mask, uncompressed_rle or coco_rle", cli=False)
+    mask_threshold: float = _option(0.0, "where the mask logits are cut (stability: ± the offset)")
+    multimask_output: bool = _option(True, "three masks per grid point, or the family's single-mask choice",
+                                     flag="--multimask-output/--single-mask-output")
+    use_m2m: bool = _option(False, "refine each mask once with its own low-res logits", flag="--use-m2m")
 
-    def validate(self, max_crop_layers: int = 3, max_points: int = 65536, family: str | None = None) -> "Options":
+    @staticmethod
+    def describe(name: str) -> tuple[str, str]:
+        """(default, description) of a parameter as people read them: a family's default or own option named."""
+        f = next(f for f in fields(Options) if f.name == name)
+        known = [families.get(n) for n in families.names()]
+        default = "512 / 1500" if name == "crop_overlap_ratio" else repr(f.default)
+        by_family = [f"{fam.generator_defaults[name]} ({fam.name})" for fam in known if name in fam.generator_defaults]
+        if by_family:
+            default = "the model family's: " + ", ".join(by_family)
+        owners = [fam.name for fam in known if name in fam.generator_options]
+        return default, (f"{' and '.join(owners)} only: " if owners else "") + f.metadata["help"]
+
+    @staticmethod
+    def table() -> str:
+        """The README's table of the generator's parameters."""
+        rows = ["| parameter | default | |", "|---|---|---|"]
+        for f in fields(Options):
+            default, help = Options.describe(f.name)
+            rows.append(f"| `{f.name}` | {default} | {help} |")
+        return "\n".join(rows) + "\n"
+
+    def validate(self, max_crop_layers: int = 3, max_points: int = 65536, family: Family | None = None) -> "Options":
         """Check every parameter (one clear error naming it) and return the options with grids as arrays and,
-        for a model `family`, its defaults filled in; SAM 2's own options are refused for a SAM model."""
+        for a model `family`, its defaults filled in; another family's own options are refused."""
         def integer(name, low, high=None):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -114,14 +141,12 @@ class Options:
                 raise ParameterError(name, f"must be true or false, got {getattr(self, name)!r}")
         resolved = {}
         if family is not None:
-            if family not in FAMILY_DEFAULTS:
-                raise ValueError(f"unknown model family {family!r}")
-            resolved = {k: v for k, v in FAMILY_DEFAULTS[family].items() if getattr(self, k) is None}
-            if family == "sam":
-                for name, default in SAM2_OPTIONS.items():
-                    if getattr(self, name) != default:
-                        raise ParameterError(name, "is an option of SAM 2's generator; this model is SAM (leave "
-                                                   f"it at {default})")
+            resolved = {k: v for k, v in family.generator_defaults.items() if getattr(self, k) is None}
+            for other in map(families.get, families.names()):
+                for name, neutral in other.generator_options.items():
+                    if name not in family.generator_options and getattr(self, name) != neutral:
+                        raise ParameterError(name, f"is an option of the {other.name} generator; this model is "
+                                                   f"{family.name} (leave it at {neutral})")
         if self.output_mode not in OUTPUT_MODES:
             raise ParameterError("output_mode", f"must be one of {', '.join(OUTPUT_MODES)}, got {self.output_mode!r}")
         grids = self.point_grids
@@ -256,7 +281,7 @@ def _box_of_transposed(mask_t: np.ndarray) -> np.ndarray:
     return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.int64)
 
 
-def _grid_masks(decoder, manifest: Manifest, embedding, features, coords: np.ndarray, extent,
+def _grid_masks(decoder, family: Family, manifest: Manifest, embedding, prepared, coords: np.ndarray, extent,
                 options: Options) -> tuple[np.ndarray, np.ndarray, int]:
     """(predicted IoU (R,), low-res logits (R, M', M'), masks per point) of one batch of single-point
     prompts, point-major (each point's masks together, in token order), as the reference generators flatten
@@ -264,26 +289,21 @@ def _grid_masks(decoder, manifest: Manifest, embedding, features, coords: np.nda
     n, m = len(coords), manifest.mask_input_size
     labels = np.tile(np.array([[1, -1]], np.float32), (n, 1))
     iou, low = decoder.decode(embedding, coords, labels, np.zeros((n, 1, m, m), np.float32),
-                              np.zeros(n, np.float32), features, extent)
-    if options.multimask_output:
-        iou, low = iou[:, 1:], low[:, 1:]
-    elif manifest.family == "sam2.1":
-        iou, low = sam2_transforms.select_single_mask(iou, low)
-    else:
-        iou, low = iou[:, :1], low[:, :1]
+                              np.zeros(n, np.float32), prepared, extent)
+    iou, low = family.choose(iou, low, options.multimask_output)
     k = iou.shape[1]
     iou, low = iou.reshape(-1), low.reshape(-1, *low.shape[2:])
     if options.use_m2m:  # SAM 2: each mask once more, its own clamped low-res logits as the mask input
         iou, low = decoder.decode(embedding, np.repeat(coords, k, axis=0), np.repeat(labels, k, axis=0),
-                                  sam2_transforms.clamp_logits(low)[:, None], np.ones(len(low), np.float32),
-                                  features, extent)
-        iou, low = sam2_transforms.select_single_mask(iou, low)
+                                  family.returned_logits(low)[:, None], np.ones(len(low), np.float32),
+                                  prepared, extent)
+        iou, low = family.choose(iou, low, multimask=False)
         iou, low = iou[:, 0], low[:, 0]
     return iou, low, k
 
 
 def process_crop(
-    decoder, manifest: Manifest, embedding, features: dict | None, crop_box: list[int],
+    decoder, manifest: Manifest, embedding, prepared: dict | None, crop_box: list[int],
     grid: np.ndarray, image_size: tuple[int, int], options: Options, *, batch: int | None = None,
     cancel: threading.Event | None = None, progress: Callable[[int], None] | None = None,
     timings: dict | None = None,
@@ -301,16 +321,13 @@ def process_crop(
     ch, cw = crop_size
     points = grid * np.array([[cw, ch]], np.float64)
     size = manifest.image_size
-    sam2 = manifest.family == "sam2.1"
-    if sam2:  # SAM 2's generator holds the grid in float32, and its records' point_coords
-        points = points.astype(np.float32)
+    family = families.of(manifest)
+    points = points.astype(family.generator_grid_dtype)  # as the reference holds it (and its records' point_coords)
     offset = np.array([x0, y0], points.dtype)
-    to_input = sam2_transforms.transform_coords if sam2 else transforms.transform_coords
-    embedding = prompts.decoder_embedding(embedding, manifest)
+    embedding = prompts.embedding_arrays(embedding, manifest)
     extent = prompts.mask_extent(manifest, crop_size)
     iou_thresh, stab_thresh = np.float32(options.pred_iou_thresh), np.float32(options.stability_score_thresh)
     cut = np.float32(options.mask_threshold)
-    fill_area = options.min_mask_region_area if sam2 else 0  # SAM2ImagePredictor's max_hole/sprinkle_area
     whole = crop_size == tuple(image_size)
     canvas = None if whole else np.zeros((image_size[1], image_size[0]), bool)  # the image, transposed
     kept: list[tuple] = []
@@ -322,15 +339,13 @@ def process_crop(
         chunk = points[start:start + batch]
         n = len(chunk)
         coords = np.zeros((n, 2, 2), np.float32)
-        coords[:, 0] = to_input(chunk, crop_size, size)
-        iou, low, per_point = _grid_masks(decoder, manifest, embedding, features, coords, extent, options)
+        coords[:, 0] = family.transform_coords(chunk, crop_size, size)
+        iou, low, per_point = _grid_masks(decoder, family, manifest, embedding, prepared, coords, extent, options)
         t2 = time.perf_counter()
         timings["grid_decode"] = timings.get("grid_decode", 0.0) + t2 - t
         survivors = np.flatnonzero(iou > iou_thresh) if options.pred_iou_thresh > 0 else range(len(iou))
         for r in survivors:
-            logits = low[r]
-            if fill_area:
-                logits = sam2_transforms.fill_holes_and_sprinkles(logits, fill_area)
+            logits = family.low_res_cleanup(low[r], options.min_mask_region_area)
             lt = prompts.full_resolution_map(cv2.transpose(logits), manifest, (cw, ch))
             stability = _stability(lt, options.stability_score_offset, cut)
             if options.stability_score_thresh > 0 and not stability >= stab_thresh:
@@ -370,15 +385,15 @@ def merge_crops(sets: list[MaskSet], image_size: tuple[int, int], options: Optio
     return merged
 
 
-def finish(sets: list[MaskSet], image_size: tuple[int, int], options: Options, family: str,
+def finish(sets: list[MaskSet], image_size: tuple[int, int], options: Options, family: Family,
            timings: dict) -> MaskSet:
-    """The crops' masks in one set (`merge_crops`), then, for SAM, small holes and islands of the
-    full-size masks removed (`clean_up`): SAM 2's generator removes them from the low-res logits instead,
-    in `process_crop`. `timings` gets crop_merge and cleanup seconds."""
+    """The crops' masks in one set (`merge_crops`), then, for a family that does so (SAM), small holes and
+    islands of the full-size masks removed (`clean_up`); SAM 2's generator removes them from the low-res
+    logits instead, in `process_crop`. `timings` gets crop_merge and cleanup seconds."""
     t = time.perf_counter()
     found = merge_crops(sets, image_size, options)
     timings["crop_merge"] = time.perf_counter() - t
-    if options.min_mask_region_area > 0 and family == "sam":
+    if options.min_mask_region_area > 0 and family.full_size_cleanup:
         t = time.perf_counter()
         found = clean_up(found, options.min_mask_region_area, max(options.box_nms_thresh, options.crop_nms_thresh))
         timings["cleanup"] = time.perf_counter() - t
@@ -470,25 +485,18 @@ class AutomaticMaskGenerator:
     `model` is a model directory or a `Predictor` (runs in this process; None = the shipped tiny model),
     or a `maskserve.Client` (runs on the service: crops go through its encoder pool and embedding store)."""
 
-    def __init__(self, model=None, points_per_side: int | None = 32, points_per_batch: int = 64,
-                 pred_iou_thresh: float | None = None, stability_score_thresh: float = 0.95,
-                 stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
-                 crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
-                 crop_n_points_downscale_factor: int = 1, point_grids: list[np.ndarray] | None = None,
-                 min_mask_region_area: int = 0, output_mode: str = "binary_mask", mask_threshold: float = 0.0,
-                 multimask_output: bool = True, use_m2m: bool = False) -> None:
+    def __init__(self, model=None, **options) -> None:
+        unknown = set(options) - {f.name for f in fields(Options)}
+        if unknown:
+            raise TypeError(f"unknown generator parameters {sorted(unknown)}; see Options")
         self.client = model if hasattr(model, "segment_everything") else None
         family = None  # the service's model: its defaults and checks are the service's
         if self.client is None:
             from .predictor import Predictor
 
             self.predictor = model if isinstance(model, Predictor) else Predictor(model)
-            family = self.predictor.manifest.family
-        self.options = Options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                               stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
-                               crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
-                               min_mask_region_area, output_mode, mask_threshold, multimask_output,
-                               use_m2m).validate(max_crop_layers=8, max_points=2**24, family=family)
+            family = self.predictor.family
+        self.options = Options(**options).validate(max_crop_layers=8, max_points=2**24, family=family)
         self.timings: dict[str, float] = {}
 
     def generate(self, image: np.ndarray) -> list[dict]:
@@ -512,6 +520,13 @@ class AutomaticMaskGenerator:
             t = time.perf_counter()
             p.set_image(image[box[1]:box[3], box[0]:box[2]])
             self.timings["encode"] = self.timings.get("encode", 0.0) + time.perf_counter() - t
-            sets.append(process_crop(p.model.decoder, p.manifest, p.features, p.decoder_features, box,
+            sets.append(process_crop(p.model.decoder, p.manifest, p.embedding, p.prepared, box,
                                      grids[layer], size, o, timings=self.timings))
-        return finish(sets, size, o, p.manifest.family, self.timings)
+        return finish(sets, size, o, p.family, self.timings)
+
+
+# help() and editors show the reference's keyword parameters, declared once in Options.
+AutomaticMaskGenerator.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+     *(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in fields(Options))])

@@ -7,22 +7,22 @@ TensorRT encoder of the same checkpoint, and a different checkpoint can never be
 `family` says which pre- and post-processing and which graphs the directory holds: "sam" (SAM and the tiny
 model; what a manifest without the field is) or "sam2.1". `embedding_layout` is the per-image embedding as
 named arrays, `[{"name", "shape" (without batch), "dtype"}, ...]` in the encoder graph's output order: SAM's
-one `image_embeddings` array (its `embedding_shape`), SAM 2.1's three (engines.interface.SAM2_ENCODER_OUTPUTS).
+one `image_embeddings` array (its `embedding_shape`), SAM 2.1's three (the family's `arrays`, engines.families).
 `embedding_shape` stays the `image_embeddings` array's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import families
+from .families import FORMAT
+
 MANIFEST = "manifest.json"
-FORMAT = 1
-FAMILIES = ("sam", "sam2.1")
 
 
 class ModelDirError(ValueError):
@@ -73,17 +73,9 @@ class Manifest:
 
         return sum(int(np.prod(a["shape"])) * np.dtype(dtype or a["dtype"]).itemsize for a in self.embedding_layout)
 
-    @staticmethod
-    def derive_model_version(model_type: str, checkpoint_sha256: str, embedding_shape, family: str = "sam",
-                             embedding_layout: list | None = None) -> str:
-        """`{model_type}-{12 hex}` from the checkpoint's content and the embedding layout. SAM's (unchanged):
-        its one array's shape; other families': the family and every array's name, shape and dtype."""
-        if family == "sam":
-            key = f"{model_type}:{checkpoint_sha256}:{tuple(embedding_shape)}:{FORMAT}"
-        else:
-            layout = ";".join(f"{a['name']}{tuple(int(n) for n in a['shape'])}{a['dtype']}" for a in embedding_layout)
-            key = f"{family}:{model_type}:{checkpoint_sha256}:{layout}:{FORMAT}"
-        return f"{model_type}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    def derive_model_version(self) -> str:
+        """`{model_type}-{12 hex}`, as the family keys its checkpoint and embedding layout (never the backend)."""
+        return families.of(self).model_version(self.model_type, self.checkpoint_sha256, self.embedding_layout)
 
     def save(self, directory: Path) -> None:
         (Path(directory) / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -103,9 +95,9 @@ class Manifest:
             raise ModelDirError(f"{path}: malformed manifest ({exc})") from None
         m.embedding_shape = tuple(m.embedding_shape)
         m.pixel_mean, m.pixel_std = tuple(m.pixel_mean), tuple(m.pixel_std)
-        if m.family not in FAMILIES:
+        if m.family not in families.names():
             raise ModelDirError(f"{path}: model family {m.family!r} is not one this maskserve runs "
-                                f"({', '.join(FAMILIES)}); upgrade maskserve")
+                                f"({', '.join(families.names())}); upgrade maskserve")
         if m.array_names[0] != "image_embeddings" or tuple(m.embedding_layout[0]["shape"]) != m.embedding_shape:
             raise ModelDirError(f"{path}: malformed manifest (embedding_layout must begin with the "
                                 f"image_embeddings array of embedding_shape {list(m.embedding_shape)})")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .interface import DECODER_INPUTS, DECODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS, decoder_inputs
+from . import families
+from .interface import DECODER_OUTPUTS, IMAGE_FEATURES, POINTS_INPUTS
 from .model_dir import Manifest
 
 
@@ -69,8 +70,7 @@ class OnnxDecoder:
     def __init__(self, model_dir: Path, manifest: Manifest, threads: int | None = None) -> None:
         d = manifest.decoder
         self.session = _session(Path(model_dir) / d["file"], threads)
-        self.family = manifest.family
-        self.inputs = decoder_inputs(manifest.family)
+        self.inputs = families.of(manifest).decoder_inputs
         self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
         split = "image_file" in d and "points_file" in d
         self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
@@ -79,32 +79,28 @@ class OnnxDecoder:
         self.crops = split and POINTS_INPUTS[-1] in {i.name for i in self.points_session.get_inputs()}
         self.full_extent = np.array(manifest.embedding_shape[1:], np.int64)
 
-    def prepare(self, embedding: np.ndarray) -> dict | None:
-        """The per-image tensors `decode` takes as `features`; None without a split decoder."""
+    def prepare(self, embedding: Mapping[str, np.ndarray]) -> dict | None:
+        """The per-image tensors `decode` takes as `prepared`; None without a split decoder (SAM's)."""
         if self.image_session is None:
             return None
-        if isinstance(embedding, Mapping):
-            embedding = embedding[DECODER_INPUTS[0]]
+        name = self.arrays[0]
         names = [o.name for o in self.image_session.get_outputs()]
-        return dict(zip(names, self.image_session.run(None, {DECODER_INPUTS[0]: embedding})))
+        return dict(zip(names, self.image_session.run(None, {name: embedding[name]})))
 
-    def points_feeds(self, features: dict, coords, labels, extent: tuple[int, int] | None = None) -> dict:
+    def points_feeds(self, prepared: dict, coords, labels, extent: tuple[int, int] | None = None) -> dict:
         """The split decoder's inputs for prompts without a mask input."""
-        feeds = {**features, **dict(zip(POINTS_INPUTS[len(IMAGE_FEATURES):], (coords, labels)))}
+        feeds = {**prepared, **dict(zip(POINTS_INPUTS[len(IMAGE_FEATURES):], (coords, labels)))}
         if self.crops:
             feeds[POINTS_INPUTS[-1]] = self.full_extent if extent is None else np.array(extent, np.int64)
         return feeds
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features: dict | None = None,
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, prepared: dict | None = None,
                extent: tuple[int, int] | None = None):
         """Returns (iou_predictions (B, 4), low_res_masks (B, 4, M, M)) for all four mask tokens; the split
         decoder computes only the masks of `extent`'s cells (low_res_masks (B, 4, 4·rows, 4·columns))."""
-        if features is not None and not np.any(has_mask_input):
-            return tuple(self.points_session.run(None, self.points_feeds(features, coords, labels, extent)))
-        if isinstance(embedding, Mapping):  # the embedding's named arrays (every family), else SAM's one array
-            feeds = {name: embedding[name] for name in self.arrays}
-        else:
-            feeds = {DECODER_INPUTS[0]: embedding}
+        if prepared is not None and not np.any(has_mask_input):
+            return tuple(self.points_session.run(None, self.points_feeds(prepared, coords, labels, extent)))
+        feeds = {name: embedding[name] for name in self.arrays}
         feeds.update(zip(self.inputs[len(self.arrays):], (coords, labels, mask_input, has_mask_input)))
         iou, masks = self.session.run(DECODER_OUTPUTS, feeds)
         return iou, masks

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import load, prompts, transforms
+from . import families, load, prompts
 
 
 class Predictor:
@@ -15,12 +15,13 @@ class Predictor:
 
     `Predictor()` uses the tiny model that ships with maskserve; pass a model directory made by
     `maskserve build` for a real checkpoint. A SAM 2.1 model directory answers as `SAM2ImagePredictor`
-    (its pre-processing, single-mask choice and clamped low-res logits).
+    (its pre-processing, single-mask choice and clamped low-res logits): the directory's model family decides.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None) -> None:
         self.model = load(model_dir, threads=threads)
         self.manifest = self.model.manifest
+        self.family = families.of(self.manifest)
         self.reset_image()
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -32,42 +33,33 @@ class Predictor:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
         if image_format == "BGR":
             image = image[..., ::-1]
-        m = self.manifest
-        if m.family == "sam":
-            x, _ = transforms.preprocess(image, m.image_size, m.pixel_mean, m.pixel_std)
-            self.set_embedding(self.model.encoder.encode(x[None]), image.shape[:2])
-        else:
-            self.set_embedding(self.model.encoder.encode_arrays(prompts.prepare_image(image, m)[None]), image.shape[:2])
+        x = prompts.prepare_image(image, self.manifest)
+        self.set_embedding(self.model.encoder.encode_arrays(x[None]), image.shape[:2])
 
     def set_embedding(self, embedding, original_size: tuple[int, int]) -> None:
-        """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W):
-        SAM's (1, C, E, E) array, or the manifest's named arrays (SAM 2.1's three) as a mapping."""
-        if self.manifest.family == "sam" and not isinstance(embedding, Mapping):
-            self.features = np.ascontiguousarray(embedding, np.float32).reshape(1, *self.manifest.embedding_shape)
-        else:
-            arrays = prompts.embedding_arrays(embedding, self.manifest)
-            self.features = arrays["image_embeddings"] if self.manifest.family == "sam" else arrays
-        self.decoder_features = self.model.decoder.prepare(self.features)
+        """Use an embedding computed elsewhere (the encoder pool) for an image of `original_size` (H, W): the
+        mapping of the model's named arrays (a one-array model's (1, C, E, E) array is taken as that array)."""
+        if not isinstance(embedding, Mapping) and len(self.family.arrays) == 1:
+            embedding = {self.family.arrays[0]: embedding}
+        self.embedding = prompts.embedding_arrays(embedding, self.manifest)
+        self.prepared = self.model.decoder.prepare(self.embedding)
         self.original_size = (int(original_size[0]), int(original_size[1]))
-        if self.manifest.family == "sam":
-            self.input_size = transforms.resized_shape(*self.original_size, self.manifest.image_size)
-        else:  # resized to the whole square
-            self.input_size = (self.manifest.image_size, self.manifest.image_size)
+        self.input_size = self.family.input_size(self.original_size, self.manifest.image_size)
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
         """(1, C, E, E): the image embedding (for SAM 2.1, its `image_embeddings` array, as the reference's)."""
         self._require_image()
-        return self.features["image_embeddings"] if isinstance(self.features, dict) else self.features
+        return self.embedding[self.family.arrays[0]]
 
     def get_image_arrays(self) -> dict[str, np.ndarray]:
-        """The whole embedding as the manifest's named arrays, each (1, *shape)."""
+        """The whole embedding as the model's named arrays, each (1, *shape)."""
         self._require_image()
-        return prompts.embedding_arrays(self.features, self.manifest)
+        return dict(self.embedding)
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features = self.decoder_features = None
+        self.embedding = self.prepared = None
         self.original_size = None
         self.input_size = None
 
@@ -84,8 +76,8 @@ class Predictor:
         low_res_logits (C, M, M); C is 3 with `multimask_output`, else 1."""
         self._require_image()
         prompt = prompts.Prompt(point_coords, point_labels, box, mask_input)
-        (answer,) = prompts.decode(self.model.decoder, self.manifest, self.features, self.original_size,
-                                   [prompt], multimask_output, features=self.decoder_features)
+        (answer,) = prompts.decode(self.model.decoder, self.manifest, self.embedding, self.original_size,
+                                   [prompt], multimask_output, prepared=self.prepared)
         logits = prompts.full_resolution_logits(answer.mask_logits, self.manifest, self.original_size)
         masks = logits if return_logits else logits > 0.0
         return masks, answer.iou_predictions, answer.low_res_logits

@@ -4,10 +4,8 @@ Prompts with the same number of sparse points run as one decoder batch. Prompts 
 common length: every padding point is a token the decoder attends to, and the reference pads with exactly
 one, so grouping keeps every answer identical to the reference's.
 
-The model family (`Manifest.family`) picks the pre- and post-processing: SAM's (`transforms`) or SAM 2.1's
-(`sam2_transforms`: direct resize, its prompt order, the stability fallback of single-mask answers, clamped
-low-res logits). `prepare_image`, `embedding_arrays`, `decode`, `full_resolution_logits`/`_map` and
-`mask_extent` take the manifest and do the right thing for either, so a caller needs no family of its own.
+What differs by model family (pre-processing, prompt order, which masks answer, upscaling) the manifest's
+family object says (`families`); the functions here take the manifest and ask it.
 """
 
 from __future__ import annotations
@@ -17,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import sam2_transforms, transforms
-from .interface import Embedding
+from . import families
+from .interface import EmbeddingArrays
 from .model_dir import Manifest
 
 MAX_POINTS = 64
@@ -56,34 +54,21 @@ class Answer:
 
 def prepare_image(image: np.ndarray, manifest: Manifest) -> np.ndarray:
     """An (H, W, 3) uint8 RGB image → the encoder's (3, S, S) float32 input, as the model's family prepares it."""
-    if manifest.family == "sam2.1":
-        return sam2_transforms.preprocess(image, manifest.image_size, manifest.pixel_mean, manifest.pixel_std)
-    x, _ = transforms.preprocess(image, manifest.image_size, manifest.pixel_mean, manifest.pixel_std)
-    return x
+    return families.of(manifest).prepare_image(image, manifest.image_size, manifest.pixel_mean, manifest.pixel_std)
 
 
-def embedding_arrays(embedding: Embedding, manifest: Manifest) -> dict[str, np.ndarray]:
-    """One image's embedding (SAM's single array, or a mapping of the layout's named arrays) → {name: (1,
-    *shape) float32 contiguous} for every array of the manifest's layout; a missing array is an error."""
+def embedding_arrays(embedding: EmbeddingArrays, manifest: Manifest) -> dict[str, np.ndarray]:
+    """One image's embedding, a mapping of the layout's named arrays → {name: (1, *shape) float32 contiguous}
+    for every array of the manifest's layout; a missing array is an error."""
     shapes = manifest.array_shapes()
     if not isinstance(embedding, Mapping):
-        if len(shapes) != 1:
-            raise ValueError(f"a {manifest.family} embedding is {len(shapes)} named arrays "
-                             f"({', '.join(shapes)}), not one array")
-        embedding = {manifest.array_names[0]: embedding}
+        raise TypeError(f"an embedding is a mapping of its named arrays ({', '.join(shapes)}), not "
+                        f"{type(embedding).__name__}")
     missing = [n for n in shapes if n not in embedding]
     if missing:
         raise ValueError(f"the embedding lacks {', '.join(missing)} (a {manifest.model_type} embedding is "
                          f"{', '.join(shapes)})")
     return {n: np.ascontiguousarray(embedding[n], np.float32).reshape(1, *shape) for n, shape in shapes.items()}
-
-
-def decoder_embedding(embedding: Embedding, manifest: Manifest) -> Embedding:
-    """What the decoder takes: SAM's one array as before (its speed unchanged), every other family's mapping."""
-    if manifest.family == "sam" and not isinstance(embedding, Mapping):
-        return np.ascontiguousarray(embedding, np.float32).reshape(1, *manifest.embedding_shape)
-    arrays = embedding_arrays(embedding, manifest)
-    return arrays[manifest.array_names[0]] if manifest.family == "sam" else arrays
 
 
 def _finite(name: str, a: np.ndarray) -> None:
@@ -143,81 +128,60 @@ def validate(prompt: Prompt, original_size: tuple[int, int], mask_input_size: in
 
 
 def decode(
-    decoder, manifest: Manifest, embedding: np.ndarray, original_size: tuple[int, int],
+    decoder, manifest: Manifest, embedding: EmbeddingArrays, original_size: tuple[int, int],
     prompts: list[Prompt], multimask_output: bool = True, max_points: int = MAX_POINTS,
-    features: dict | None = None, full_logits: bool = True,
+    prepared: dict | None = None, full_logits: bool = True,
 ) -> list[Answer]:
-    """Answer each prompt (validated here) against one image's embedding: SAM's (1, C, E, E) array, or the
-    mapping of the manifest's named arrays (any family); `features` is what `decoder.prepare(embedding)`
-    returned, if the caller keeps it. Without `full_logits` the low-res logits may cover only what
-    `full_resolution_logits` reads (the decoder skips the padding's masks). Single-mask answers are token 0
-    (SAM) or SAM 2.1's stability choice; SAM 2.1's `low_res_logits` are clamped as its reference returns
-    them, with `unclamped_logits` beside them for the masks."""
+    """Answer each prompt (validated here) against one image's embedding (its named arrays); `prepared` is
+    what `decoder.prepare(embedding)` returned, if the caller keeps it. Without `full_logits` the low-res
+    logits may cover only what `full_resolution_logits` reads (the decoder skips the padding's masks)."""
+    family = families.of(manifest)
     size, m = manifest.image_size, manifest.mask_input_size
-    family = sam2_transforms if manifest.family == "sam2.1" else transforms
-    prepared = []
+    inputs = []
     for i, p in enumerate(prompts):
         try:
             p = validate(p, original_size, m, max_points)
         except PromptError as exc:
             exc.field = f"prompts[{i}]" + (f".{exc.field}" if exc.field else "")
             raise
-        coords = None if p.point_coords is None else family.transform_coords(p.point_coords, original_size, size)
-        corners = None if p.box is None else family.transform_boxes(p.box, original_size, size)[0]
-        pts, lbl = family.prompt_points(coords, p.point_labels, corners)
-        prepared.append((pts, lbl, p.mask_input))
+        pts, lbl = family.prompt_points(p.point_coords, p.point_labels, original_size, size, p.box)
+        inputs.append((pts, lbl, p.mask_input))
 
     groups: dict[tuple[int, bool], list[int]] = {}  # by point count, and mask input or not
-    for i, (pts, _, mask) in enumerate(prepared):
+    for i, (pts, _, mask) in enumerate(inputs):
         groups.setdefault((len(pts), mask is not None), []).append(i)
-    answers: list[Answer | None] = [None] * len(prepared)
-    token_slice = slice(1, None) if multimask_output else slice(0, 1)
-    embedding = decoder_embedding(embedding, manifest)
+    answers: list[Answer | None] = [None] * len(inputs)
+    embedding = embedding_arrays(embedding, manifest)
     extent = None if full_logits else mask_extent(manifest, original_size)
     for idx in groups.values():
-        coords = np.stack([prepared[i][0] for i in idx])
-        labels = np.stack([prepared[i][1] for i in idx])
+        coords = np.stack([inputs[i][0] for i in idx])
+        labels = np.stack([inputs[i][1] for i in idx])
         masks_in = np.zeros((len(idx), 1, m, m), np.float32)
         has_mask = np.zeros((len(idx),), np.float32)
         for row, i in enumerate(idx):
-            if prepared[i][2] is not None:
-                masks_in[row] = prepared[i][2]
+            if inputs[i][2] is not None:
+                masks_in[row] = inputs[i][2]
                 has_mask[row] = 1.0
-        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask, features, extent)
-        if manifest.family == "sam2.1":
-            if multimask_output:
-                iou, low = iou[:, 1:], low[:, 1:]
-            else:
-                iou, low = sam2_transforms.select_single_mask(iou, low)
-            for row, i in enumerate(idx):
-                answers[i] = Answer(iou[row].copy(), sam2_transforms.clamp_logits(low[row]), low[row].copy())
-            continue
+        iou, low = decoder.decode(embedding, coords, labels, masks_in, has_mask, prepared, extent)
+        iou, low = family.choose(iou, low, multimask_output)
+        returned = family.returned_logits(low)
         for row, i in enumerate(idx):
-            answers[i] = Answer(iou[row, token_slice].copy(), low[row, token_slice].copy())
+            answers[i] = Answer(iou[row].copy(), returned[row].copy(),
+                                None if returned is low else low[row].copy())
     return answers  # type: ignore[return-value]
 
 
 def full_resolution_logits(answer_logits: np.ndarray, manifest: Manifest, original_size: tuple[int, int]) -> np.ndarray:
     """(C, M, M) low-res logits (an answer's `mask_logits`) → (C, H, W) logits at the original size."""
-    if manifest.family == "sam2.1":
-        return sam2_transforms.upscale_logits(answer_logits, original_size)
-    input_size = transforms.resized_shape(*original_size, manifest.image_size)
-    return transforms.upscale_logits(answer_logits, input_size, original_size, manifest.image_size,
-                                     manifest.mask_input_size)
+    return families.of(manifest).upscale_logits(answer_logits, original_size, manifest.image_size,
+                                                manifest.mask_input_size)
 
 
 def full_resolution_map(logits: np.ndarray, manifest: Manifest, original_size: tuple[int, int]) -> np.ndarray:
-    """One mask's (M, M) low-res logits → (H, W) logits (`upscale_map`)."""
-    if manifest.family == "sam2.1":
-        return sam2_transforms.upscale_map(logits, original_size)
-    input_size = transforms.resized_shape(*original_size, manifest.image_size)
-    return transforms.upscale_map(logits, input_size, original_size, manifest.image_size, manifest.mask_input_size)
+    """One mask's (M, M) low-res logits → (H, W) logits."""
+    return families.of(manifest).upscale_map(logits, original_size, manifest.image_size, manifest.mask_input_size)
 
 
 def mask_extent(manifest: Manifest, original_size: tuple[int, int]) -> tuple[int, int] | None:
-    """The embedding cells whose masks `full_resolution_logits` reads for an image of `original_size`
-    (None: all; always for SAM 2.1, whose image fills the whole square)."""
-    if manifest.family == "sam2.1":
-        return None
-    input_size = transforms.resized_shape(*original_size, manifest.image_size)
-    return transforms.mask_extent(input_size, manifest.image_size, manifest.mask_input_size)
+    """The embedding cells whose masks `full_resolution_logits` reads for an image of `original_size` (None: all)."""
+    return families.of(manifest).mask_extent(original_size, manifest.image_size, manifest.mask_input_size)

@@ -6,12 +6,12 @@ unless the GPU's compute capability and the TensorRT version are the ones it was
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from .interface import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, decoder_inputs, encoder_outputs
+from . import families
+from .interface import DECODER_OUTPUTS, ENCODER_INPUTS
 from .model_dir import Manifest, ModelDirError
 
 
@@ -108,7 +108,7 @@ class TensorRTEncoder:
         self.engine = _Engine(model_dir, manifest, manifest.encoder)
         self.max_batch = int(manifest.encoder.get("max_batch", 1))
         self.run_size = self.max_batch  # images per run: the worker stores each run's as soon as it is done
-        self.outputs = encoder_outputs(manifest.family)  # the embedding's arrays, layout order
+        self.outputs = list(families.of(manifest).arrays)  # the embedding's arrays, layout order
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         if len(self.outputs) > 1:
@@ -129,18 +129,15 @@ class TensorRTDecoder:
         self.engine = _Engine(model_dir, manifest, manifest.decoder)
         self.max_batch = int(manifest.decoder.get("max_batch", 1))
         self.prompt_batch = self.max_batch  # a GPU wants the largest batch its profile allows
-        self.inputs = decoder_inputs(manifest.family)
+        self.inputs = families.of(manifest).decoder_inputs
         self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
 
-    def prepare(self, embedding: np.ndarray) -> None:
+    def prepare(self, embedding) -> None:
         return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask_input, features=None, extent=None):
+    def decode(self, embedding, coords, labels, mask_input, has_mask_input, prepared=None, extent=None):
         """All four masks over the whole grid (`extent` is a hint the general graph does not take)."""
-        if isinstance(embedding, Mapping):  # the embedding's named arrays (every family), else SAM's one array
-            image = {name: embedding[name] for name in self.arrays}
-        else:
-            image = {DECODER_INPUTS[0]: embedding}
+        image = {name: embedding[name] for name in self.arrays}
         ious, masks = [], []
         for i in range(0, len(coords), self.max_batch):
             s = slice(i, i + self.max_batch)

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import families
 from .model_dir import Manifest, ModelDirError
 
 log = logging.getLogger("maskserve.engines.torch")
@@ -313,17 +314,8 @@ class TorchEncoder:
             fp32_flags(self.precision)
         state = torch.load(Path(model_dir) / part["file"], map_location="cpu", weights_only=True)
         self.outputs = manifest.array_names  # the embedding's arrays, layout order
-        if manifest.family == "sam2.1":
-            from .torch_hiera import HieraEncoder
-
-            if "architecture" not in part:
-                raise ModelDirError(f"{model_dir}: a SAM 2.1 torch encoder needs the manifest's encoder.architecture")
-            self.net = HieraEncoder.from_state_dict(state, part["architecture"], DTYPES[self.precision], self.device)
-            size, channels = part["architecture"]["image_size"], part["architecture"]["d_model"]
-            grid = size // 16
-        else:
-            self.net = SamViT.from_state_dict(state, DTYPES[self.precision], self.attention, self.device)
-            size, channels, grid = (self.net.config[k] for k in ("image_size", "out_chans", "grid"))
+        self.net, (size, channels, grid) = families.of(manifest).torch_encoder(
+            model_dir, state, part, DTYPES[self.precision], self.attention, self.device)
         c, e, _ = manifest.embedding_shape
         if (size, channels, grid) != (manifest.image_size, c, e):
             raise ModelDirError(f"{model_dir}: {part['file']} is a {size}-pixel encoder of {channels} channels, "

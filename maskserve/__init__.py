@@ -1,13 +1,18 @@
 """maskserve: Segment Anything as a service.
 
 `maskserve.Predictor` is the in-process drop-in for `segment_anything.SamPredictor`;
-`maskserve.Client` is the same interface against a running decoder service;
+`maskserve.Client` is the same interface against a running decoder service (`maskserve.AsyncClient`, its
+asyncio twin; `maskserve.RemoteLogits`, the low-res logits they leave on the service; `maskserve.errors`, the
+typed errors they raise, `maskserve.MaskserveError` the base of them all): the `maskserve.client` package;
 `maskserve.AutomaticMaskGenerator` is the drop-in for `SamAutomaticMaskGenerator`, on either.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "Client", "AutomaticMaskGenerator", "__version__"]
+__all__ = ["Predictor", "Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError",
+           "AutomaticMaskGenerator", "__version__"]
+
+_CLIENT = ("Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError")
 
 
 def __getattr__(name):  # imported lazily: `import maskserve` stays cheap for the CLI
@@ -15,10 +20,10 @@ def __getattr__(name):  # imported lazily: `import maskserve` stays cheap for th
         from maskserve.engines.predictor import Predictor
 
         return Predictor
-    if name == "Client":
-        from maskserve.service.client import Client
+    if name in _CLIENT:
+        from maskserve import client
 
-        return Client
+        return getattr(client, name)
     if name == "AutomaticMaskGenerator":
         from maskserve.engines.automatic import AutomaticMaskGenerator
 

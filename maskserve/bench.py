@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from maskserve.engines import default_model_dir, load, prompts, transforms
+from maskserve.engines import default_model_dir, families, load, prompts
 from maskserve.engines.flops import count_flops, cpu_peak_flops, measured_gemm_flops
 from maskserve.service import store
-from maskserve.service.client import image_message, prompt_message
+from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.segment_file import BUNDLED_PHOTO
 from maskserve.service.stack import LocalStack
@@ -172,7 +172,7 @@ def _client_levers(stack, image_id: str, point, sam, requests: int) -> tuple[dic
     was (logits always shipped, RLE masks decoded here), each lever alone, and the reference — all in
     alternating blocks of one run. Also each mask format's bytes and client decode time, and a refinement click
     by handle against one that ships the logits."""
-    from maskserve.service.client import Client, decode_mask
+    from maskserve.client import Client, decode_mask
 
     coords, labels = np.array(point), np.array([1])
 
@@ -307,8 +307,8 @@ def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, g
     cached embedding, and end to end on an image neither side has seen."""
     from segment_anything import SamAutomaticMaskGenerator
 
+    from maskserve.client import everything
     from maskserve.engines.automatic import Options
-    from maskserve.service import everything
 
     def ours(target, options):
         request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options), **target)
@@ -384,7 +384,7 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
         r = redis.Redis.from_url(stack.redis_url)
         key = store.key(m.model_version, image_id)
         stored = store.unpack(r.get(key))
-        r.set(key + ":float16", store.pack(stored.array, m.model_version, stored.original_size, "float16"), ex=600)
+        r.set(key + ":float16", store.pack(stored.arrays, m.model_version, stored.original_size, "float16"), ex=600)
         fetch = {dtype: _timed(lambda k=k: store.unpack(r.get(k)), requests)
                  for dtype, k in (("float32", key), ("float16", key + ":float16"))}
         # value_bytes: what a GET moves; redis_bytes: what Redis holds for it (MEMORY USAGE: the allocator's
@@ -465,7 +465,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         key = store.key(m.model_version, image_id)
         series["embedding fetch from Redis"] = _timed(lambda: store.unpack(r.get(key)), requests)
         stored = store.unpack(r.get(key))
-        r.set(key + ":float16", store.pack(stored.array, m.model_version, stored.original_size, "float16"), ex=600)
+        r.set(key + ":float16", store.pack(stored.arrays, m.model_version, stored.original_size, "float16"), ex=600)
         series["embedding fetch from Redis, float16"] = _timed(lambda: store.unpack(r.get(key + ":float16")), requests)
         result["scenarios"]["encode_images_per_s"], ids = _encode_throughput(stub, image, encode_images)
         result["security"] = _security_cost(stack, image, point, requests)
@@ -483,22 +483,23 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
 
     # The decoder run alone as the service runs it (the image's share prepared once, masks of the image's cells
     # only), and its FLOPs.
-    emb = np.random.default_rng(0).normal(size=(1, *m.embedding_shape)).astype(np.float32)
-    pts, lbl = transforms.prompt_points(transforms.transform_coords(np.array(point), (h, w), m.image_size),
-                                        np.array([1.0]), None)
+    rng = np.random.default_rng(0)
+    emb = {name: rng.normal(size=(1, *shape)).astype(np.float32) for name, shape in m.array_shapes().items()}
+    pts, lbl = families.of(m).prompt_points(np.array(point, np.float64), np.array([1.0]), (h, w), m.image_size)
     no_mask = (np.zeros((1, 1, m.mask_input_size, m.mask_input_size), np.float32), np.zeros(1, np.float32))
-    features = model.decoder.prepare(emb)
+    prepared = model.decoder.prepare(emb)
     extent = prompts.mask_extent(m, (h, w))
     series["decoder run alone"] = _timed(
-        lambda: model.decoder.decode(emb, pts[None], lbl[None], *no_mask, features=features, extent=extent), requests)
+        lambda: model.decoder.decode(emb, pts[None], lbl[None], *no_mask, prepared, extent), requests)
     flops = image_flops = None
     if m.backend == "onnxruntime":
-        if features is not None:
-            feeds = model.decoder.points_feeds(features, pts[None], lbl[None], extent)
+        if prepared is not None:
+            feeds = model.decoder.points_feeds(prepared, pts[None], lbl[None], extent)
             flops = count_flops(str(model_dir / m.decoder["points_file"]), feeds)["total"]
-            image_flops = count_flops(str(model_dir / m.decoder["image_file"]), {"image_embeddings": emb})["total"]
+            image_flops = count_flops(str(model_dir / m.decoder["image_file"]),
+                                      {"image_embeddings": emb["image_embeddings"]})["total"]
         else:
-            feeds = {"image_embeddings": emb, "point_coords": pts[None], "point_labels": lbl[None],
+            feeds = {**emb, "point_coords": pts[None], "point_labels": lbl[None],
                      "mask_input": no_mask[0], "has_mask_input": no_mask[1]}
             flops = count_flops(str(model_dir / m.decoder["file"]), feeds)["total"]
     for name, values in series.items():

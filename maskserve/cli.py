@@ -264,24 +264,15 @@ def _fail_rpc(exc, target: str) -> None:
     _fail(f"{exc.code().name}: {exc.details()}{hint}")
 
 
-@app.command("segment-everything")
 def segment_everything(
     image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
     target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
     in_process: bool = typer.Option(False, "--in-process", help="Run here on --model-dir instead of the service."),
     model_dir: Optional[Path] = typer.Option(None, help="With --in-process: a model directory (default the tiny model)."),
     out: Path = typer.Option(Path("out"), help="Folder for IMAGE.json and IMAGE_overlay.png."),
-    points_per_side: int = typer.Option(32),
-    pred_iou_thresh: Optional[float] = typer.Option(None, help="Default: the model's (0.88 SAM, 0.8 SAM 2.1)."),
-    stability_score_thresh: float = typer.Option(0.95), stability_score_offset: float = typer.Option(1.0),
-    box_nms_thresh: float = typer.Option(0.7), crop_n_layers: int = typer.Option(0),
-    crop_nms_thresh: float = typer.Option(0.7), crop_overlap_ratio: float = typer.Option(512 / 1500),
-    crop_n_points_downscale_factor: int = typer.Option(1), min_mask_region_area: int = typer.Option(0),
-    mask_threshold: float = typer.Option(0.0, help="SAM 2.1 only."),
-    multimask_output: bool = typer.Option(True, "--multimask-output/--single-mask-output", help="SAM 2.1 only."),
-    use_m2m: bool = typer.Option(False, "--use-m2m", help="SAM 2.1 only: refine each mask once with its own logits."),
     api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
     tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt,
+    **options,
 ) -> None:
     """Every object in an image (the paper's automatic mode) → COCO-style JSON with SA-1B's fields and an
     overlay PNG with one colour per mask."""
@@ -292,15 +283,7 @@ def segment_everything(
     from maskserve.service.segment_file import segment_everything_file
 
     try:
-        options = Options(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-                          stability_score_thresh=stability_score_thresh,
-                          stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
-                          crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-                          crop_overlap_ratio=crop_overlap_ratio,
-                          crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                          min_mask_region_area=min_mask_region_area, mask_threshold=mask_threshold,
-                          multimask_output=multimask_output,
-                          use_m2m=use_m2m).validate(max_crop_layers=8, max_points=2**24)
+        options = Options(**options).validate(max_crop_layers=8, max_points=2**24)
     except ParameterError as exc:
         _fail(str(exc))
     with Progress(console=console, transient=True) as bar:
@@ -320,6 +303,32 @@ def segment_everything(
         except grpc.RpcError as exc:
             _fail_rpc(exc, target)
     print(summary)
+
+
+def _with_generator_options(command):
+    """The command's signature with a flag per generator parameter (automatic.Options declares them once)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from maskserve.engines.automatic import Options
+
+    hints = typing.get_type_hints(Options)
+    params = [p for p in inspect.signature(command).parameters.values() if p.kind != p.VAR_KEYWORD]
+    for f in dataclasses.fields(Options):
+        if not f.metadata["cli"]:
+            continue
+        kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+        default, help = Options.describe(f.name)
+        flag = (f.metadata["flag"],) if f.metadata["flag"] else ()
+        option = typer.Option(f.default, *flag, help=f"{help}.", show_default=default if f.default is None else True)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[kind] if f.default is None else kind))
+    command.__signature__ = inspect.Signature(params)
+    return command
+
+
+app.command("segment-everything")(_with_generator_options(segment_everything))
 
 
 @app.command()

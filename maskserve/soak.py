@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from maskserve.service.client import image_message, prompt_message
+from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.segment_file import BUNDLED_PHOTO
 from maskserve.service.stack import LocalStack

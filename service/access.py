@@ -13,7 +13,6 @@ version is logged and the last good one kept, so an operator's typo never opens 
 from __future__ import annotations
 
 import base64
-import contextvars
 import dataclasses
 import hashlib
 import json
@@ -66,13 +65,7 @@ class AccessError(Exception):
         self.denied = denied
 
 
-CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
-_NOBODY = Caller("", "anonymous", frozenset({"*"}), Limits())
-
-
-def caller() -> Caller:
-    """The current call's caller (set when the call was admitted); outside a call, nobody in particular."""
-    return CALLER.get(_NOBODY)
+NOBODY = Caller("", "anonymous", frozenset({"*"}), Limits())  # before a call is authenticated
 
 
 def new_key() -> str:

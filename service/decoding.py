@@ -60,7 +60,7 @@ class Decoding:
             with self.lock:
                 self.running -= 1
 
-    def answer(self, emb: store.Embedding, prompts: list, options: pb.OutputOptions,
+    def answer(self, emb: store.StoredEmbedding, prompts: list, options: pb.OutputOptions,
                full_logits: bool) -> tuple[list, list]:
         """(PromptResults, the engine's answers) for prompts on one image."""
         with self.decoder() as decoder, tracer.start_as_current_span("decode", attributes={"prompts": len(prompts)}):
@@ -73,25 +73,25 @@ class Decoding:
             metrics.STAGE.labels("postprocess").observe(time.perf_counter() - start)
         return results, answers
 
-    def logits(self, emb: store.Embedding, prompt: prompt_lib.Prompt, multimask: bool) -> np.ndarray:
+    def logits(self, emb: store.StoredEmbedding, prompt: prompt_lib.Prompt, multimask: bool) -> np.ndarray:
         """An earlier answer's low-res logits made again, whole, for a prompt that refines it by handle."""
         with self.decoder() as decoder:
             return self._decode(decoder, emb, [prompt], multimask, True)[0].low_res_logits
 
-    def everything_crop(self, emb: store.Embedding, box, grid, size, options, cancel, advance, timings):
+    def everything_crop(self, emb: store.StoredEmbedding, box, grid, size, options, cancel, advance, timings):
         """One crop's point grid for SegmentEverything (automatic.process_crop on this decoder)."""
         with self.decoder() as decoder:
-            if emb.decoder_features is None:
-                emb.decoder_features = decoder.prepare(emb.array)
-            return automatic.process_crop(decoder, self.manifest, emb.array, emb.decoder_features, box, grid, size,
+            if emb.prepared is None:
+                emb.prepared = decoder.prepare(emb.arrays)
+            return automatic.process_crop(decoder, self.manifest, emb.arrays, emb.prepared, box, grid, size,
                                           options, cancel=cancel, progress=advance, timings=timings)
 
-    def _decode(self, decoder, emb: store.Embedding, prompts: list, multimask: bool, full_logits: bool) -> list:
-        if emb.decoder_features is None:  # first prompt on this image in this process
-            emb.decoder_features = decoder.prepare(emb.array)
-        return prompt_lib.decode(decoder, self.manifest, emb.array, emb.original_size, prompts,
+    def _decode(self, decoder, emb: store.StoredEmbedding, prompts: list, multimask: bool, full_logits: bool) -> list:
+        if emb.prepared is None:  # first prompt on this image in this process
+            emb.prepared = decoder.prepare(emb.arrays)
+        return prompt_lib.decode(decoder, self.manifest, emb.arrays, emb.original_size, prompts,
                                  multimask_output=multimask, max_points=self.settings.max_points,
-                                 features=emb.decoder_features, full_logits=full_logits)
+                                 prepared=emb.prepared, full_logits=full_logits)
 
     def result(self, answer: prompt_lib.Answer, original_size, options: pb.OutputOptions) -> pb.PromptResult:
         keep = range(len(answer.iou_predictions))

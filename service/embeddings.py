@@ -1,7 +1,8 @@
 """The decoder's side of the embedding store and the job queue: find an image's embedding (in-process LRU,
 else Redis), or queue the image for the encoder pool and wait for it within the call's deadline.
 
-Every name here is a tenant's ref (`jobs.ref`): an image_id alone never reaches Redis.
+Every name here is a tenant's ref (`jobs.ref`): an image_id alone never reaches Redis. The caller comes
+as an argument (`access.Caller`), from the call that asks.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import grpc
 import numpy as np
 import redis
 
-from . import access, errors, images, jobs, metrics, quotas, store, tracing
+from . import errors, images, jobs, metrics, quotas, store, tracing
+from .access import Caller
 from .config import Settings
+from .errors import Reason
 from .failures import ServiceError, unknown_image
 from .tracing import tracer
 
@@ -31,28 +34,28 @@ class Embeddings:
         self.waiters: dict[str, set[asyncio.Event]] = {}  # image ref → the events of the calls waiting for it
         self.renewing: set[asyncio.Task] = set()
 
-    def ref(self, image_id: str) -> str:
+    @staticmethod
+    def ref(caller: Caller, image_id: str) -> str:
         """The caller's name for an image in Redis (see jobs.ref). An id that is not one of ours is refused like
         an unknown one, so that no string can step outside the caller's space; one too long to be an id is
         INVALID_ARGUMENT, and is never echoed."""
         if len(image_id) > images.MAX_ID_CHARS:
             message = (f"image_id is {len(image_id)} characters long; an image_id (from EncodeImage) is 32, and "
                        f"at most {images.MAX_ID_CHARS} are read")
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_IMAGE_ID",
-                               errors.bad_request("image_id", message))
+            raise ServiceError(Reason.INVALID_IMAGE_ID, message, errors.bad_request("image_id", message))
         if not images.IMAGE_ID.fullmatch(image_id):
             raise unknown_image(image_id, "not an image_id that EncodeImage returns")
-        return jobs.ref(access.caller().tenant, image_id)
+        return jobs.ref(caller.tenant, image_id)
 
-    async def require(self, image_id: str) -> tuple[str, store.Embedding]:
+    async def require(self, caller: Caller, image_id: str) -> tuple[str, store.StoredEmbedding]:
         """(ref, embedding) of an image the caller names; NOT_FOUND when the store does not have it."""
-        ref = self.ref(image_id)
-        found = await self.get(ref)
+        ref = self.ref(caller, image_id)
+        found = await self.get(caller, ref)
         if found is None:
             raise unknown_image(image_id)
         return ref, found
 
-    async def get(self, ref: str) -> store.Embedding | None:
+    async def get(self, caller: Caller, ref: str) -> store.StoredEmbedding | None:
         """The embedding from this process's LRU, else from Redis. Every use renews its TTL in Redis (a sliding
         lifetime: an image in use does not expire), and an LRU entry whose Redis key is gone is dropped, so
         this process never holds on to what the store has lost."""
@@ -60,7 +63,7 @@ class Embeddings:
         found = self.lru.get(k)
         if found is not None:
             metrics.CACHE.labels("hit").inc()
-            task = asyncio.create_task(self.renew(ref))  # off the request's path
+            task = asyncio.create_task(self.renew(caller, ref))  # off the request's path
             self.renewing.add(task)
             task.add_done_callback(self.renewing.discard)
             return found
@@ -70,29 +73,29 @@ class Embeddings:
         if blob is None:
             metrics.CACHE.labels("miss").inc()
             return None
-        await self._renew_held(ref)
+        await self._renew_held(caller, ref)
         found = store.unpack(blob)
         metrics.STAGE.labels("embedding_fetch").observe(time.perf_counter() - start)
         metrics.CACHE.labels("redis").inc()
         self.lru.put(k, found, owner=jobs.tenant_of(ref))
         return found
 
-    async def renew(self, ref: str) -> bool:
+    async def renew(self, caller: Caller, ref: str) -> bool:
         """Renew an embedding's TTL; False (and out of the LRU) when the store no longer has it."""
         k = store.key(self.version, ref)
         try:
             if await self.redis.expire(k, self.settings.embedding_ttl_s):
-                await self._renew_held(ref)
+                await self._renew_held(caller, ref)
                 return True
         except (redis.ConnectionError, redis.TimeoutError, ConnectionError):
             return False  # unknown while Redis is away: keep serving from the LRU
         self.lru.discard(k)
         return False
 
-    async def _renew_held(self, ref: str) -> None:
+    async def _renew_held(self, caller: Caller, ref: str) -> None:
         """A tenant with an embedding quota holds an embedding as long as its TTL runs."""
         tenant = jobs.tenant_of(ref)
-        if tenant and access.caller().limits.embedding_mb:
+        if tenant and caller.limits.embedding_mb:
             async with self.queue.pipeline(transaction=False) as pipe:
                 jobs.hold(pipe, self.version, tenant, ref, time.time() + self.settings.embedding_ttl_s, renew=True)
                 await pipe.execute()
@@ -104,35 +107,32 @@ class Embeddings:
         images.check_fits(*rgb.shape[:2], self.manifest.image_size)
         return rgb
 
-    async def image_for(self, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
+    async def image_for(self, caller: Caller, image, context, wait: bool = True) -> tuple[str, bool, tuple[int, int]]:
         """(image_id, in the store, (H, W)) for an image a call sends: known already, or queued (and with
         `wait` waited for). `ready` is true only when Redis holds the embedding now."""
         payload = images.canonical_payload(image)
-        tenant = access.caller().tenant
-        image_id = images.image_id(payload, self.version, tenant)
-        ref = jobs.ref(tenant, image_id)
-        if await self.renew(ref):
+        image_id = images.image_id(payload, self.version, caller.tenant)
+        ref = jobs.ref(caller.tenant, image_id)
+        if await self.renew(caller, ref):
             emb = self.lru.get(store.key(self.version, ref))
             return image_id, True, emb.original_size if emb is not None else images.image_size(payload)
         rgb = await self.decoded(payload)
-        await self.enqueue(ref, payload)
+        await self.enqueue(caller, ref, payload)
         if wait:
             with tracer.start_as_current_span("wait_for_encoder"):
-                await self.wait_encoded(ref, payload, context)
+                await self.wait_encoded(caller, ref, payload, context)
         return image_id, wait, rgb.shape[:2]
 
-    async def enqueue(self, ref: str, payload: bytes) -> None:
+    async def enqueue(self, caller: Caller, ref: str, payload: bytes) -> None:
         """Queue the image for the encoder pool (or share the job its tenant has queued), within the quotas."""
-        caller = access.caller()
         try:
             with tracer.start_as_current_span("enqueue"):  # the job carries this span's context to the encoder
                 await self.producer.enqueue(ref, payload, admit=lambda r: self.shared_quotas.admit_job(caller, r),
                                             trace=tracing.carrier())
         except jobs.QueueFull as exc:
-            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "QUEUE_FULL",
-                               errors.retry_info(1.0)) from None
+            raise ServiceError(Reason.QUEUE_FULL, str(exc), errors.retry_info(1.0)) from None
 
-    async def wait_encoded(self, ref: str, payload: bytes, context) -> None:
+    async def wait_encoded(self, caller: Caller, ref: str, payload: bytes, context) -> None:
         """Until the embedding is stored, the job is dead-lettered (error) or the deadline passes. Each call
         registers its own wake-up event and removes it when it ends: no bookkeeping outlives a call."""
         image_id = ref.rpartition("/")[2]
@@ -147,15 +147,13 @@ class Embeddings:
                 if await self.redis.exists(store.key(self.version, ref)):  # finished meanwhile
                     return
                 if error is not None:
-                    raise ServiceError(grpc.StatusCode.INTERNAL,
-                                       f"the encoder could not encode image {image_id}: {error}", "ENCODE_FAILED")
+                    raise ServiceError(Reason.ENCODE_FAILED, f"the encoder could not encode image {image_id}: {error}")
                 if not pending:  # the job was lost (e.g. Redis restarted empty): queue it again
-                    await self.enqueue(ref, payload)
+                    await self.enqueue(caller, ref, payload)
                 remaining = context.time_remaining() if context is not None else None
                 if remaining is not None and remaining <= 0.01:
-                    raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                       f"image {image_id} was not encoded before the deadline; it stays queued",
-                                       "NOT_ENCODED_IN_TIME")
+                    raise ServiceError(Reason.NOT_ENCODED_IN_TIME,
+                                       f"image {image_id} was not encoded before the deadline; it stays queued")
                 try:
                     await asyncio.wait_for(event.wait(), timeout=min(0.25, remaining or 0.25))
                 except asyncio.TimeoutError:

@@ -118,10 +118,7 @@ class EncoderWorker:
             log.info("encoder %s: handed %d unfinished jobs back to the pool", self.name, len(entry_ids))
 
     def _encode(self, batch: np.ndarray) -> list:
-        """Each image's embedding as the store packs it: SAM's (1, C, E, E) array, or the manifest's named
-        arrays (SAM 2.1's three), each with a batch axis of 1."""
-        if self.manifest.family == "sam":
-            return list(self.model.encoder.encode(batch)[:, None])
+        """Each image's embedding as the store packs it: its named arrays, each with a batch axis of 1."""
         arrays = self.model.encoder.encode_arrays(batch)
         return [{name: a[i:i + 1] for name, a in arrays.items()} for i in range(len(batch))]
 

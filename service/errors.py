@@ -1,14 +1,17 @@
-"""Errors a program can act on: the service's statuses with their `google.rpc` details, both ways.
+"""Errors a program can act on, the service's side: statuses with their `google.rpc` details.
 
 The service attaches to every error an `ErrorInfo` (a stable `reason`, domain maskserve.io), and where they
 apply a `BadRequest` (the field, with the prompt's index), a `ResourceInfo` (the unknown image) and a
-`RetryInfo` (how long to wait). The Python clients raise them as the classes below, which are also
-`grpc.RpcError`s with `code()` and `details()`, so code written against plain gRPC errors keeps working.
+`RetryInfo` (how long to wait). The Python clients read them back into typed exceptions
+(`maskserve.client.errors`).
+
+Every reason is declared once, in `Reason`, with the status it comes with and what it means; the README's
+table of reasons is `reasons_table()`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -18,20 +21,93 @@ from grpc_status import rpc_status
 DOMAIN = "maskserve.io"
 MAX_TEXT = 1024  # characters of a message or detail: input echoed into an error never makes large trailers
 
+_S = grpc.StatusCode
+
+
+class Reason(str, enum.Enum):
+    """An `ErrorInfo.reason`: the string on the wire (a program switches on it), the gRPC status it always
+    comes with, and its meaning."""
+
+    INVALID_PROMPT = "INVALID_PROMPT", _S.INVALID_ARGUMENT, \
+        "a prompt is malformed or out of range; the `BadRequest` names its field (`prompts[2].box`)"
+    INVALID_IMAGE = "INVALID_IMAGE", _S.INVALID_ARGUMENT, \
+        "the image cannot be used (undecodable, empty, oversized, too elongated, an unsupported pixel format)"
+    INVALID_IMAGE_ID = "INVALID_IMAGE_ID", _S.INVALID_ARGUMENT, \
+        "the `image_id` is too long to be one (it is not echoed)"
+    INVALID_PARAMETER = "INVALID_PARAMETER", _S.INVALID_ARGUMENT, \
+        "a `SegmentEverything` option is out of range or not the model's; the `BadRequest` names it"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST", _S.INVALID_ARGUMENT, \
+        "the request's bytes are not a valid protobuf message"
+    IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND", _S.NOT_FOUND, \
+        "no embedding for the `image_id` (unknown or expired); the `ResourceInfo` names it: encode the image again"
+    HANDLE_EXPIRED = "HANDLE_EXPIRED", _S.NOT_FOUND, \
+        "the logits behind a `mask_from` handle are gone and too costly to make again; send the mask as data"
+    NO_IMAGE_YET = "NO_IMAGE_YET", _S.FAILED_PRECONDITION, \
+        "a prompt on a stream before any frame or `image_id`"
+    QUEUE_FULL = "QUEUE_FULL", _S.RESOURCE_EXHAUSTED, \
+        "the encode queue is full; retry after the `RetryInfo`'s delay"
+    QUEUE_OUT_OF_MEMORY = "QUEUE_OUT_OF_MEMORY", _S.RESOURCE_EXHAUSTED, \
+        "the job queue's Redis is at its memory limit; retry after the `RetryInfo`'s delay"
+    QUOTA_RATE = "QUOTA_RATE", _S.RESOURCE_EXHAUSTED, \
+        "the tenant is over its request rate; retry after the `RetryInfo`'s delay"
+    QUOTA_STREAMS = "QUOTA_STREAMS", _S.RESOURCE_EXHAUSTED, \
+        "the tenant has its limit of streams open on this replica"
+    QUOTA_QUEUED_JOBS = "QUOTA_QUEUED_JOBS", _S.RESOURCE_EXHAUSTED, \
+        "the tenant has its limit of images waiting for the encoder pool"
+    QUOTA_EMBEDDING_BYTES = "QUOTA_EMBEDDING_BYTES", _S.RESOURCE_EXHAUSTED, \
+        "the tenant holds its limit of embeddings; the `RetryInfo` says when the oldest expires"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE", _S.UNAVAILABLE, \
+        "the embedding store (Redis) is unreachable; retry shortly"
+    EMBEDDING_EVICTED = "EMBEDDING_EVICTED", _S.UNAVAILABLE, \
+        "a crop's embedding left the store before it was decoded (the store is short of memory); retry"
+    NOT_ENCODED_IN_TIME = "NOT_ENCODED_IN_TIME", _S.DEADLINE_EXCEEDED, \
+        "the image was not encoded before the deadline (its job stays queued)"
+    ENCODE_FAILED = "ENCODE_FAILED", _S.INTERNAL, \
+        "the encoder pool gave up on the image (dead-lettered); the message says why"
+    UNAUTHENTICATED = "UNAUTHENTICATED", _S.UNAUTHENTICATED, \
+        "no credentials, an unknown or revoked key, or a client certificate mapped to no tenant"
+    RPC_NOT_ALLOWED = "RPC_NOT_ALLOWED", _S.PERMISSION_DENIED, \
+        "the key or certificate is not allowed this RPC"
+    INTERNAL = "INTERNAL", _S.INTERNAL, \
+        "an unforeseen failure (logged by the service)"
+
+    def __new__(cls, wire: str, status: grpc.StatusCode, meaning: str) -> "Reason":
+        member = str.__new__(cls, wire)
+        member._value_ = wire
+        member.status, member.meaning = status, meaning
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def quota(cls, kind: str) -> "Reason":
+        """A tenant quota's reason, from its kind (`quotas.QuotaExceeded.reason`: rate, streams, ...)."""
+        return cls(f"QUOTA_{kind.upper()}")
+
+
+del _S
+
+
+def reasons_table() -> str:
+    """The README's table of the reasons, in `Reason`'s order."""
+    rows = ["| reason | status | meaning |", "|---|---|---|"]
+    rows += [f"| `{r.value}` | `{r.status.name}` | {r.meaning} |" for r in Reason]
+    return "\n".join(rows) + "\n"
+
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else f"{text[:limit - 40]}… ({len(text)} characters, cut)"
 
 
-# -- the service's side ---------------------------------------------------------------------------------------
 def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(int(max(0.001, seconds) * 1e9))
     return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
-def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+def error_info(reason: Reason, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=Reason(reason).value, domain=DOMAIN, metadata=metadata)
 
 
 def bad_request(field: str, description: str) -> error_details_pb2.BadRequest:
@@ -50,92 +126,3 @@ def status(code: grpc.StatusCode, message: str, details: list) -> grpc.Status:
         packed.append(any_pb2.Any())
         packed[-1].Pack(d)
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=clip(message), details=packed))
-
-
-# -- the client's side ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FieldViolation:
-    field: str  # e.g. "prompts[2].box"
-    description: str
-
-
-class MaskserveError(grpc.RpcError):
-    """A failed call: `code()`, `details()` as on any grpc.RpcError, plus what the service said about it."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", metadata: dict | None = None,
-                 retry_after_s: float | None = None, field_violations: tuple = (), resource: str | None = None,
-                 trailing_metadata=None):
-        super().__init__(f"{code.name}: {message}")
-        self._code, self._message = code, message
-        self.reason = reason  # ErrorInfo.reason, e.g. IMAGE_NOT_FOUND, QUOTA_RATE, INVALID_PROMPT
-        self.metadata = metadata or {}
-        self.retry_after_s = retry_after_s  # RetryInfo: how long to wait before trying again
-        self.field_violations = field_violations  # BadRequest
-        self.resource = resource  # ResourceInfo.resource_name (the image_id not found)
-        self._trailing = trailing_metadata
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._message
-
-    def trailing_metadata(self):  # the rich status as sent, for grpc_status.rpc_status.from_call
-        return self._trailing
-
-
-class InvalidArgument(MaskserveError):
-    pass
-
-
-class NotFound(MaskserveError):
-    pass
-
-
-class ResourceExhausted(MaskserveError):
-    pass
-
-
-class Unavailable(MaskserveError):
-    pass
-
-
-class Unauthenticated(MaskserveError):
-    pass
-
-
-class PermissionDenied(MaskserveError):
-    pass
-
-
-class DeadlineExceeded(MaskserveError):
-    pass
-
-
-_CLASSES = {grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument, grpc.StatusCode.NOT_FOUND: NotFound,
-            grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted, grpc.StatusCode.UNAVAILABLE: Unavailable,
-            grpc.StatusCode.UNAUTHENTICATED: Unauthenticated, grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-            grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded}
-
-
-def from_rpc_error(error: grpc.RpcError) -> MaskserveError:
-    """The typed error for a failed call (sync or asyncio), with its rich details unpacked."""
-    if isinstance(error, MaskserveError):  # already typed (a nested call)
-        return error
-    code, message = error.code(), error.details() or ""
-    fields: dict = {}
-    found = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    for detail in found.details if found is not None else ():
-        for kind, take in ((error_details_pb2.ErrorInfo, lambda d: fields.update(reason=d.reason,
-                                                                                  metadata=dict(d.metadata))),
-                           (error_details_pb2.RetryInfo, lambda d: fields.update(
-                               retry_after_s=d.retry_delay.ToNanoseconds() / 1e9)),
-                           (error_details_pb2.BadRequest, lambda d: fields.update(field_violations=tuple(
-                               FieldViolation(v.field, v.description) for v in d.field_violations))),
-                           (error_details_pb2.ResourceInfo, lambda d: fields.update(resource=d.resource_name))):
-            if detail.Is(kind.DESCRIPTOR):
-                unpacked = kind()
-                detail.Unpack(unpacked)
-                take(unpacked)
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    return _CLASSES.get(code, MaskserveError)(code, message, trailing_metadata=trailing, **fields)

@@ -1,33 +1,22 @@
-"""SegmentEverything on the wire: generator options and mask pages, both ways, for the service and the client."""
+"""SegmentEverything on the wire, the service's side: generator options in, mask pages out. The client's
+side (options out, pages back into a MaskSet) is `maskserve.client.everything`."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 
+from maskserve.client.everything import SCALAR_OPTIONS
 from maskserve.engines.automatic import MaskSet, Options, ParameterError
 from maskserve.engines.masks import rle_area
 
 from .proto import pb
 
 PAGE_BYTES = 2 * 2**20  # RLE bytes per page: well under any message limit, few pages for a typical answer
-_SCALARS = [f.name for f in fields(Options) if f.name not in ("point_grids", "output_mode")]
-
-
-def options_to_proto(o: Options) -> pb.AutomaticOptions:
-    msg = pb.AutomaticOptions()
-    for name in _SCALARS:
-        if getattr(o, name) is not None:
-            setattr(msg, name, getattr(o, name))
-    for grid in o.point_grids or []:
-        msg.point_grids.add(xy=np.asarray(grid, np.float64).reshape(-1).tolist())
-    return msg
 
 
 def options_from_proto(msg: pb.AutomaticOptions) -> Options:
     """Unset fields take the reference's defaults; validation is the caller's (`Options.validate`)."""
-    values = {name: getattr(msg, name) for name in _SCALARS if msg.HasField(name)}
+    values = {name: getattr(msg, name) for name in SCALAR_OPTIONS if msg.HasField(name)}
     if msg.point_grids:
         grids = []
         for g in msg.point_grids:
@@ -63,25 +52,3 @@ def pages(found: MaskSet, image_id: str, model_version: str, stage_seconds: dict
     page.total_masks = len(found)
     page.stage_seconds.update(stage_seconds)
     yield page
-
-
-def from_pages(pages_in) -> tuple[MaskSet, pb.EverythingMasks]:
-    """Pages back into a MaskSet (the reference's fields; float32 scores as sent); also the last page."""
-    rles, boxes, ious, stab, points, crops = [], [], [], [], [], []
-    last = None
-    for page in pages_in:
-        for m in page.masks:
-            rles.append(m.segmentation.counts)
-            boxes.append((m.bbox.x, m.bbox.y, m.bbox.x + m.bbox.width, m.bbox.y + m.bbox.height))
-            ious.append(m.predicted_iou)
-            stab.append(m.stability_score)
-            points.append((m.point_x, m.point_y))
-            crops.append((m.crop_box.x, m.crop_box.y, m.crop_box.x + m.crop_box.width,
-                          m.crop_box.y + m.crop_box.height))
-        last = page
-    if last is None or not last.last:
-        raise ConnectionError("the SegmentEverything answer ended before its last page")
-    n = len(rles)
-    return MaskSet((last.height, last.width), rles, np.array(boxes, np.int64).reshape(n, 4),
-                   np.array(ious, np.float32), np.array(stab, np.float32),
-                   np.array(points, np.float64).reshape(n, 2), np.array(crops, np.int64).reshape(n, 4)), last

@@ -13,87 +13,89 @@ import redis
 from maskserve.engines import automatic, prompts
 
 from . import access, errors, images, metrics, quotas, refinement
+from .errors import Reason
 
 log = logging.getLogger("maskserve.decoder")
 
 
 class ServiceError(Exception):
-    """A status with its message, a stable reason (google.rpc.ErrorInfo) and any other details."""
+    """A failure with its stable reason (google.rpc.ErrorInfo), which sets its status, its message and any other
+    details."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str, *details) -> None:
+    def __init__(self, reason: Reason, message: str, *details) -> None:
         super().__init__(message)
-        self.code, self.reason, self.details = code, reason, list(details)
+        self.reason = Reason(reason)
+        self.code, self.details = self.reason.status, list(details)
 
 
 def unknown_image(image_id: str, why: str = "unknown, or expired from the store") -> ServiceError:
     message = f"no embedding for image_id {image_id!r} ({why}); send the image with EncodeImage again"
-    return ServiceError(grpc.StatusCode.NOT_FOUND, message, "IMAGE_NOT_FOUND",
+    return ServiceError(Reason.IMAGE_NOT_FOUND, message,
                         errors.resource_info("maskserve.v1.Embedding", image_id, message))
 
 
-def explain(exc: BaseException) -> tuple[grpc.StatusCode, str, list]:
-    """(status, message, google.rpc details) for any failure; anything unforeseen is INTERNAL, and logged."""
+def explain(exc: BaseException, tenant: str = "") -> tuple[grpc.StatusCode, str, list]:
+    """(status, message, google.rpc details) for any failure; anything unforeseen is INTERNAL, and logged. The
+    status is the reason's (`errors.Reason`)."""
+    reason, message, details = _reason(exc)
+    metadata = {"tenant": tenant} if isinstance(exc, quotas.QuotaExceeded) else {}
+    return reason.status, message, [errors.error_info(reason, **metadata), *details]
+
+
+def _reason(exc: BaseException) -> tuple[Reason, str, list]:
+    """(reason, message, the details after the ErrorInfo) for any failure."""
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc), [errors.error_info(exc.reason), *exc.details]
+        return exc.reason, str(exc), exc.details
     if isinstance(exc, quotas.QuotaExceeded):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), [
-            errors.error_info(f"QUOTA_{exc.reason.upper()}", tenant=access.caller().tenant),
-            errors.retry_info(exc.retry_after_s)]
+        return Reason.quota(exc.reason), str(exc), [errors.retry_info(exc.retry_after_s)]
     if isinstance(exc, access.AccessError):
-        if exc.denied:
-            return grpc.StatusCode.PERMISSION_DENIED, str(exc), [errors.error_info("RPC_NOT_ALLOWED")]
-        return grpc.StatusCode.UNAUTHENTICATED, str(exc), [errors.error_info("UNAUTHENTICATED")]
+        return (Reason.RPC_NOT_ALLOWED if exc.denied else Reason.UNAUTHENTICATED), str(exc), []
     if isinstance(exc, prompts.PromptError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
-            errors.error_info("INVALID_PROMPT"), errors.bad_request(exc.field or "prompts", str(exc))]
+        return Reason.INVALID_PROMPT, str(exc), [errors.bad_request(exc.field or "prompts", str(exc))]
     if isinstance(exc, images.ImageError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
-            errors.error_info("INVALID_IMAGE"), errors.bad_request("image", str(exc))]
+        return Reason.INVALID_IMAGE, str(exc), [errors.bad_request("image", str(exc))]
     if isinstance(exc, automatic.ParameterError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [
-            errors.error_info("INVALID_PARAMETER"), errors.bad_request(f"options.{exc.parameter}", str(exc))]
+        return Reason.INVALID_PARAMETER, str(exc), [errors.bad_request(f"options.{exc.parameter}", str(exc))]
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
-        return grpc.StatusCode.UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly", [
-            errors.error_info("STORE_UNAVAILABLE"), errors.retry_info(1.0)]
+        return (Reason.STORE_UNAVAILABLE, "the embedding store (Redis) is unavailable; retry shortly",
+                [errors.retry_info(1.0)])
     if isinstance(exc, redis.ResponseError) and ("maxmemory" in str(exc) or str(exc).startswith("OOM")):
         # a `noeviction` Redis at its memory limit refuses writes: back off, like a full queue
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the job queue's Redis is out of memory; retry later", [
-            errors.error_info("QUEUE_OUT_OF_MEMORY"), errors.retry_info(5.0)]
+        return (Reason.QUEUE_OUT_OF_MEMORY, "the job queue's Redis is out of memory; retry later",
+                [errors.retry_info(5.0)])
     if isinstance(exc, refinement.HandleExpired):
-        return grpc.StatusCode.NOT_FOUND, str(exc), [errors.error_info("HANDLE_EXPIRED")]
+        return Reason.HANDLE_EXPIRED, str(exc), []
     if isinstance(exc, asyncio.TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the image was encoded", [
-            errors.error_info("NOT_ENCODED_IN_TIME")]
+        return Reason.NOT_ENCODED_IN_TIME, "the deadline passed before the image was encoded", []
     log.exception("unexpected error")
-    return grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}", [
-        errors.error_info("INTERNAL")]
+    return Reason.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}", []
 
 
-def stream_error(exc: BaseException) -> tuple[grpc.StatusCode, "object"]:
+def stream_error(exc: BaseException, tenant: str) -> tuple[grpc.StatusCode, "object"]:
     """A failure reported on one stream message (the stream goes on): its status and the `Error` to send."""
     from .proto import pb
 
-    code, message, _ = explain(exc)
-    refused(exc)
+    code, message, _ = explain(exc, tenant)
+    refused(exc, tenant)
     error = pb.Error(code=code.value[0], message=errors.clip(message))
     if isinstance(exc, quotas.QuotaExceeded):
         error.retry_after_ms = max(1, round(exc.retry_after_s * 1000))
     return code, error
 
 
-def outcome(exc: BaseException) -> tuple[grpc.StatusCode, object]:
+def outcome(exc: BaseException, tenant: str) -> tuple[grpc.StatusCode, object]:
     """A failed call's status code and the google.rpc Status to abort it with; refusals counted as such."""
-    code, message, details = explain(exc)
-    refused(exc)
+    code, message, details = explain(exc, tenant)
+    refused(exc, tenant)
     return code, errors.status(code, message, details)
 
 
-def count(rpc: str, code: grpc.StatusCode) -> None:
+def count(rpc: str, code: grpc.StatusCode, tenant: str) -> None:
     """One finished call (or stream message), by final status and tenant."""
-    metrics.REQUESTS.labels(rpc, code.name, access.caller().tenant).inc()
+    metrics.REQUESTS.labels(rpc, code.name, tenant).inc()
 
 
-def refused(exc: BaseException) -> None:
+def refused(exc: BaseException, tenant: str) -> None:
     """A call turned away before any work (authentication, permission, quota) is counted as such."""
     if isinstance(exc, quotas.QuotaExceeded):
         reason = exc.reason
@@ -101,4 +103,4 @@ def refused(exc: BaseException) -> None:
         reason = "permission_denied" if exc.denied else "unauthenticated"
     else:
         return
-    metrics.REJECTED.labels(access.caller().tenant, reason).inc()
+    metrics.REJECTED.labels(tenant, reason).inc()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .client import Client
+from maskserve.client import Client
 
 # Eileen Collins, NASA portrait (public domain), as bundled with scikit-image.
 # Package data, found as the installed package has it (a wheel, an editable install or the source tree).

@@ -5,7 +5,7 @@ returns everything and a decoder can check it was made by its own model. SAM's e
 SAM 2.1's is three named arrays (the manifest's `embedding_layout`), stored one after another with their
 names and shapes in the header. Arrays are float32, or float16 where the encoders are configured so (half
 the bytes in Redis and on the wire; the README gives the measured effect on masks); readers always get
-float32.
+float32, and always the named arrays (a one-array value, written without names, is `image_embeddings`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import functools
 import json
 import struct
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,34 +23,37 @@ MAGIC = b"MSE1"
 DTYPES = ("float32", "float16")
 
 
+SINGLE = "image_embeddings"  # the name of a value's one array (SAM's layout, stored without names)
+
+
 @dataclass
-class Embedding:
-    array: np.ndarray | dict[str, np.ndarray]  # SAM: (1, C, E, E) float32; else {name: (1, *shape)} float32
+class StoredEmbedding:
+    arrays: dict[str, np.ndarray]  # the embedding's named arrays, each (1, *shape) float32
     model_version: str
     original_size: tuple[int, int]  # (H, W) of the image
-    decoder_features: dict | None = None  # the decoder's per-image work, kept with the embedding in the LRU
+    prepared: dict | None = None  # the decoder's per-image work, kept with the embedding in the LRU
 
 
 def key(model_version: str, image_id: str) -> str:
     return f"emb:{model_version}:{image_id}"
 
 
-def pack(array, model_version: str, original_size: tuple[int, int], dtype: str = "float32") -> bytes:
-    """One image's embedding: SAM's array, or a mapping of named arrays (each with its batch axis of 1)."""
+def pack(embedding: dict, model_version: str, original_size: tuple[int, int], dtype: str = "float32") -> bytes:
+    """One image's embedding, its named arrays (each with its batch axis of 1). SAM's one array is written
+    as it always was, without a name, so values stored by any version read the same."""
     if dtype not in DTYPES:
         raise ValueError(f"embedding dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     header = {"dtype": dtype, "model_version": model_version, "original_size": list(original_size)}
-    if isinstance(array, Mapping):
-        arrays = [np.ascontiguousarray(a, dtype) for a in array.values()]
-        header["arrays"] = [{"name": n, "shape": list(a.shape)} for n, a in zip(array, arrays)]
-    else:
-        arrays = [np.ascontiguousarray(array, dtype)]
+    arrays = [np.ascontiguousarray(a, dtype) for a in embedding.values()]
+    if list(embedding) == [SINGLE]:
         header["shape"] = list(arrays[0].shape)
+    else:
+        header["arrays"] = [{"name": n, "shape": list(a.shape)} for n, a in zip(embedding, arrays)]
     encoded = json.dumps(header).encode()
     return b"".join([MAGIC, struct.pack("<I", len(encoded)), encoded, *(a.tobytes() for a in arrays)])
 
 
-def unpack(blob: bytes) -> Embedding:
+def unpack(blob: bytes) -> StoredEmbedding:
     if blob[:4] != MAGIC:
         raise ValueError("not a maskserve embedding")
     (n,) = struct.unpack("<I", blob[4:8])
@@ -60,13 +62,12 @@ def unpack(blob: bytes) -> Embedding:
     if dtype not in DTYPES:
         raise ValueError(f"embedding stored as {dtype!r}; this decoder reads {', '.join(DTYPES)}")
     offset, found = 8 + n, {}
-    for part in header.get("arrays") or [{"name": "", "shape": header["shape"]}]:
+    for part in header.get("arrays") or [{"name": SINGLE, "shape": header["shape"]}]:
         count = int(np.prod(part["shape"]))
         array = np.frombuffer(blob, dtype, count, offset).reshape(part["shape"])  # zero-copy for float32
         found[part["name"]] = array if array.dtype == np.float32 else half_to_float(array)
         offset += count * np.dtype(dtype).itemsize
-    arrays = found if "arrays" in header else found[""]
-    return Embedding(arrays, header["model_version"], tuple(header["original_size"]))
+    return StoredEmbedding(found, header["model_version"], tuple(header["original_size"]))
 
 
 # ONNX graph `y = Cast<to=float>(x)` for a float16 vector of any length, serialised by
@@ -97,10 +98,10 @@ class LRU:
 
     def __init__(self, entries: int) -> None:
         self.entries = entries
-        self.items: OrderedDict[str, tuple[str, Embedding]] = OrderedDict()
+        self.items: OrderedDict[str, tuple[str, object]] = OrderedDict()
         self.held: dict[str, int] = {}
 
-    def get(self, k: str) -> Embedding | None:
+    def get(self, k: str):
         item = self.items.get(k)
         if item is None:
             return None
@@ -117,7 +118,7 @@ class LRU:
         if not self.held[owner]:
             del self.held[owner]
 
-    def put(self, k: str, value: Embedding, owner: str = "") -> None:
+    def put(self, k: str, value, owner: str = "") -> None:
         self.discard(k)
         self.items[k] = (owner, value)
         self.held[owner] = self.held.get(owner, 0) + 1

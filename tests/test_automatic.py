@@ -19,9 +19,9 @@ from pycocotools import mask as coco_mask
 from conftest import metric as _metric, report
 
 from maskserve import AutomaticMaskGenerator, Predictor
+from maskserve.client import Client, everything, image_message
 from maskserve.engines import automatic
-from maskserve.service import everything
-from maskserve.service.client import Client, image_message
+from maskserve.service import everything as service_everything
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack
 
@@ -106,7 +106,7 @@ def check_parity(name: str, reference_model, ours_predictor, image: np.ndarray, 
 
     reference_predictor = _memoise_set_image(SamPredictor(reference_model),
                                              ("features", "original_size", "input_size", "is_image_set"))
-    ours_predictor = _memoise_set_image(ours_predictor, ("features", "decoder_features", "original_size",
+    ours_predictor = _memoise_set_image(ours_predictor, ("embedding", "prepared", "original_size",
                                                          "input_size", "is_image_set"))
     worst = None
     for case, kwargs in _cases(base, grid_points):
@@ -221,7 +221,7 @@ def test_pages_split_and_join():
                               np.linspace(1, 0, 30, dtype=np.float32), np.arange(60.0).reshape(30, 2) / 7,
                               np.tile([0, 0, 20, 10], (30, 1)))
     found.rles = [coco_mask.encode(np.asfortranarray(np.eye(10, 20, k, np.uint8)))["counts"] for k in range(30)]
-    pages = list(everything.pages(found, "id", "v", {"grid_decode": 1.5}, page_bytes=40))
+    pages = list(service_everything.pages(found, "id", "v", {"grid_decode": 1.5}, page_bytes=40))
     assert len(pages) > 3 and all(not p.last for p in pages[:-1]) and pages[-1].last
     back, last = everything.from_pages(pages)
     assert last.total_masks == 30 and last.stage_seconds["grid_decode"] == 1.5
@@ -286,7 +286,7 @@ def test_service_on_an_image_id(stub, photos):
 def test_async_client(stack, photos):
     import asyncio
 
-    from maskserve.service.client import AsyncClient
+    from maskserve.client import AsyncClient
 
     image = photos["chelsea_300x451"]
     options = AutomaticMaskGenerator(None, **dict(TINY, points_per_side=8)).options

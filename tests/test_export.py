@@ -60,7 +60,7 @@ def test_shipped_model_directory_is_current(tiny_model_dir, built):
     x = np.random.default_rng(0).normal(size=(1, 3, S, S)).astype(np.float32)
     e1, e2 = shipped.encoder.encode(x), fresh.encoder.encode(x)
     assert np.abs(e1 - e2).max() < 1e-5
-    args = (e1, np.array([[[10.0, 20.0], [0, 0]]], np.float32), np.array([[1.0, -1.0]], np.float32),
+    args = ({"image_embeddings": e1}, np.array([[[10.0, 20.0], [0, 0]]], np.float32), np.array([[1.0, -1.0]], np.float32),
             np.zeros((1, 1, M, M), np.float32), np.zeros(1, np.float32))
     for a, b in zip(shipped.decoder.decode(*args), fresh.decoder.decode(*args)):
         assert np.abs(a - b).max() < 1e-4
@@ -72,15 +72,15 @@ def test_points_decoder_computes_only_the_cells_asked_for(built, tmp_path):
     out, _ = built
     decoder = load(out, encoder=False).decoder
     rng = np.random.default_rng(2)
-    emb = rng.normal(size=(1, C, E, E)).astype(np.float32)
+    emb = {"image_embeddings": rng.normal(size=(1, C, E, E)).astype(np.float32)}
     coords = rng.uniform(0, S, (3, 2, 2)).astype(np.float32)
     labels = np.array([[1, 0], [1, -1], [2, 3]], np.float32)
     no_mask = np.zeros((3, 1, M, M), np.float32), np.zeros(3, np.float32)
-    features = decoder.prepare(emb)
-    iou, full = decoder.decode(emb, coords, labels, *no_mask, features)
+    prepared = decoder.prepare(emb)
+    iou, full = decoder.decode(emb, coords, labels, *no_mask, prepared)
     assert full.shape == (3, 4, M, M)
     for rows, cols in [(E - 10, E), (E, 9), (1, 1), (E, E)]:
-        iou_part, part = decoder.decode(emb, coords, labels, *no_mask, features, (rows, cols))
+        iou_part, part = decoder.decode(emb, coords, labels, *no_mask, prepared, (rows, cols))
         assert part.shape == (3, 4, 4 * rows, 4 * cols)
         assert np.abs(part - full[..., : 4 * rows, : 4 * cols]).max() < 1e-5
         assert np.array_equal(iou_part, iou)
@@ -102,7 +102,7 @@ def test_decoder_batch_equals_prompts_one_by_one(built, tiny_checkpoint):
     out, _ = built
     decoder = load(out, encoder=False).decoder
     rng = np.random.default_rng(1)
-    emb = rng.normal(size=(1, C, E, E)).astype(np.float32)
+    emb = {"image_embeddings": rng.normal(size=(1, C, E, E)).astype(np.float32)}
     b, n = 5, 4
     coords = rng.uniform(0, S, (b, n, 2)).astype(np.float32)
     labels = rng.choice([0.0, 1.0, -1.0, 2.0, 3.0], (b, n)).astype(np.float32)
@@ -115,7 +115,7 @@ def test_decoder_batch_equals_prompts_one_by_one(built, tiny_checkpoint):
         one = decoder.decode(emb, coords[i:i + 1], labels[i:i + 1], masks[i:i + 1], has[i:i + 1])
         assert np.abs(one[1][0] - low[i]).max() < 1e-4
         with torch.no_grad():
-            ref = torch_decoder(*(torch.from_numpy(a) for a in (emb, coords[i:i + 1], labels[i:i + 1],
+            ref = torch_decoder(*(torch.from_numpy(a) for a in (emb["image_embeddings"], coords[i:i + 1], labels[i:i + 1],
                                                                   masks[i:i + 1], has[i:i + 1])))
         # Float noise, relative to logits of magnitude ~10 (AVX-512 kernels sum in another order than AVX2's).
         np.testing.assert_allclose(low[i], ref[1].numpy()[0], rtol=1e-5, atol=1e-4)
@@ -145,15 +145,15 @@ def test_split_decoder_answers_like_the_general_graph(built):
     out, _ = built
     decoder = load(out, encoder=False).decoder
     rng = np.random.default_rng(4)
-    emb = rng.normal(size=(1, C, E, E)).astype(np.float32)
-    features = decoder.prepare(emb)
-    assert features is not None and set(features) == {"image_tokens", "image_keys", "image_values", "image_queries"}
+    emb = {"image_embeddings": rng.normal(size=(1, C, E, E)).astype(np.float32)}
+    prepared = decoder.prepare(emb)
+    assert prepared is not None and set(prepared) == {"image_tokens", "image_keys", "image_values", "image_queries"}
     for b, n in ((1, 2), (6, 3)):
         coords = rng.uniform(0, S, (b, n, 2)).astype(np.float32)
         labels = rng.choice([0.0, 1.0, -1.0, 2.0, 3.0], (b, n)).astype(np.float32)
         no_masks = (np.zeros((b, 1, M, M), np.float32), np.zeros(b, np.float32))
         general = decoder.decode(emb, coords, labels, *no_masks)
-        split = decoder.decode(emb, coords, labels, *no_masks, features=features)
+        split = decoder.decode(emb, coords, labels, *no_masks, prepared=prepared)
         assert np.abs(general[0] - split[0]).max() < 1e-5
         # Logits of ~20 from a random embedding: the split graph's reassociated attention sums in another order.
         np.testing.assert_allclose(split[1], general[1], rtol=1e-5, atol=1e-4)

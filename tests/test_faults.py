@@ -20,7 +20,7 @@ import redis
 from conftest import report
 
 from maskserve.service import jobs
-from maskserve.service.client import image_message, prompt_message
+from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_redis, start_role, stop, wait_serving
 

@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import report
 
 from maskserve.service import jobs
-from maskserve.service.client import image_message
+from maskserve.client import image_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack
 

@@ -8,7 +8,7 @@ import inspect
 import onnxruntime as ort
 import pytest
 
-from maskserve.engines import interface, load
+from maskserve.engines import families, interface, load
 from maskserve.engines.onnxruntime_backend import OnnxDecoder, OnnxEncoder
 from maskserve.engines.tensorrt_backend import TensorRTDecoder, TensorRTEncoder
 
@@ -35,7 +35,7 @@ def test_the_shipped_graphs_have_the_declared_tensor_names(tiny_model_dir):
         session = ort.InferenceSession(str(tiny_model_dir / file), providers=["CPUExecutionProvider"])
         return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
 
-    assert names("encoder.onnx") == (interface.ENCODER_INPUTS, interface.ENCODER_OUTPUTS)
-    assert names("decoder.onnx") == (interface.DECODER_INPUTS, interface.DECODER_OUTPUTS)
-    assert names("decoder_image.onnx") == (interface.DECODER_INPUTS[:1], interface.IMAGE_FEATURES)
+    assert names("encoder.onnx") == (interface.ENCODER_INPUTS, list(families.get("sam").arrays))
+    assert names("decoder.onnx") == (families.get("sam").decoder_inputs, interface.DECODER_OUTPUTS)
+    assert names("decoder_image.onnx") == (families.get("sam").decoder_inputs[:1], interface.IMAGE_FEATURES)
     assert names("decoder_points.onnx") == (interface.POINTS_INPUTS, interface.DECODER_OUTPUTS)

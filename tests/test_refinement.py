@@ -16,9 +16,9 @@ from test_parity import IOU_MIN, SCORE_TOL, _iou, _prompt_cases
 
 from maskserve.engines.prompts import PromptError
 from maskserve.service import refinement
-from maskserve.service.client import AsyncClient, Client, image_message, prompt_message
+from maskserve.client import AsyncClient, Client, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
-from maskserve.service.remote_logits import RemoteLogits
+from maskserve.client import RemoteLogits
 from maskserve.service.stack import LocalStack, start_role, stop, wait_serving, free_port
 
 
@@ -170,7 +170,7 @@ def test_stream_refines_its_last_answer_by_handle(stack, photos):
         assert answer.result.masks[0].output_index == int(np.argmax(first[1]))
         refined = next(replies)
         assert not refined.HasField("error"), refined.error.message
-        from maskserve.service.client import decode_mask
+        from maskserve.client import decode_mask
 
         assert np.count_nonzero(decode_mask(refined.result.masks[0]) != expected[0][0]) <= 2
 

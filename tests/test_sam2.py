@@ -24,7 +24,7 @@ from maskserve.build.checkpoint import CheckpointError, load_model
 from maskserve.build.sam2_checkpoint import build_sam2_model, guess_sam2_model_type, read_sam2_state_dict
 from maskserve.build.specs import SAM2_SPECS, get_spec
 from maskserve.build.tensorrt_engines import profiles
-from maskserve.engines import interface, load, prompts, sam2_transforms
+from maskserve.engines import families, interface, load, prompts, sam2_transforms
 from maskserve.engines.model_dir import Manifest, ModelDirError
 from maskserve.engines.predictor import Predictor
 
@@ -64,7 +64,7 @@ def test_specs_name_meta_configs_and_files():
         assert spec.family == "sam2.1" and spec.checkpoint_url.endswith(f"/092824/{name}.pt")
         assert spec.config == f"configs/sam2.1/sam2.1_hiera_{dict(tiny='t', small='s', base_plus='b+', large='l')[name.split('_', 2)[2]]}.yaml"
         assert spec.checkpoint_bytes > 100_000_000 and len(spec.checkpoint_sha256) == 64
-        assert [a[0] for a in spec.embedding_layout] == interface.SAM2_ENCODER_OUTPUTS
+        assert [a[0] for a in spec.embedding_layout] == list(families.get("sam2.1").arrays)
     assert get_spec("vit_b").family == "sam"
 
 
@@ -122,14 +122,13 @@ def test_manifest_lays_out_three_arrays_and_versions_apart_from_sam(built, tiny_
         {"name": "high_res_feats_1", "shape": [64, 128, 128], "dtype": "float32"}]
     assert data["image_size"] == 1024 and data["mask_input_size"] == 256 and data["embedding_shape"] == [256, 64, 64]
     assert m.embedding_nbytes() == 16 << 20 and m.embedding_nbytes("float16") == 8 << 20
-    assert m.model_version.startswith("sam2.1_hiera_tiny-") and m.model_version == Manifest.derive_model_version(
-        m.model_type, m.checkpoint_sha256, m.embedding_shape, "sam2.1", m.embedding_layout)
+    assert m.model_version.startswith("sam2.1_hiera_tiny-") and m.model_version == m.derive_model_version()
     # The same checkpoint digest under SAM's derivation (one array) is another version: a SAM decoder can never
     # be given these embeddings, nor the other way round.
-    assert m.model_version != Manifest.derive_model_version(m.model_type, m.checkpoint_sha256, m.embedding_shape)
+    assert m.model_version != families.get("sam").model_version(m.model_type, m.checkpoint_sha256, m.embedding_layout)
     sam = Manifest.load(tiny_model_dir)  # a manifest from before families: SAM's, one array
     assert sam.family == "sam" and sam.array_names == ["image_embeddings"]
-    assert sam.model_version == Manifest.derive_model_version(sam.model_type, sam.checkpoint_sha256, sam.embedding_shape)
+    assert sam.model_version == sam.derive_model_version()  # the shipped manifest's: derivation unchanged
     assert sam.embedding_nbytes() == 4 * int(np.prod(sam.embedding_shape))
 
 
@@ -147,8 +146,8 @@ def test_manifest_refuses_an_unknown_family(built, tmp_path):
 
 def test_graphs_have_the_declared_names_and_dynamic_axes(built):
     _, model_dir = built
-    for file, inputs, outputs in (("encoder.onnx", interface.ENCODER_INPUTS, interface.SAM2_ENCODER_OUTPUTS),
-                                  ("decoder.onnx", interface.SAM2_DECODER_INPUTS, interface.DECODER_OUTPUTS)):
+    for file, inputs, outputs in (("encoder.onnx", interface.ENCODER_INPUTS, list(families.get("sam2.1").arrays)),
+                                  ("decoder.onnx", families.get("sam2.1").decoder_inputs, interface.DECODER_OUTPUTS)):
         model = onnx.load(str(model_dir / file))
         onnx.checker.check_model(model)
         assert [i.name for i in model.graph.input] == inputs and [o.name for o in model.graph.output] == outputs
@@ -183,7 +182,7 @@ def test_engine_interface_for_several_arrays(built):
         assert np.abs(one[0] - iou[i:i + 1]).max() < 1e-5 and np.abs(one[1] - low[i:i + 1]).max() < 1e-3
     with pytest.raises(ValueError, match="lacks high_res_feats_1"):
         prompts.embedding_arrays({k: v for k, v in emb.items() if k != "high_res_feats_1"}, model.manifest)
-    with pytest.raises(ValueError, match="3 named arrays"):
+    with pytest.raises(TypeError, match="a mapping of its named arrays"):
         prompts.embedding_arrays(emb["image_embeddings"], model.manifest)
 
 
@@ -294,12 +293,12 @@ def test_predictor_equals_sam2_image_predictor(name, photos, reference, predicto
     reference.set_image(image)
     predictor.set_image(image)
     features = predictor.get_image_arrays()
-    for k, expected in zip(interface.SAM2_ENCODER_OUTPUTS, [reference._features["image_embed"],
+    for k, expected in zip(list(families.get("sam2.1").arrays), [reference._features["image_embed"],
                                                               *reference._features["high_res_feats"]]):
         assert np.abs(features[k] - expected.numpy()).max() < 1e-4, k
     assert np.array_equal(predictor.get_image_embedding(), features["image_embeddings"])
     stored = store.unpack(store.pack(features, predictor.manifest.model_version, (h, w), "float16"))
-    half.set_embedding(stored.array, stored.original_size)
+    half.set_embedding(stored.arrays, stored.original_size)
     worst = {"iou": 1.0, "score": 0.0, "logits": 0.0, "absolute": 0.0}
     worst_half = {"iou": 1.0, "score": 0.0}
     branches = {"stable token 0": 0, "fallback": 0}

@@ -66,7 +66,7 @@ def test_matches_sam2_automatic_mask_generator(generators, photos, monkeypatch):
     monkeypatch.setattr(sam2.utils.misc, "get_connected_components", _connected_components)
     reference_model, ours = generators
     image = np.ascontiguousarray(photos["coffee_400x600"][:397, :571])
-    cache, ours = {}, _memoise_set_image(ours, ("features", "decoder_features", "original_size", "input_size",
+    cache, ours = {}, _memoise_set_image(ours, ("embedding", "prepared", "original_size", "input_size",
                                                 "is_image_set"))
     for case, kwargs in CASES.items():
         kwargs = dict(BASE, **kwargs)

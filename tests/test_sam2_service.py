@@ -11,7 +11,7 @@ import pytest
 
 from maskserve import AutomaticMaskGenerator, Predictor
 from maskserve.engines.automatic import Options
-from maskserve.service.client import Client, decode_mask, image_message, prompt_message
+from maskserve.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb
 from maskserve.service.stack import LocalStack
 

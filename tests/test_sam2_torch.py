@@ -18,7 +18,7 @@ from maskserve.build.builder import build_model_dir
 from maskserve.build.checkpoint import file_digest
 from maskserve.build.sam2_checkpoint import build_sam2_model, read_sam2_state_dict
 from maskserve.build.specs import get_spec
-from maskserve.engines import interface, load, prompts
+from maskserve.engines import families, interface, load, prompts
 from maskserve.engines.model_dir import Manifest, ModelDirError
 from maskserve.engines.predictor import Predictor
 from test_sam2 import _cases, _compare, _iou
@@ -91,8 +91,7 @@ def test_the_model_directory(torch_dir, checkpoint):
     assert (m.backend, m.precision, m.family, m.encoder["file"]) == ("torch", "fp32", "sam2.1", "encoder.pt")
     layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in SPEC.embedding_layout]
     assert m.embedding_layout == layout
-    assert m.model_version == Manifest.derive_model_version(MODEL, file_digest(checkpoint), SPEC.embedding_shape,
-                                                            "sam2.1", layout)
+    assert m.checkpoint_sha256 == file_digest(checkpoint) and m.model_version == m.derive_model_version()
     assert not (torch_dir / "encoder.onnx").exists() and (torch_dir / "decoder.onnx").exists()
     arch = m.encoder["architecture"]
     assert arch["stage_ends"] == [0, 2, 9, 11] and [b[2] for b in arch["blocks"]].count(0) == 3  # tiny's 3 global
@@ -113,7 +112,7 @@ def test_fp32_equals_sam2_image_predictor(torch_dir, reference, image, expected)
     predictor.set_image(image)
     got = predictor.get_image_arrays()
     errors = []
-    for name, e in zip(interface.SAM2_ENCODER_OUTPUTS, expected):
+    for name, e in zip(families.get("sam2.1").arrays, expected):
         assert got[name].shape == e.shape and got[name].dtype == np.float32, name
         errors.append(float(np.abs(got[name] - e).max()))
         assert errors[-1] <= FP32_ABS, (name, errors[-1])
@@ -130,7 +129,7 @@ def test_fp32_equals_sam2_image_predictor(torch_dir, reference, image, expected)
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_gives_the_same_masks(torch_dir, reference, image, expected, precision):
     arrays = encoder(torch_dir, precision=precision).encode_arrays(prompts.prepare_image(image, Manifest.load(torch_dir))[None])
-    errors = [rel(arrays[n], e) for n, e in zip(interface.SAM2_ENCODER_OUTPUTS, expected)]
+    errors = [rel(arrays[n], e) for n, e in zip(families.get("sam2.1").arrays, expected)]
     assert all(np.isfinite(a).all() for a in arrays.values())
     predictor = Predictor(torch_dir)
     predictor.set_embedding(arrays, image.shape[:2])
@@ -154,7 +153,7 @@ def test_a_batch_equals_its_images_alone(torch_dir, image, photos):
     enc = encoder(torch_dir)
     both = enc.encode_arrays(x)
     alone = encoder(torch_dir, max_batch=1).encode_arrays(x)  # runs of one, concatenated in order
-    assert list(both) == interface.SAM2_ENCODER_OUTPUTS
+    assert list(both) == list(families.get("sam2.1").arrays)
     for name in both:
         assert both[name].shape == (2, *m.array_shapes()[name]) and np.abs(both[name] - alone[name]).max() <= 1e-5
     with pytest.raises(TypeError, match="use encode_arrays"):
@@ -180,7 +179,7 @@ def test_the_worker_runs_it_behind_the_decoder_service(torch_dir, reference, ima
     """One torch directory for both: the encoder worker (its own process, real Redis) runs the Hiera encoder;
     the decoder service loads the same directory without its encoder (no torch). Masks over the wire equal the
     reference's."""
-    from maskserve.service.client import decode_mask, image_message, prompt_message
+    from maskserve.client import decode_mask, image_message, prompt_message
     from maskserve.service.proto import pb, pb_grpc
     from maskserve.service.stack import LocalStack
 
@@ -210,7 +209,7 @@ def test_cuda_with_and_without_graphs(torch_dir, image, expected, precision, tol
         enc = tb.TorchEncoder(torch_dir, Manifest.load(torch_dir), device="cuda", precision=precision,
                               cuda_graphs=graphs)
         arrays = enc.encode_arrays(x)
-        for name, e in zip(interface.SAM2_ENCODER_OUTPUTS, expected):
+        for name, e in zip(families.get("sam2.1").arrays, expected):
             assert rel(arrays[name], e) <= tol, (precision, graphs, name, rel(arrays[name], e))
 
 

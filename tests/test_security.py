@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 
 from conftest import metric
 from maskserve.service import access, jobs, store
-from maskserve.service.client import Client
+from maskserve.client import Client
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_redis, start_role, stop, wait_listening, wait_serving
 
@@ -625,8 +625,10 @@ def test_a_wrong_redis_password_is_logged_by_the_decoder(secure, pki):
             assert time.monotonic() < deadline, "the decoder did not log why it is not serving"
             time.sleep(0.3)
         with grpc.secure_channel(f"127.0.0.1:{port}", tls(pki)) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            for _ in range(10):  # never ready, on every look
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                time.sleep(0.2)
         assert "not serving: the cache Redis cannot be used" in log.read_text()
     finally:
         stop(proc)

@@ -22,7 +22,7 @@ from maskserve import Predictor
 from maskserve.engines import masks
 from maskserve.engines.model_dir import Manifest
 from maskserve.service import jobs
-from maskserve.service.client import Client, decode_mask, image_message, prompt_message
+from maskserve.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_role, stop, wait_serving
 
@@ -481,7 +481,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path, photos):
 def test_async_client(stack, photos, tiny_model_dir):
     import asyncio
 
-    from maskserve.service.client import AsyncClient
+    from maskserve.client import AsyncClient
 
     image = photos["chelsea_300x451"]
     local = Predictor(tiny_model_dir)
@@ -554,7 +554,7 @@ def test_float16_embeddings_halve_the_store_and_keep_masks(stack, photos, tiny_m
         encoded = stub16.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
         blob = redis.Redis.from_url(url).get(store.key(encoded.model_version, encoded.image_id))
         assert len(blob) < np.prod(Manifest.load(tiny_model_dir).embedding_shape) * 2 + 200
-        array = store.unpack(blob).array
+        array = store.unpack(blob).arrays["image_embeddings"]
         stored = np.frombuffer(blob[-array.size * 2:], np.float16).reshape(array.shape)
         assert array.dtype == np.float32 and np.array_equal(array, stored.astype(np.float32))
         for x, y in ((300, 200), (100, 80), (500, 350)):
@@ -740,14 +740,14 @@ def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, phot
         first.jobs.ensure_group()
         batch = first._read_batch()
         assert len(batch) == 3
-        encode = first.model.encoder.encode
+        encode = first.model.encoder.encode_arrays
 
         def encode_then_sigterm(x):
             out = encode(x)
             first.stopping.set()  # what the SIGTERM handler does
             return out
 
-        first.model.encoder.encode = encode_then_sigterm
+        first.model.encoder.encode_arrays = encode_then_sigterm
         first.process(batch)
         assert r.exists(store.key(first.version, ids[0]))
         assert not any(r.exists(store.key(first.version, i)) for i in ids[1:])
@@ -765,7 +765,7 @@ def test_errors_carry_rich_details_and_the_client_raises_typed_exceptions(stack,
     from grpc_status import rpc_status
     from google.rpc import error_details_pb2
 
-    from maskserve.service import errors
+    from maskserve.client import errors
 
     request = pb.SegmentPromptRequest(image_id=coffee_id, prompts=[
         prompt_message([[10, 10]], [1]), prompt_message(box=[50, 50, 10, 10])])

@@ -43,7 +43,8 @@ def test_engines_match_onnxruntime(tiny_checkpoint, tiny_model_dir, photos, tmp_
     gpu.set_image(image)
     cpu.set_image(image)
     tol = 1e-3 if precision == "fp32" else 5e-2
-    assert np.abs(gpu.features - cpu.features).max() < tol * max(1.0, float(np.abs(cpu.features).max()))
+    g_emb, c_emb = gpu.get_image_embedding(), cpu.get_image_embedding()
+    assert np.abs(g_emb - c_emb).max() < tol * max(1.0, float(np.abs(c_emb).max()))
     point = np.array([[300, 200]])
     g, c = gpu.predict(point, np.array([1])), cpu.predict(point, np.array([1]))
     for k in range(3):
@@ -73,7 +74,7 @@ def test_sam2_engines_match_onnxruntime(sam2_tiny_random, photos, tmp_path, prec
     the same checkpoint (same model version), at an odd image size, multimask and single-mask."""
     from maskserve import Predictor
     from maskserve.build.builder import build_model_dir
-    from maskserve.engines.interface import SAM2_ENCODER_OUTPUTS
+    from maskserve.engines import families
     from maskserve.engines.model_dir import Manifest
 
     checkpoint, onnx_dir = sam2_tiny_random
@@ -87,7 +88,7 @@ def test_sam2_engines_match_onnxruntime(sam2_tiny_random, photos, tmp_path, prec
     cpu.set_image(image)
     tol = 1e-3 if precision == "fp32" else 5e-2
     g_arrays, c_arrays = gpu.get_image_arrays(), cpu.get_image_arrays()
-    for name in SAM2_ENCODER_OUTPUTS:
+    for name in families.get("sam2.1").arrays:
         c = c_arrays[name]
         assert np.abs(g_arrays[name] - c).max() < tol * max(1.0, float(np.abs(c).max())), name
     for multimask in (True, False):

@@ -17,7 +17,7 @@ from conftest import report
 
 from maskserve import Predictor
 from maskserve.build.builder import build_model_dir
-from maskserve.engines import interface, load, transforms
+from maskserve.engines import families, interface, load, transforms
 from maskserve.engines.model_dir import Manifest, ModelDirError
 
 torch = pytest.importorskip("torch")
@@ -169,7 +169,7 @@ def test_the_worker_runs_a_torch_model_dir_for_the_onnx_decoder_service(torch_di
     """The encoder worker (its own process, real Redis) on the torch directory; the decoder service on the ONNX
     Runtime one of the same checkpoint: same model version, so one stream and one key space; the masks equal
     those of the in-process ONNX predictor."""
-    from maskserve.service.client import decode_mask, image_message, prompt_message
+    from maskserve.client import decode_mask, image_message, prompt_message
     from maskserve.service.proto import pb, pb_grpc
     from maskserve.service.stack import LocalStack
 
@@ -211,7 +211,7 @@ def test_gpu_check_logic_in_its_quick_mode(tmp_path):
     sam2 = data["models"]["sam2.1_hiera_tiny"]  # its three arrays, the worst of each reported
     assert sam2["build"]["encoder"]["architecture"]["stage_ends"] == [0, 2, 9, 11]
     assert sam2["parity"]["fp32"]["rel_l2"] <= FP32_REL and sam2["parity"]["fp32"]["mask_iou"]["min"] == 1.0
-    assert set(sam2["parity"]["bf16"]["arrays"]) == set(interface.SAM2_ENCODER_OUTPUTS)
+    assert set(sam2["parity"]["bf16"]["arrays"]) == set(families.get("sam2.1").arrays)
     assert sam2["parity"]["bf16"]["nonfinite"] == 0 and sam2["parity"]["bf16"]["mask_iou"]["min"] >= IOU_WORST_MIN
     assert sam2["throughput"]["bf16"]["best_batch"] in (1, 2) and sam2["decoder"]["onnxruntime_cpu"]["low_res"]["median_ms"] > 0
     # Out of time: every stage says it was skipped, and the file is still written whole.

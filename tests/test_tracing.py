@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from maskserve.service.client import image_message, prompt_message  # noqa: E402
+from maskserve.client import image_message, prompt_message  # noqa: E402
 from maskserve.service.proto import pb, pb_grpc  # noqa: E402
 from maskserve.service.stack import LocalStack  # noqa: E402
 from maskserve.service.tracing import Collector  # noqa: E402

@@ -4,6 +4,9 @@
   package index, only grpc, protobuf, NumPy and pycocotools arrive, and `Client`/`AsyncClient`, typed errors,
   refinement by handle and the automatic generator over RPC all run against a local stack; the command line
   says in one line that it needs the `server` extra.
+- The client (`maskserve.client`, exported as `maskserve.Client` ...) imports nothing of the server: no
+  `maskserve.service` module, no backend, no server package — checked there, and here, where all of them are
+  installed and importable.
 - `pip install 'maskserve[server]'` runs the demo (the local stack and the client) from a read-only install
   with nothing from the source tree. That environment borrows this one's third-party packages through a path
   file (so no download), which does not bring this tree's editable install with it.
@@ -28,14 +31,36 @@ from maskserve.service.stack import LocalStack
 REPO = Path(__file__).resolve().parent.parent
 SERVER_ONLY = ("cv2", "PIL", "onnxruntime", "redis", "typer", "rich", "prometheus_client", "torch", "hiredis",
                "grpc_health", "grpc_reflection", "opentelemetry")
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="the local stack starts redis-server")
+# What the client must never import: the service, the build and command-line modules, the in-process backends.
+SERVER_MODULES = ("maskserve.service", "maskserve.build", "maskserve.cli", "maskserve.bench", "maskserve.soak",
+                  "maskserve.engines.predictor", "maskserve.engines.onnxruntime_backend",
+                  "maskserve.engines.tensorrt_backend", "maskserve.engines.torch_backend",
+                  "maskserve.engines.torch_hiera")
+needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="the local stack starts redis-server")
+
+# Imports the client by every name it is exported under, then fails naming any server module it brought in.
+CLIENT_IMPORTS = """
+import sys
+import maskserve
+exported = (maskserve.Client, maskserve.AsyncClient, maskserve.RemoteLogits, maskserve.MaskserveError,
+            maskserve.errors.NotFound)
+from maskserve.client import AsyncClient, Client, RemoteLogits, errors
+
+
+def server_modules():
+    return sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r}
+                  or any(m == s or m.startswith(s + ".") for s in {server!r}))
+
+
+assert not server_modules(), f"the client imported the server's {{server_modules()}}"
+print("client imports:", " ".join(sorted(m for m in sys.modules if m.startswith("maskserve"))))
+"""
 
 SCRIPT = """
 import asyncio, importlib.util, sys
 assert not [m for m in {blocked!r} if importlib.util.find_spec(m)], "a server package is installed"
+""" + CLIENT_IMPORTS + """
 import numpy as np
-import maskserve
-from maskserve.service import errors
 from maskserve.engines.automatic import Options
 
 image = np.random.default_rng(3).integers(0, 255, (120, 160, 3), np.uint8)
@@ -64,7 +89,6 @@ for fmt in ("bits", "rle"):
         assert records and records[0]["segmentation"].shape == (120, 160)
 
 async def main():
-    from maskserve.service.client import AsyncClient
     client = AsyncClient({target!r})
     try:
         await client.set_image(image)
@@ -74,6 +98,7 @@ async def main():
         await client.close()
 
 asyncio.run(main())
+assert not server_modules(), f"the client imported the server's {{server_modules()}}"
 print("client-only OK")
 """
 
@@ -92,6 +117,17 @@ def _site_packages(python: Path) -> Path:
                                capture_output=True, text=True).stdout.strip())
 
 
+def test_the_client_imports_nothing_of_the_server(tmp_path):
+    """Here every server package is installed: the client must still not import one (but grpc's own import of
+    grpc_health and grpc_reflection, which it does whenever they are installed)."""
+    blocked = tuple(m for m in SERVER_ONLY if m not in ("grpc_health", "grpc_reflection"))
+    script = textwrap.dedent(CLIENT_IMPORTS).format(blocked=blocked, server=SERVER_MODULES)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and "client imports:" in out.stdout, out.stdout + out.stderr
+    assert "maskserve.client" in out.stdout.split(), out.stdout
+
+
+@needs_redis
 def test_plain_install_is_the_client(wheel, tmp_path):
     env_dir = tmp_path / "client-env"
     venv.create(env_dir, with_pip=True)
@@ -102,7 +138,7 @@ def test_plain_install_is_the_client(wheel, tmp_path):
     assert not [p for p in ("onnxruntime", "opencv", "redis", "typer", "pillow", "prometheus") if p in installed]
     (tmp_path / "logs").mkdir()
     with LocalStack(log_dir=tmp_path / "logs") as stack:
-        script = textwrap.dedent(SCRIPT).format(blocked=SERVER_ONLY, target=stack.target)
+        script = textwrap.dedent(SCRIPT).format(blocked=SERVER_ONLY, server=SERVER_MODULES, target=stack.target)
         out = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0 and "client-only OK" in out.stdout, out.stdout + out.stderr
     cli = subprocess.run([str(env_dir / "bin" / "maskserve"), "demo"], capture_output=True, text=True, timeout=60)
@@ -110,6 +146,7 @@ def test_plain_install_is_the_client(wheel, tmp_path):
     assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
 
 
+@needs_redis
 def test_server_install_runs_the_demo_read_only(wheel, tmp_path):
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=False)
