@@ -47,9 +47,10 @@ class Model:
 
 
 def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: bool = True,
-         threads: int | None = None) -> Model:
+         threads: int | None = None, device: str | None = None) -> Model:
     """Open a model directory with the backend its manifest names (TensorRT needs an NVIDIA GPU; torch is imported
-    only for a torch directory's encoder)."""
+    only for a torch directory's encoder). `threads`: ONNX Runtime's (None: all cores); `device`: the torch
+    encoder's (None: the manifest's)."""
     directory = Path(model_dir) if model_dir is not None else default_model_dir()
     manifest = Manifest.load(directory)
     if manifest.backend == "onnxruntime":
@@ -65,6 +66,7 @@ def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: 
         raise ModelDirError(f"{directory}: unknown backend {manifest.backend!r}")
     return Model(
         directory, manifest,
-        Enc(directory, manifest, threads) if encoder else None,
+        (Enc(directory, manifest, threads, device=device) if device else Enc(directory, manifest, threads))
+        if encoder else None,
         Dec(directory, manifest, threads) if decoder else None,
     )

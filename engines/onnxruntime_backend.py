@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +17,6 @@ def _session(path: Path, threads: int | None, memory_pattern: bool = True) -> or
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.enable_mem_pattern = memory_pattern
-    threads = threads or int(os.environ.get("MASKSERVE_ORT_THREADS", "0")) or None
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maskserve.limits import MAX_POINTS
+
 from . import families
 from .interface import EmbeddingArrays
 from .model_dir import Manifest
-
-MAX_POINTS = 64
 
 
 class PromptError(ValueError):

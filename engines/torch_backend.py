@@ -30,14 +30,13 @@ decoder reads them. "fp32" on CUDA is IEEE fp32: the encoder sets the process's 
 On CUDA, a batch of images runs as one (`run_size` = the manifest's `max_batch`), each batch size may be
 replayed from a captured CUDA graph (`cuda_graphs`: "auto" measures both on the first run of each batch size
 and keeps the faster; "on"; "off"), and `compile` puts the network through `torch.compile` (minutes to
-compile; off unless the manifest or caller asks). The device is `device` (constructor), else
-MASKSERVE_TORCH_DEVICE, else the manifest's, else "auto": CUDA where available, the CPU otherwise.
+compile; off unless the manifest or caller asks). The device is `device` (constructor; the encoder worker
+passes MASKSERVE_TORCH_DEVICE), else the manifest's, else "auto": CUDA where available, the CPU otherwise.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -299,7 +298,7 @@ class TorchEncoder:
                  device: str | None = None, precision: str | None = None, attention: str | None = None,
                  cuda_graphs: str | None = None, compile: bool | None = None, max_batch: int | None = None) -> None:
         part = manifest.encoder
-        self.device = resolve_device(device or os.environ.get("MASKSERVE_TORCH_DEVICE") or part.get("device"))
+        self.device = resolve_device(device or part.get("device"))
         self.precision = precision or manifest.precision
         if self.precision not in DTYPES:
             raise ModelDirError(f"{model_dir}: torch encoder precision {self.precision!r}; expected one of "

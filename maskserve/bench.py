@@ -22,7 +22,7 @@ from PIL import Image
 
 from maskserve.engines import default_model_dir, families, load, prompts
 from maskserve.engines.flops import count_flops, cpu_peak_flops, measured_gemm_flops
-from maskserve.service import store
+from maskserve.service import keys, store
 from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.segment_file import BUNDLED_PHOTO
@@ -382,7 +382,7 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
                                     lambda: reference.predict(np.array(point), np.array([1])), requests)
         series["SAM 2.1: segment 1 point, 3 masks RLE"], series["reference SAM2ImagePredictor.predict"] = mine, theirs
         r = redis.Redis.from_url(stack.redis_url)
-        key = store.key(m.model_version, image_id)
+        key = keys.embedding_key(m.model_version, image_id)
         stored = store.unpack(r.get(key))
         r.set(key + ":float16", store.pack(stored.arrays, m.model_version, stored.original_size, "float16"), ex=600)
         fetch = {dtype: _timed(lambda k=k: store.unpack(r.get(k)), requests)
@@ -462,7 +462,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         import redis
 
         r = redis.Redis.from_url(stack.redis_url)
-        key = store.key(m.model_version, image_id)
+        key = keys.embedding_key(m.model_version, image_id)
         series["embedding fetch from Redis"] = _timed(lambda: store.unpack(r.get(key)), requests)
         stored = store.unpack(r.get(key))
         r.set(key + ":float16", store.pack(stored.arrays, m.model_version, stored.original_size, "float16"), ex=600)

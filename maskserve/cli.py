@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from maskserve.limits import MAX_POINTS
+
 app = typer.Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
 models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -60,7 +62,7 @@ def build(
     precision: str = typer.Option("fp32", help="fp32; fp16 for TensorRT; bf16 or fp16 for torch."),
     max_encoder_batch: int = typer.Option(8, help="TensorRT, torch: largest encoder batch (one run)."),
     max_decoder_batch: int = typer.Option(64, help="TensorRT: largest batch of prompts."),
-    max_points: int = typer.Option(64, help="TensorRT: most points (boxes count two) in one prompt."),
+    max_points: int = typer.Option(MAX_POINTS, help="TensorRT: most points (boxes count two) in one prompt."),
 ) -> None:
     """Turn a SAM or SAM 2.1 checkpoint into a model directory (encoder, decoder, manifest)."""
     from maskserve.build.builder import build_model_dir
@@ -87,7 +89,7 @@ def compile(
                                                     "architecture and TensorRT version (skipped if already there)."),
     precision: str = typer.Option("fp16", help="fp16 or fp32."),
     max_encoder_batch: int = typer.Option(8), max_decoder_batch: int = typer.Option(64),
-    max_points: int = typer.Option(64),
+    max_points: int = typer.Option(MAX_POINTS),
 ) -> None:
     """Compile TensorRT engines for this GPU from an exported model (no torch needed: runs in the cluster)."""
     from maskserve.build.tensorrt_engines import compile_model_dir

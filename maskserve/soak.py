@@ -9,6 +9,7 @@ LRU entries), so a slow leak shows as a count that grows before it shows in memo
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,23 +38,27 @@ def _gauge(port: int, name: str) -> float:
 
 
 def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, window: float = 60,
-        model_dir: str = "") -> dict:
+        model_dir: str = "", images: int = 96, env: dict[str, str] | None = None) -> dict:
+    """`images`: prompts go to a random one of the last `images` encoded images (1: the first image only).
+    More than the decoder's LRU holds (MASKSERVE_LRU_ENTRIES, 64) keeps it full and turning over: images
+    fetched from Redis, prepared, evicted, as in a service with many users. `env`: settings for both roles."""
     photo = np.asarray(Image.open(BUNDLED_PHOTO).convert("RGB"))
     rng = np.random.default_rng(0)
-    with LocalStack(model_dir) as stack, grpc.insecure_channel(stack.target) as channel, \
+    with LocalStack(model_dir, extra_env=env) as stack, grpc.insecure_channel(stack.target) as channel, \
             ThreadPoolExecutor(8) as pool:
         stub = pb_grpc.SegmenterStub(channel)
-        image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(photo), wait=True),
-                                    timeout=600).image_id
-        h, w = photo.shape[:2]
+        first = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(photo), wait=True), timeout=600)
+        recent = deque([(first.image_id, first.height, first.width)], maxlen=max(1, images))
         procs = {"decoder": stack.decoder.pid, "encoder": stack.encoder.pid, "redis": stack.redis.pid}
         start_rss = {k: _rss_mb(p) for k, p in procs.items()}
         windows, calls, n = [], [], 0
 
-        def prompt(x, y):
+        def prompt(target, u, v):
+            image_id, h, w = target
             t = time.perf_counter()
             try:
-                stub.SegmentPrompt(pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message([[x, y]], [1])]),
+                stub.SegmentPrompt(pb.SegmentPromptRequest(image_id=image_id,
+                                                           prompts=[prompt_message([[u * w, v * h]], [1])]),
                                    timeout=10)
                 return "prompt", time.perf_counter() - t, None
             except grpc.RpcError as exc:
@@ -63,7 +68,9 @@ def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, windo
             small = np.ascontiguousarray(np.roll(photo[::8, ::8], i, axis=1))  # distinct bytes each time
             t = time.perf_counter()
             try:
-                stub.EncodeImage(pb.EncodeImageRequest(image=image_message(small), wait=True), timeout=30)
+                done = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(small), wait=True), timeout=30)
+                if images > 1:
+                    recent.append((done.image_id, done.height, done.width))
                 return "encode", time.perf_counter() - t, None
             except grpc.RpcError as exc:
                 return "encode", time.perf_counter() - t, exc.code().name
@@ -75,7 +82,7 @@ def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, windo
             time.sleep(max(0.0, due - time.perf_counter()))
             n += 1
             calls.append(pool.submit(encode, n) if n % new_image_every == 0 else
-                         pool.submit(prompt, rng.uniform(0, w), rng.uniform(0, h)))
+                         pool.submit(prompt, recent[int(rng.integers(len(recent)))], rng.uniform(), rng.uniform()))
             if time.perf_counter() - window_start >= window:
                 windows.append(_window(calls, procs, stack))
                 calls, window_start = [], time.perf_counter()

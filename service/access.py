@@ -3,7 +3,8 @@
 The access file (JSON, `MASKSERVE_AUTH_FILE`) holds only SHA-256 hashes of the keys: the keys are 256-bit
 random strings, so a plain hash is as good as a slow one and costs a microsecond per call. The file is checked
 for changes at most once a second and re-read when it changes (a rotated Kubernetes Secret); a broken new
-version is logged and the last good one kept, so an operator's typo never opens or closes the service.
+version is logged and the last good one kept, so an operator's typo never opens or closes the service
+(`watch.Watched`).
 
     {"tenants": {"acme": {"rate": 50, "burst": 100, "streams": 8, "queued_jobs": 200, "embedding_mb": 4096}},
      "keys": [{"name": "acme-backend", "tenant": "acme", "sha256": "<hex>", "rpcs": ["*"]}],
@@ -17,12 +18,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
-import threading
-import time
 from dataclasses import dataclass
+
+from . import watch
 
 log = logging.getLogger("maskserve.access")
 
@@ -136,32 +136,16 @@ class AccessFile:
     """The access file, re-read when it changes; `authenticate` maps a call's credentials to its Caller."""
 
     def __init__(self, path: str, defaults: Limits, check_every_s: float = 1.0) -> None:
-        self.path, self.defaults, self.check_every_s = path, defaults, check_every_s
-        self.lock = threading.Lock()
-        self.signature = self._signature()
-        self.table = parse(open(path).read(), defaults)  # a bad file at start is an error: refuse to start
-        self.checked = time.monotonic()
-
-    def _signature(self):
-        st = os.stat(self.path)  # follows the symlinks of a mounted Secret to the current version
-        return st.st_ino, st.st_mtime_ns, st.st_size
+        self.path, self.defaults = path, defaults
+        self.watched = watch.Watched(
+            [path], lambda: parse(open(path).read(), defaults), check_every_s,  # a bad file at start: refuse to start
+            reloaded=lambda table: log.info("access file %s reloaded: %d keys, %d client identities", path,
+                                            len(table.keys), len(table.clients)),
+            failed=lambda exc: log.error("access file %s could not be read (%s); keeping the last good version",
+                                         path, exc))
 
     def current(self) -> _Table:
-        now = time.monotonic()
-        if now - self.checked < self.check_every_s:
-            return self.table
-        with self.lock:
-            self.checked = now
-            try:
-                signature = self._signature()
-                if signature != self.signature:
-                    self.table = parse(open(self.path).read(), self.defaults)
-                    self.signature = signature
-                    log.info("access file %s reloaded: %d keys, %d client identities", self.path,
-                             len(self.table.keys), len(self.table.clients))
-            except (OSError, ValueError) as exc:
-                log.error("access file %s could not be read (%s); keeping the last good version", self.path, exc)
-        return self.table
+        return self.watched.current()
 
     def authenticate(self, metadata, auth_context) -> Caller:
         """`auth_context`: a function giving the TLS peer's properties, called only when no key came."""

@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from maskserve import limits
+
+from . import keys
+
 
 def setting(default, help: str, *, shown: str | None = None, minimum: float | None = None,
             maximum: float | None = None, choices: tuple = ()):
@@ -25,7 +29,8 @@ class Settings:
                              "embedding store (and job queue, unless the next is set); `rediss://user@host` = TLS")
     queue_redis_url: str = setting("", "job queue on its own Redis (`noeviction`), apart from the evicting cache",
                                    shown="(same)")
-    queue: str = setting("", "job stream name (fixed names let KEDA watch it)", shown="`jobs:{model_version}`")
+    queue: str = setting("", "job stream name (fixed names let KEDA watch it)",
+                         shown=f"`{keys.job_stream('{model_version}')}`")
     engine_cache: str = setting("", "TensorRT: engines compiled per GPU by `maskserve compile --cache`")
     model_dir: str = setting("", "model directory", shown="shipped tiny model")
     torch_device: str = setting("", "torch encoder backend: `cuda`, `cuda:N` or `cpu`",
@@ -54,9 +59,9 @@ class Settings:
                                  minimum=1)
     max_deliveries: int = setting(3, "encoder: deliveries before the dead-letter stream", minimum=1)
     # -- requests ---------------------------------------------------------------------------------------------
-    max_prompts: int = setting(256, "prompts per `SegmentPrompt`", minimum=1)
-    max_points: int = setting(64, "points per prompt", minimum=1)
-    max_image_pixels: int = setting(40_000_000, "largest image accepted", minimum=1)
+    max_prompts: int = setting(limits.MAX_PROMPTS, "prompts per `SegmentPrompt`", minimum=1)
+    max_points: int = setting(limits.MAX_POINTS, "points per prompt", minimum=1)
+    max_image_pixels: int = setting(limits.MAX_IMAGE_PIXELS, "largest image accepted", minimum=1)
     everything_max_points: int = setting(16384, "`SegmentEverything`: point prompts over all crops of a request "
                                                 "(a 128×128 grid; the default 32×32 with one crop layer is 5120)",
                                          minimum=1)
@@ -65,7 +70,7 @@ class Settings:
     everything_concurrency: int = setting(1, "`SegmentEverything` requests decoding at once per decoder process (on "
                                              "threads of their own: prompts are not queued behind them); more wait "
                                              "their turn", minimum=1)
-    max_message_mb: int = setting(64, "gRPC message size limit", minimum=1)
+    max_message_mb: int = setting(limits.MAX_MESSAGE_MB, "gRPC message size limit", minimum=1)
     logits_cache_entries: int = setting(32, "refinement by handle: the latest answers' logits kept in each decoder "
                                             "process, never in Redis (ViT-B: 768 KB each)", minimum=1)
     decode_threads: int = setting(2, "decoder runs in parallel per process", minimum=1)
@@ -132,7 +137,7 @@ class Settings:
         return self.queue_redis_url or self.redis_url
 
     def stream(self, model_version: str) -> str:
-        return self.queue or f"jobs:{model_version}"
+        return self.queue or keys.job_stream(model_version)
 
 
 def _parse(name: str, raw: str, kind: type):

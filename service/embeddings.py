@@ -1,7 +1,7 @@
 """The decoder's side of the embedding store and the job queue: find an image's embedding (in-process LRU,
 else Redis), or queue the image for the encoder pool and wait for it within the call's deadline.
 
-Every name here is a tenant's ref (`jobs.ref`): an image_id alone never reaches Redis. The caller comes
+Every name here is a tenant's ref (`keys.ref`): an image_id alone never reaches Redis. The caller comes
 as an argument (`access.Caller`), from the call that asks.
 """
 
@@ -11,11 +11,10 @@ import asyncio
 import time
 from concurrent.futures import Executor
 
-import grpc
 import numpy as np
 import redis
 
-from . import errors, images, jobs, metrics, quotas, store, tracing
+from . import errors, images, jobs, keys, metrics, quotas, store, tracing
 from .access import Caller
 from .config import Settings
 from .errors import Reason
@@ -36,7 +35,7 @@ class Embeddings:
 
     @staticmethod
     def ref(caller: Caller, image_id: str) -> str:
-        """The caller's name for an image in Redis (see jobs.ref). An id that is not one of ours is refused like
+        """The caller's name for an image in Redis (see keys.ref). An id that is not one of ours is refused like
         an unknown one, so that no string can step outside the caller's space; one too long to be an id is
         INVALID_ARGUMENT, and is never echoed."""
         if len(image_id) > images.MAX_ID_CHARS:
@@ -45,7 +44,7 @@ class Embeddings:
             raise ServiceError(Reason.INVALID_IMAGE_ID, message, errors.bad_request("image_id", message))
         if not images.IMAGE_ID.fullmatch(image_id):
             raise unknown_image(image_id, "not an image_id that EncodeImage returns")
-        return jobs.ref(caller.tenant, image_id)
+        return keys.ref(caller.tenant, image_id)
 
     async def require(self, caller: Caller, image_id: str) -> tuple[str, store.StoredEmbedding]:
         """(ref, embedding) of an image the caller names; NOT_FOUND when the store does not have it."""
@@ -59,7 +58,7 @@ class Embeddings:
         """The embedding from this process's LRU, else from Redis. Every use renews its TTL in Redis (a sliding
         lifetime: an image in use does not expire), and an LRU entry whose Redis key is gone is dropped, so
         this process never holds on to what the store has lost."""
-        k = store.key(self.version, ref)
+        k = keys.embedding_key(self.version, ref)
         found = self.lru.get(k)
         if found is not None:
             metrics.CACHE.labels("hit").inc()
@@ -77,12 +76,12 @@ class Embeddings:
         found = store.unpack(blob)
         metrics.STAGE.labels("embedding_fetch").observe(time.perf_counter() - start)
         metrics.CACHE.labels("redis").inc()
-        self.lru.put(k, found, owner=jobs.tenant_of(ref))
+        self.lru.put(k, found, owner=keys.tenant_of(ref))
         return found
 
     async def renew(self, caller: Caller, ref: str) -> bool:
         """Renew an embedding's TTL; False (and out of the LRU) when the store no longer has it."""
-        k = store.key(self.version, ref)
+        k = keys.embedding_key(self.version, ref)
         try:
             if await self.redis.expire(k, self.settings.embedding_ttl_s):
                 await self._renew_held(caller, ref)
@@ -94,7 +93,7 @@ class Embeddings:
 
     async def _renew_held(self, caller: Caller, ref: str) -> None:
         """A tenant with an embedding quota holds an embedding as long as its TTL runs."""
-        tenant = jobs.tenant_of(ref)
+        tenant = keys.tenant_of(ref)
         if tenant and caller.limits.embedding_mb:
             async with self.queue.pipeline(transaction=False) as pipe:
                 jobs.hold(pipe, self.version, tenant, ref, time.time() + self.settings.embedding_ttl_s, renew=True)
@@ -112,9 +111,9 @@ class Embeddings:
         `wait` waited for). `ready` is true only when Redis holds the embedding now."""
         payload = images.canonical_payload(image)
         image_id = images.image_id(payload, self.version, caller.tenant)
-        ref = jobs.ref(caller.tenant, image_id)
+        ref = keys.ref(caller.tenant, image_id)
         if await self.renew(caller, ref):
-            emb = self.lru.get(store.key(self.version, ref))
+            emb = self.lru.get(keys.embedding_key(self.version, ref))
             return image_id, True, emb.original_size if emb is not None else images.image_size(payload)
         rgb = await self.decoded(payload)
         await self.enqueue(caller, ref, payload)
@@ -141,10 +140,10 @@ class Embeddings:
             while True:
                 event.clear()
                 self.waiters.setdefault(ref, set()).add(event)
-                if await self.redis.exists(store.key(self.version, ref)):
+                if await self.redis.exists(keys.embedding_key(self.version, ref)):
                     return
                 error, pending = await self.producer.state(ref)
-                if await self.redis.exists(store.key(self.version, ref)):  # finished meanwhile
+                if await self.redis.exists(keys.embedding_key(self.version, ref)):  # finished meanwhile
                     return
                 if error is not None:
                     raise ServiceError(Reason.ENCODE_FAILED, f"the encoder could not encode image {image_id}: {error}")
@@ -170,7 +169,7 @@ class Embeddings:
         while True:
             try:
                 pubsub = self.queue.pubsub()
-                await pubsub.subscribe(jobs.done_channel(self.version))
+                await pubsub.subscribe(keys.done_channel(self.version))
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         for event in self.waiters.pop(message["data"].decode(), ()):

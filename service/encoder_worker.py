@@ -21,7 +21,7 @@ import redis
 from maskserve import engines
 from maskserve.engines import prompts
 
-from . import allocator, images, jobs, logs, metrics, redis_clients, store, tracing
+from . import allocator, images, jobs, keys, logs, metrics, redis_clients, store, tracing
 from .config import Settings
 
 log = logging.getLogger("maskserve.encoder")
@@ -32,7 +32,7 @@ class EncoderWorker:
         self.settings = settings
         self.stopping = stopping or threading.Event()
         self.model = engines.load(engines.resolve(settings.model_dir or None, settings.engine_cache), decoder=False,
-                                  threads=settings.ort_threads or None)
+                                  threads=settings.ort_threads or None, device=settings.torch_device or None)
         self.manifest = self.model.manifest
         self.version = self.manifest.model_version
         self.stream = settings.stream(self.version)
@@ -135,7 +135,8 @@ class EncoderWorker:
         cache = self.cache.pipeline(transaction=False)
         for (_, fields), emb, size in zip(good, embeddings, sizes):
             blob = store.pack(emb, self.version, size, self.settings.embedding_dtype)
-            cache.set(store.key(self.version, fields[b"image_id"].decode()), blob, ex=self.settings.embedding_ttl_s)
+            cache.set(keys.embedding_key(self.version, fields[b"image_id"].decode()), blob,
+                      ex=self.settings.embedding_ttl_s)
         cache.execute()  # stored first: only then is the job done
         self.jobs.done(good, time.time() + self.settings.embedding_ttl_s)
         metrics.JOBS.labels("done").inc(len(good))

@@ -9,7 +9,8 @@ import re
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 40_000_000  # 40 MP: larger is refused, not resized, so the caller knows
+from maskserve.limits import MAX_IMAGE_PIXELS as MAX_PIXELS
+
 FORMATS = {"JPEG", "PNG", "WEBP"}
 CHANNELS = {1: 3, 2: 3, 3: 4, 4: 1}  # PixelFormat → channels (RGB8, BGR8, RGBA8, GRAY8)
 

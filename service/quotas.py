@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 
-from . import jobs
+from . import jobs, keys
 from .access import Caller
 
 
 class QuotaExceeded(Exception):
     def __init__(self, reason: str, retry_after_s: float, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # rate, streams, queued_jobs, embedding_bytes: the metric label and ErrorInfo reason
+        self.reason = reason  # rate, streams, queued_jobs, embedding_bytes: the metric label; errors.Reason.quota
         self.retry_after_s = max(0.001, retry_after_s)
 
 
@@ -112,7 +112,7 @@ class Shared:
             return
         held_limit = self.held_limit(caller)
         verdict, seconds = await self.script(
-            keys=[jobs.queued_key(self.version, caller.tenant), jobs.held_key(self.version, caller.tenant)],
+            keys=[keys.queued_key(self.version, caller.tenant), keys.held_key(self.version, caller.tenant)],
             args=[time.time(), jobs.PENDING_TTL_S, limits.queued_jobs, held_limit, ref])
         if verdict == 1:
             raise QuotaExceeded("queued_jobs", 1.0, f"tenant {caller.tenant!r} has {limits.queued_jobs} images "

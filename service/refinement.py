@@ -23,13 +23,12 @@ from google.protobuf.message import DecodeError
 
 from maskserve.engines.prompts import PromptError
 
-from . import jobs, metrics, store
+from . import keys, metrics, store
 from .proto import pb
 
 MAX_REMAKE = 16  # decoder runs one call may spend making expired logits again (all its prompts together)
 MAC_BYTES = 16
 CUT = b"#"  # a recipe's mask_from.handle that is CUT + sha256(handle): a chain too long to make again
-KEY_NAME = "refinement:handle-key"  # in the queue's Redis (which never evicts), shared by every replica
 
 
 class HandleExpired(LookupError):
@@ -50,12 +49,12 @@ class Refinements:
     async def _signing_key(self) -> bytes:
         """The deployment's handle key: made once by whichever replica comes first, then shared."""
         if self._key is None:
-            await self.redis.set(KEY_NAME, secrets.token_bytes(32), nx=True)
-            self._key = await self.redis.get(KEY_NAME)
+            await self.redis.set(keys.HANDLE_KEY, secrets.token_bytes(32), nx=True)
+            self._key = await self.redis.get(keys.HANDLE_KEY)
         return self._key
 
     def _mac(self, key: bytes, ref: str, recipe: bytes) -> bytes:
-        tenant = jobs.tenant_of(ref).encode()
+        tenant = keys.tenant_of(ref).encode()
         return hmac.new(key, len(tenant).to_bytes(2, "big") + tenant + recipe, hashlib.sha256).digest()[:MAC_BYTES]
 
     async def handle(self, ref: str, image_id: str, prompt, single_mask: bool) -> bytes:
@@ -107,7 +106,7 @@ class Refinements:
 
     def keep(self, ref: str, handle_: bytes, logits: np.ndarray) -> None:
         self.lru.put(self._lru_key(ref, handle_), np.ascontiguousarray(logits, np.float32),
-                     owner=jobs.tenant_of(ref))
+                     owner=keys.tenant_of(ref))
 
     async def resolve(self, ref: str, image_id: str, mask_from, make, to_prompt, budget: list[int]) -> np.ndarray:
         """The (1, M, M) mask input `mask_from` names. `make(prompt, multimask)` runs the decoder (full logits);

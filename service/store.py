@@ -1,6 +1,6 @@
 """Embeddings in Redis, under a TTL, behind a bounded in-process LRU.
 
-Key `emb:{model_version}:{image_id}`; value = magic, header length, JSON header, raw arrays, so one GET
+Key `keys.embedding_key`; value = magic, header length, JSON header, raw arrays, so one GET
 returns everything and a decoder can check it was made by its own model. SAM's embedding is one array;
 SAM 2.1's is three named arrays (the manifest's `embedding_layout`), stored one after another with their
 names and shapes in the header. Arrays are float32, or float16 where the encoders are configured so (half
@@ -32,10 +32,6 @@ class StoredEmbedding:
     model_version: str
     original_size: tuple[int, int]  # (H, W) of the image
     prepared: dict | None = None  # the decoder's per-image work, kept with the embedding in the LRU
-
-
-def key(model_version: str, image_id: str) -> str:
-    return f"emb:{model_version}:{image_id}"
 
 
 def pack(embedding: dict, model_version: str, original_size: tuple[int, int], dtype: str = "float32") -> bytes:

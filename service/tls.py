@@ -2,18 +2,18 @@
 
 Kubernetes updates a mounted Secret by swapping a symlink, so the files are checked (at most once a second,
 on a new connection's handshake) and the new pair is used from the next handshake on; a pair that does not
-load (a half-written rotation, a key that does not match its certificate) is logged and the old one kept.
+load (a half-written rotation, a key that does not match its certificate) is logged and the old one kept
+(`watch.Watched`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import threading
-import time
 
 import grpc
+
+from . import watch
 
 log = logging.getLogger("maskserve.tls")
 
@@ -24,14 +24,12 @@ class ReloadingCertificates:
             raise ValueError("TLS needs both MASKSERVE_TLS_CERT_FILE and MASKSERVE_TLS_KEY_FILE")
         self.files = [f for f in (cert_file, key_file, client_ca_file) if f]
         self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
-        self.check_every_s = check_every_s
-        self.lock = threading.Lock()
-        self.signature = self._signature()
-        self.initial = self._load()  # a bad pair at start is an error: refuse to start
-        self.checked = time.monotonic()
-
-    def _signature(self):
-        return [(st.st_ino, st.st_mtime_ns, st.st_size) for st in map(os.stat, self.files)]
+        self.watched = watch.Watched(
+            self.files, self._load, check_every_s, errors=(OSError, ssl.SSLError, ValueError),
+            reloaded=lambda _: log.info("TLS certificate reloaded from %s", cert_file),
+            failed=lambda exc: log.error("TLS certificate files could not be loaded (%s); keeping the current ones",
+                                         exc))
+        self.initial = self.watched.value  # a bad pair at start is an error: refuse to start
 
     def _load(self):
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert_file, self.key_file)  # pair check
@@ -42,22 +40,7 @@ class ReloadingCertificates:
 
     def fetch(self):
         """gRPC's per-handshake hook: a new configuration when the files changed, else None (keep the current)."""
-        now = time.monotonic()
-        if now - self.checked < self.check_every_s:
-            return None
-        with self.lock:
-            self.checked = now
-            try:
-                signature = self._signature()
-                if signature == self.signature:
-                    return None
-                config = self._load()
-                self.signature = signature
-                log.info("TLS certificate reloaded from %s", self.cert_file)
-                return config
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                log.error("TLS certificate files could not be loaded (%s); keeping the current ones", exc)
-                return None
+        return self.watched.poll()
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(self.initial, self.fetch,

@@ -19,7 +19,7 @@ import redis
 
 from conftest import report
 
-from maskserve.service import jobs
+from maskserve.service import keys
 from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_redis, start_role, stop, wait_serving
@@ -175,10 +175,10 @@ def test_faults_under_traffic(tmp_path, photos):
                 faults.append("3 client connections dropped mid-stream")
                 time.sleep(pause(0.5, 2.5))
             deadline = time.monotonic() + 60
-            while (q.xlen(stream) or q.xpending(stream, jobs.GROUP)["pending"]) and time.monotonic() < deadline:
+            while (q.xlen(stream) or q.xpending(stream, keys.GROUP)["pending"]) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            stuck = q.xlen(stream), q.xpending(stream, jobs.GROUP)["pending"]
-            dead = q.xlen(jobs.dead_letter_stream(stream))
+            stuck = q.xlen(stream), q.xpending(stream, keys.GROUP)["pending"]
+            dead = q.xlen(keys.dead_letter_stream(stream))
             alive = {"decoder": stack.decoder.poll() is None, "encoder": stack.encoder.poll() is None,
                      "second encoder": extra.poll() is None}
             report(f"faults: {'; '.join(faults)}")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import report
 
-from maskserve.service import jobs
+from maskserve.service import keys
 from maskserve.client import image_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack
@@ -45,7 +45,7 @@ def stack(tmp_path_factory):
             time.sleep(0.5)
         report(f"fuzz: {sum(_seen.values())} requests, by status {dict(sorted(_seen.items()))}")
         assert r.xlen(f"jobs:{version}") == 0
-        dead = r.xrange(jobs.dead_letter_stream(f"jobs:{version}"))
+        dead = r.xrange(keys.dead_letter_stream(f"jobs:{version}"))
         assert not dead, dead
         assert s.decoder.poll() is None and s.encoder.poll() is None
 

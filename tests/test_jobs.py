@@ -8,7 +8,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from maskserve.service import jobs
+from maskserve.service import jobs, keys
 from maskserve.service.stack import free_port, start_redis, stop
 
 VERSION, STREAM = "m-1", "jobs:m-1"
@@ -42,7 +42,7 @@ def consumer(url, name="w1") -> jobs.Consumer:
 
 
 def test_a_tenant_queues_an_image_once_and_tenants_apart(url):
-    a, b = jobs.ref("a", "0" * 32), jobs.ref("b", "0" * 32)
+    a, b = keys.ref("a", "0" * 32), keys.ref("b", "0" * 32)
     assert produce(url, lambda p: p.enqueue(a, b"x"), lambda p: p.enqueue(a, b"x"), lambda p: p.enqueue(b, b"x"),
                    lambda p: p.state(a)) == [True, False, True, (None, True)]
     r = redis.Redis.from_url(url)
@@ -65,24 +65,24 @@ def test_a_refused_job_leaves_no_trace(url):
     r.xtrim(STREAM, maxlen=0)
     with pytest.raises(RuntimeError):
         produce(url, lambda p: p.enqueue(refs[4], b"x", admit=refuse))
-    assert not r.exists(jobs.pending_key(VERSION, refs[3])) and not r.exists(jobs.pending_key(VERSION, refs[4]))
+    assert not r.exists(keys.pending_key(VERSION, refs[3])) and not r.exists(keys.pending_key(VERSION, refs[4]))
     assert r.xlen(STREAM) == 0
 
 
 def test_done_acknowledges_announces_and_counts_the_embedding_held(url):
-    image = jobs.ref("t", "1" * 32)
+    image = keys.ref("t", "1" * 32)
     produce(url, lambda p: p.enqueue(image, b"x"))
     r = redis.Redis.from_url(url)
-    r.zadd(jobs.queued_key(VERSION, "t"), {image: 1.0})  # as the quota script counts it
+    r.zadd(keys.queued_key(VERSION, "t"), {image: 1.0})  # as the quota script counts it
     pubsub = r.pubsub()
-    pubsub.subscribe(jobs.done_channel(VERSION))
+    pubsub.subscribe(keys.done_channel(VERSION))
     c = consumer(url)
     entries = c.read(4, 100)
     assert len(entries) == 1 and c.read(4, 10) == []
     c.done(entries, held_until=4e9)
-    assert r.xlen(STREAM) == 0 and r.xpending(STREAM, jobs.GROUP)["pending"] == 0
-    assert not r.exists(jobs.pending_key(VERSION, image))
-    assert r.zscore(jobs.held_key(VERSION, "t"), image) == 4e9 and r.zcard(jobs.queued_key(VERSION, "t")) == 0
+    assert r.xlen(STREAM) == 0 and r.xpending(STREAM, keys.GROUP)["pending"] == 0
+    assert not r.exists(keys.pending_key(VERSION, image))
+    assert r.zscore(keys.held_key(VERSION, "t"), image) == 4e9 and r.zcard(keys.queued_key(VERSION, "t")) == 0
     messages = [m for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"]
     assert [m["data"] for m in messages] == [image.encode()]
     assert produce(url, lambda p: p.state(image)) == [(None, False)]
@@ -98,8 +98,8 @@ def test_abandoned_entries_are_taken_over_then_dead_lettered(url):
     taken, dead = first.claim(idle_ms=0, count=4, max_deliveries=2)  # the third delivery: too many
     assert taken == [] and dead == 1
     r = redis.Redis.from_url(url)
-    assert r.xlen(STREAM) == 0 and r.xlen(jobs.dead_letter_stream(STREAM)) == 1
-    (_, fields), = r.xrange(jobs.dead_letter_stream(STREAM))
+    assert r.xlen(STREAM) == 0 and r.xlen(keys.dead_letter_stream(STREAM)) == 1
+    (_, fields), = r.xrange(keys.dead_letter_stream(STREAM))
     assert fields[b"reason"] == b"encoding failed 2 times" and fields[b"worker"] == b"first"
     assert produce(url, lambda p: p.state(image)) == [("encoding failed 2 times", False)]
     assert produce(url, lambda p: p.enqueue(image, b"x"), lambda p: p.state(image)) == [True, (None, True)]
@@ -114,4 +114,4 @@ def test_handed_back_entries_are_claimable_at_once(url):
     taken, _ = second.claim(idle_ms=600_000, count=4, max_deliveries=3)
     assert sorted(e for e, _ in taken) == sorted(e for e, _ in entries)
     r = redis.Redis.from_url(url)
-    assert all(p["times_delivered"] == 2 for p in r.xpending_range(STREAM, jobs.GROUP, "-", "+", 10))
+    assert all(p["times_delivered"] == 2 for p in r.xpending_range(STREAM, keys.GROUP, "-", "+", 10))

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from maskserve.build.specs import ALL_SPECS, get_spec
-from maskserve.service import jobs, metrics
+from maskserve.service import keys, metrics
 from maskserve.service.config import Settings
 from maskserve.service.decoder_server import LIVENESS, SERVICE_NAME
 
@@ -225,7 +225,7 @@ def test_encoder_autoscaling_reads_the_queue_the_code_writes(docs):
     env = env_of(encoder["spec"]["template"]["spec"]["containers"][0], docs)
     assert trigger["type"] == "redis-streams"
     assert trigger["metadata"]["stream"] == env["MASKSERVE_QUEUE"]
-    assert trigger["metadata"]["consumerGroup"] == jobs.GROUP
+    assert trigger["metadata"]["consumerGroup"] == keys.GROUP
     host = trigger["metadata"]["address"].split(":")[0]
     assert "@" + host + ":" in env["MASKSERVE_QUEUE_REDIS_URL"]
     by_name(docs, "Service", host.split(".")[0])

@@ -19,7 +19,7 @@ from test_automatic import MATCH_IOU, MIN_REFERENCE_MASKS, SCORE_TOL, _memoise_s
 
 from maskserve import AutomaticMaskGenerator, Predictor
 from maskserve.build.specs import get_spec
-from maskserve.engines import automatic, sam2_transforms
+from maskserve.engines import automatic, families, sam2_transforms
 
 BASE = dict(points_per_side=6, pred_iou_thresh=0.5, stability_score_thresh=0.9, box_nms_thresh=1.0,
             crop_nms_thresh=1.0)
@@ -101,12 +101,13 @@ def test_hole_and_sprinkle_removal_is_eight_connected():
 
 
 def test_family_defaults_and_options():
-    assert automatic.Options().validate(family="sam").pred_iou_thresh == 0.88
-    assert automatic.Options().validate(family="sam2.1").pred_iou_thresh == 0.8
-    assert automatic.Options(pred_iou_thresh=0.3).validate(family="sam2.1").pred_iou_thresh == 0.3
+    sam, sam2 = families.get("sam"), families.get("sam2.1")
+    assert automatic.Options().validate(family=sam).pred_iou_thresh == 0.88
+    assert automatic.Options().validate(family=sam2).pred_iou_thresh == 0.8
+    assert automatic.Options(pred_iou_thresh=0.3).validate(family=sam2).pred_iou_thresh == 0.3
     for name, value in (("use_m2m", True), ("multimask_output", False), ("mask_threshold", 0.5)):
-        with pytest.raises(automatic.ParameterError, match=f"{name}: is an option of SAM 2's generator"):
-            automatic.Options(**{name: value}).validate(family="sam")
-        automatic.Options(**{name: value}).validate(family="sam2.1")
+        with pytest.raises(automatic.ParameterError, match=f"{name}: is an option of the sam2.1 generator"):
+            automatic.Options(**{name: value}).validate(family=sam)
+        automatic.Options(**{name: value}).validate(family=sam2)
     with pytest.raises(automatic.ParameterError, match="use_m2m: must be true or false"):
         automatic.Options(use_m2m="yes").validate()

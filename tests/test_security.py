@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 
 from conftest import metric
-from maskserve.service import access, jobs, store
+from maskserve.service import access, keys
 from maskserve.client import Client
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_redis, start_role, stop, wait_listening, wait_serving
@@ -481,7 +481,7 @@ def test_refinement_stores_nothing_shared_and_its_work_per_call_is_bounded(secur
         assert set(r.scan_iter("*")) == keys_before, "refinement wrote to the shared cache"
         assert r.info("memory")["used_memory"] - used_before < 256 * 1024
         for image_id in victim_ids:
-            assert r.exists(store.key(victim_version(victim), f"a/{image_id}"))
+            assert r.exists(keys.embedding_key(victim_version(victim), f"a/{image_id}"))
         # another tenant cannot use the handles, not even on an image of its own
         victim.image_id = victim_ids[0]
         error = code_of(lambda: segment(handles[3], 20, who=victim))

@@ -21,7 +21,7 @@ from conftest import metric as _metric, report
 from maskserve import Predictor
 from maskserve.engines import masks
 from maskserve.engines.model_dir import Manifest
-from maskserve.service import jobs
+from maskserve.service import keys
 from maskserve.client import Client, decode_mask, image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_role, stop, wait_serving
@@ -229,7 +229,7 @@ def test_a_job_that_keeps_failing_is_dead_lettered_with_a_clear_error(stack, stu
     assert code == grpc.StatusCode.INTERNAL and "could not encode" in details and "at most 1000000" in details
     r = redis.Redis.from_url(stack.redis_url)
     version = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
-    assert r.xlen(jobs.dead_letter_stream(f"jobs:{version}")) >= 1
+    assert r.xlen(keys.dead_letter_stream(f"jobs:{version}")) >= 1
 
 
 def test_deadline_exceeded_while_waiting_for_the_encoder(stack, stub):
@@ -255,14 +255,14 @@ def test_worker_dies_mid_batch_and_nothing_is_lost(stack, stub, photos):
     stop(stack.encoder)
     images = [np.ascontiguousarray(np.roll(photos["chelsea_300x451"], 7 * i, axis=1)) for i in range(1, 7)]
     ids = [stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im)), timeout=10).image_id for im in images]
-    taken = r.xreadgroup(jobs.GROUP, "worker-that-died", {f"jobs:{version}": ">"}, count=100)
+    taken = r.xreadgroup(keys.GROUP, "worker-that-died", {f"jobs:{version}": ">"}, count=100)
     assert len(taken[0][1]) == len(images)  # all in the dead worker's hands, unacknowledged
     stack.encoder = stack.start_encoder()
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(lambda im: stub.EncodeImage(pb.EncodeImageRequest(image=image_message(im), wait=True),
                                                             timeout=60), images))
     assert [x.image_id for x in replies] == ids and all(x.ready for x in replies)
-    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
+    assert r.xpending(f"jobs:{version}", keys.GROUP)["pending"] == 0
 
     more = [np.ascontiguousarray(np.roll(photos["coffee_400x600"], 11 * i, axis=0)) for i in range(1, 9)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -426,19 +426,19 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(stack, stub):
         payload = images.canonical_payload(image_message(np.full((20, 30, 3), 7, np.uint8)))
         image_id = images.image_id(payload, version)
         entry = r.xadd(f"jobs:{version}", {"image_id": image_id, "payload": payload})
-        r.xreadgroup(jobs.GROUP, "crashed-1", {f"jobs:{version}": ">"}, count=1)
+        r.xreadgroup(keys.GROUP, "crashed-1", {f"jobs:{version}": ">"}, count=1)
         for n in range(2, 4):  # each crash leaves it to the next worker, which crashes too
-            r.xclaim(f"jobs:{version}", jobs.GROUP, f"crashed-{n}", 0, [entry])
+            r.xclaim(f"jobs:{version}", keys.GROUP, f"crashed-{n}", 0, [entry])
     finally:
         stack.encoder = stack.start_encoder()
     deadline = time.monotonic() + 30
-    while not r.exists(jobs.error_key(version, image_id)):
+    while not r.exists(keys.error_key(version, image_id)):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert b"failed 3 times" in r.get(jobs.error_key(version, image_id))
-    dead = r.xrange(jobs.dead_letter_stream(f"jobs:{version}"))
+    assert b"failed 3 times" in r.get(keys.error_key(version, image_id))
+    dead = r.xrange(keys.dead_letter_stream(f"jobs:{version}"))
     assert any(fields[b"image_id"] == image_id.encode() for _, fields in dead)
-    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
+    assert r.xpending(f"jobs:{version}", keys.GROUP)["pending"] == 0
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path, photos):
@@ -552,7 +552,7 @@ def test_float16_embeddings_halve_the_store_and_keep_masks(stack, photos, tiny_m
             grpc.insecure_channel(s.target) as channel:
         stub16 = pb_grpc.SegmenterStub(channel)
         encoded = stub16.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=60)
-        blob = redis.Redis.from_url(url).get(store.key(encoded.model_version, encoded.image_id))
+        blob = redis.Redis.from_url(url).get(keys.embedding_key(encoded.model_version, encoded.image_id))
         assert len(blob) < np.prod(Manifest.load(tiny_model_dir).embedding_shape) * 2 + 200
         array = store.unpack(blob).arrays["image_embeddings"]
         stored = np.frombuffer(blob[-array.size * 2:], np.float16).reshape(array.shape)
@@ -652,11 +652,11 @@ def test_a_poison_job_is_dead_lettered_at_once_and_the_worker_lives(stack, stub,
     for image_id, payload in zip(ids, poison):
         r.xadd(f"jobs:{version}", {"image_id": image_id, "payload": payload, "model_version": version})
     deadline = time.monotonic() + 30
-    while not all(r.exists(jobs.error_key(version, i)) for i in ids):
+    while not all(r.exists(keys.error_key(version, i)) for i in ids):
         assert time.monotonic() < deadline and stack.encoder.poll() is None
         time.sleep(0.2)
-    assert b"too elongated" in r.get(jobs.error_key(version, ids[0]))
-    assert r.xpending(f"jobs:{version}", jobs.GROUP)["pending"] == 0
+    assert b"too elongated" in r.get(keys.error_key(version, ids[0]))
+    assert r.xpending(f"jobs:{version}", keys.GROUP)["pending"] == 0
     good = np.ascontiguousarray(photos["chelsea_300x451"][::-2])
     assert stub.EncodeImage(pb.EncodeImageRequest(image=image_message(good), wait=True), timeout=60).ready
     assert stack.encoder.pid == pid and stack.encoder.poll() is None
@@ -721,7 +721,7 @@ def test_cli_file_and_server_errors_are_one_clear_line(tmp_path):
 def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, photos):
     """SIGTERM between engine runs: the run in hand is stored, the rest of the batch goes back to the pool at
     once (claimable now, not after MASKSERVE_CLAIM_IDLE_MS), and another worker finishes it."""
-    from maskserve.service import images, store
+    from maskserve.service import images
     from maskserve.service.config import Settings
     from maskserve.service.encoder_worker import EncoderWorker
     from maskserve.service.stack import start_redis
@@ -749,14 +749,14 @@ def test_a_stopping_worker_hands_its_unfinished_jobs_back_at_once(tmp_path, phot
 
         first.model.encoder.encode_arrays = encode_then_sigterm
         first.process(batch)
-        assert r.exists(store.key(first.version, ids[0]))
-        assert not any(r.exists(store.key(first.version, i)) for i in ids[1:])
+        assert r.exists(keys.embedding_key(first.version, ids[0]))
+        assert not any(r.exists(keys.embedding_key(first.version, i)) for i in ids[1:])
         handed, _ = second.jobs.claim(settings.claim_idle_ms, 4, settings.max_deliveries)  # at once, though
         # the claim timeout is ten minutes
         assert sorted(entry for entry, _ in handed) == sorted(entry for entry, _ in batch[1:])
         second.process(handed)
-        assert all(r.exists(store.key(first.version, i)) for i in ids)
-        assert r.xpending(first.stream, jobs.GROUP)["pending"] == 0
+        assert all(r.exists(keys.embedding_key(first.version, i)) for i in ids)
+        assert r.xpending(first.stream, keys.GROUP)["pending"] == 0
     finally:
         stop(server)
 

@@ -101,14 +101,12 @@ def test_the_serving_side_does_not_import_torch(torch_dir, tiny_model_dir):
 def test_the_encoder_interface(torch_dir, monkeypatch):
     enc = encoder(torch_dir)
     params = lambda f: [p for p in __import__("inspect").signature(f).parameters if p != "self"]  # noqa: E731
-    assert params(tb.TorchEncoder.encode) == params(interface.Encoder.encode)
+    assert params(tb.TorchEncoder.encode_arrays) == params(interface.Encoder.encode_arrays)
     assert enc.run_size == 1 and enc.max_batch == 8 and enc.device.type == "cpu"  # the CPU runs one at a time
-    monkeypatch.setenv("MASKSERVE_TORCH_DEVICE", "cpu")
-    assert load(torch_dir, decoder=False).encoder.device.type == "cpu"
+    assert load(torch_dir, decoder=False, device="cpu").encoder.device.type == "cpu"  # MASKSERVE_TORCH_DEVICE
     if not CUDA:
-        monkeypatch.setenv("MASKSERVE_TORCH_DEVICE", "cuda")
         with pytest.raises(ModelDirError, match="sees no CUDA device"):
-            load(torch_dir, decoder=False)
+            load(torch_dir, decoder=False, device="cuda")
     with pytest.raises(ModelDirError, match="precision"):
         encoder(torch_dir, precision="int8")
 

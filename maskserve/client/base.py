@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from maskserve.engines import families
+from maskserve.limits import MAX_MESSAGE_MB
 from maskserve.engines.automatic import Options
 from maskserve.v1 import maskserve_pb2 as pb
 from maskserve.v1 import maskserve_pb2_grpc as pb_grpc
@@ -17,7 +18,8 @@ from . import errors, everything
 from .messages import decode_mask, image_message, prompt_message
 from .remote_logits import RemoteLogits
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_MB * 2**20),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_MB * 2**20)]
 
 
 def typed(method):

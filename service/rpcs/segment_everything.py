@@ -11,11 +11,10 @@ import threading
 import time
 from typing import NamedTuple
 
-import grpc
 
 from maskserve.engines import automatic, prompts as prompt_lib
 
-from .. import errors, everything, images, jobs, metrics
+from .. import errors, everything, images, keys, metrics
 from ..errors import Reason
 from ..failures import ServiceError
 from ..proto import pb
@@ -75,10 +74,10 @@ async def _images(service, request, options: automatic.Options, call):
     crops = []
     for box, layer in automatic.crop_boxes(rgb.shape[:2], options.crop_n_layers, options.crop_overlap_ratio):
         if layer == 0:
-            crops.append(Crop(box, 0, jobs.ref(tenant, image_id), payload))
+            crops.append(Crop(box, 0, keys.ref(tenant, image_id), payload))
         else:
             crop_payload = images.rgb_payload(rgb[box[1]:box[3], box[0]:box[2]])
-            crops.append(Crop(box, layer, jobs.ref(tenant, images.image_id(crop_payload, service.version,
+            crops.append(Crop(box, layer, keys.ref(tenant, images.image_id(crop_payload, service.version,
                                                                                        tenant)), crop_payload))
     return image_id, rgb.shape[:2], crops
 
