@@ -66,7 +66,7 @@ def load(model_dir: str | Path | None = None, *, encoder: bool = True, decoder: 
         raise ModelDirError(f"{directory}: unknown backend {manifest.backend!r}")
     return Model(
         directory, manifest,
-        (Enc(directory, manifest, threads, device=device) if device else Enc(directory, manifest, threads))
-        if encoder else None,
+        (Enc(directory, manifest, threads, device=device) if device and manifest.backend == "torch"
+         else Enc(directory, manifest, threads)) if encoder else None,
         Dec(directory, manifest, threads) if decoder else None,
     )
