@@ -1,15 +1,21 @@
 """`maskserve soak`: the local stack under a fixed request rate for minutes, loopback only, bounded.
 
-Each second it sends `rate` SegmentPrompt calls on a cached image and, every `new_image_every` calls, encodes
-a new distinct image with `wait` (the path that once leaked a waiter per image). Per minute it reports
-p50/p99, errors, the resident memory of each process and the decoder's own bookkeeping (images waited on,
-LRU entries), so a slow leak shows as a count that grows before it shows in memory.
+Each second it sends `rate` SegmentPrompt calls and, every `new_image_every` calls, encodes a new distinct
+image with `wait` (the path that once leaked a waiter per image). Prompts go to the recent images, more of
+them than the decoder's LRU holds, so the LRU is full and turns over as in a service with many users. Per
+minute it reports p50/p99, errors, the resident memory of each process and the decoder's own bookkeeping
+(images waited on, LRU entries), so a slow leak shows as a count that grows before it shows in memory; at the
+end, whether memory levelled off (`plateau`): each process's RSS after warm-up against the warm-up window,
+and its slope over the second half of the run.
+
+The long form, run by hand: `maskserve soak --seconds 1800` (30 one-minute windows, warm-up the first five).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +27,11 @@ from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.segment_file import BUNDLED_PHOTO
 from maskserve.service.stack import LocalStack
+
+
+# Every image is new, 2 a second at the defaults: embeddings live this long after their last use (not an
+# hour), so Redis holds a bounded set of them and its memory levels off too.
+EMBEDDING_TTL_S = 60
 
 
 def _rss_mb(pid: int) -> float:
@@ -38,12 +49,15 @@ def _gauge(port: int, name: str) -> float:
 
 
 def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, window: float = 60,
-        model_dir: str = "", images: int = 96, env: dict[str, str] | None = None) -> dict:
+        model_dir: str = "", images: int = 96, env: dict[str, str] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict:
     """`images`: prompts go to a random one of the last `images` encoded images (1: the first image only).
     More than the decoder's LRU holds (MASKSERVE_LRU_ENTRIES, 64) keeps it full and turning over: images
-    fetched from Redis, prepared, evicted, as in a service with many users. `env`: settings for both roles."""
+    fetched from Redis, prepared, evicted, as in a service with many users. `env`: settings for both roles.
+    `progress` is given each window's report line as the window ends."""
     photo = np.asarray(Image.open(BUNDLED_PHOTO).convert("RGB"))
     rng = np.random.default_rng(0)
+    env = {"MASKSERVE_EMBEDDING_TTL_S": str(EMBEDDING_TTL_S), **(env or {})}
     with LocalStack(model_dir, extra_env=env) as stack, grpc.insecure_channel(stack.target) as channel, \
             ThreadPoolExecutor(8) as pool:
         stub = pb_grpc.SegmenterStub(channel)
@@ -65,7 +79,8 @@ def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, windo
                 return "prompt", time.perf_counter() - t, exc.code().name
 
         def encode(i):
-            small = np.ascontiguousarray(np.roll(photo[::8, ::8], i, axis=1))  # distinct bytes each time
+            small = np.ascontiguousarray(np.roll(photo[::8, ::8], i, axis=1))
+            small.reshape(-1)[:8] = np.frombuffer(np.int64(i).tobytes(), np.uint8)  # distinct bytes each time
             t = time.perf_counter()
             try:
                 done = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(small), wait=True), timeout=30)
@@ -84,10 +99,14 @@ def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, windo
             calls.append(pool.submit(encode, n) if n % new_image_every == 0 else
                          pool.submit(prompt, recent[int(rng.integers(len(recent)))], rng.uniform(), rng.uniform()))
             if time.perf_counter() - window_start >= window:
-                windows.append(_window(calls, procs, stack))
+                windows.append(_window(calls, procs, stack, time.perf_counter() - begin))
                 calls, window_start = [], time.perf_counter()
+                if progress is not None:
+                    progress(_line(len(windows), windows[-1]))
         if calls:
-            windows.append(_window(calls, procs, stack))
+            windows.append(_window(calls, procs, stack, time.perf_counter() - begin))
+            if progress is not None:
+                progress(_line(len(windows), windows[-1]))
         time.sleep(1.0)
         end = {"rss_mb": {k: _rss_mb(p) for k, p in procs.items()},
                "waiting_images": _gauge(stack.metrics_ports[0], "maskserve_waiting_images"),
@@ -96,14 +115,14 @@ def run(seconds: float = 300, rate: float = 20, new_image_every: int = 10, windo
     return {"seconds": seconds, "rate": rate, "start_rss_mb": start_rss, "windows": windows, "end": end}
 
 
-def _window(calls, procs, stack) -> dict:
+def _window(calls, procs, stack, elapsed: float) -> dict:
     results = [c.result() for c in calls]
     prompts = np.array([d for kind, d, err in results if kind == "prompt" and err is None]) * 1000
     errors: dict[str, int] = {}
     for _, _, err in results:
         if err:
             errors[err] = errors.get(err, 0) + 1
-    return {"requests": len(results), "errors": errors,
+    return {"t_s": round(elapsed, 1), "requests": len(results), "errors": errors,
             "prompt_p50_ms": float(np.percentile(prompts, 50)) if len(prompts) else None,
             "prompt_p99_ms": float(np.percentile(prompts, 99)) if len(prompts) else None,
             "encodes": sum(1 for kind, _, _ in results if kind == "encode"),
@@ -112,16 +131,58 @@ def _window(calls, procs, stack) -> dict:
             "lru_entries": _gauge(stack.metrics_ports[0], "maskserve_lru_entries")}
 
 
+def plateau(result: dict, warmup_s: float | None = None) -> dict:
+    """Whether each process's memory levelled off. Warm-up ends with the first window that ends after
+    `warmup_s` (default a quarter of the run, at most 5 minutes): by then the LRU is full and the pools have
+    made their buffers. Per process: RSS at the end of warm-up, the most after it and the difference, and the
+    slope over the second half of the run (least squares over its windows, MB/min). For the decoder also the
+    growth after warm-up per new image: a leak of anything per image (an embedding, a waiter) grows with it."""
+    windows = result["windows"]
+    if warmup_s is None:
+        warmup_s = min(300.0, result["seconds"] / 4)
+    warm = next((i for i, w in enumerate(windows) if w["t_s"] >= warmup_s), len(windows) - 1)
+    after = windows[warm + 1:] or windows[-1:]
+    half = [w for w in windows if w["t_s"] >= result["seconds"] / 2]
+    half = half if len(half) >= 2 else windows[-2:]
+    out = {"warmup_window": warm + 1, "warmup_s": warmup_s, "images_after_warmup": sum(w["encodes"] for w in after)}
+    for proc in windows[0]["rss_mb"]:
+        top = max(w["rss_mb"][proc] for w in after)
+        t = np.array([w["t_s"] for w in half]) / 60
+        rss = np.array([w["rss_mb"][proc] for w in half])
+        slope = float(np.polyfit(t, rss, 1)[0]) if len(half) >= 2 and np.ptp(t) > 0 else 0.0
+        out[proc] = {"warm_mb": windows[warm]["rss_mb"][proc], "max_after_mb": top,
+                     "growth_mb": round(top - windows[warm]["rss_mb"][proc], 1),
+                     "second_half_slope_mb_per_min": round(slope, 2)}
+    out["decoder"]["growth_kb_per_image"] = round(1024 * out["decoder"]["growth_mb"] /
+                                                  max(1, out["images_after_warmup"]), 1)
+    return out
+
+
+def _line(i: int, w: dict) -> str:
+    p50 = f"{w['prompt_p50_ms']:.1f}" if w["prompt_p50_ms"] is not None else "-"
+    p99 = f"{w['prompt_p99_ms']:.1f}" if w["prompt_p99_ms"] is not None else "-"
+    return (f"  window {i} (to {w['t_s']:.0f} s): {w['requests']} requests ({w['encodes']} new images), errors "
+            f"{w['errors'] or 0}, p50 {p50} ms, p99 {p99} ms, RSS {w['rss_mb']}, waiting {w['waiting_images']:g}, "
+            f"LRU {w['lru_entries']:g}")
+
+
 def report(result: dict, out: Path | None = None) -> str:
     import json
 
+    result.setdefault("plateau", plateau(result))
     lines = [f"soak: {result['seconds']:g} s at {result['rate']:g} req/s"]
-    for i, w in enumerate(result["windows"], 1):
-        lines.append(f"  window {i}: {w['requests']} requests ({w['encodes']} new images), errors {w['errors'] or 0}, "
-                     f"p50 {w['prompt_p50_ms']:.1f} ms, p99 {w['prompt_p99_ms']:.1f} ms, RSS {w['rss_mb']}, "
-                     f"waiting {w['waiting_images']:g}, LRU {w['lru_entries']:g}")
+    lines += [_line(i, w) for i, w in enumerate(result["windows"], 1)]
     lines.append(f"  RSS start {result['start_rss_mb']} → end {result['end']['rss_mb']}; all alive: "
                  f"{result['end']['alive']}")
+    flat = result["plateau"]
+    lines.append(f"  plateau (warm-up: windows 1–{flat['warmup_window']}; "
+                 f"{flat['images_after_warmup']} new images after it):")
+    for proc in result["windows"][0]["rss_mb"]:
+        f = flat[proc]
+        lines.append(f"    {proc}: {f['warm_mb']:.1f} MB after warm-up, at most {f['max_after_mb']:.1f} MB after "
+                     f"({f['growth_mb']:+.1f} MB"
+                     + (f", {f['growth_kb_per_image']:+.1f} kB per new image" if proc == "decoder" else "")
+                     + f"), second half {f['second_half_slope_mb_per_min']:+.2f} MB/min")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")

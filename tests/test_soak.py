@@ -1,20 +1,31 @@
-"""The soak's short form (the long one: `maskserve soak --seconds 1800`): a fixed rate of prompts and new images
-for a bounded time; no errors, no process dies, the decoder's bookkeeping returns to zero and memory holds."""
+"""The soak's short form (the long one, by hand: `maskserve soak --seconds 1800`): a fixed rate of prompts and new
+images for a bounded time; no errors, no process dies, the decoder's bookkeeping returns to zero, its LRU is
+full and turning over, and after warm-up its memory does not grow with the images it has seen."""
 
 from __future__ import annotations
 
-from conftest import report
+from conftest import TINY_MODEL_DIR, report
 
 from maskserve import soak
+from maskserve.engines.model_dir import Manifest
+
+LRU = 8  # small, so that it is full after a few seconds and then evicts an image for each new one
 
 
 def test_short_soak_does_not_drift():
-    result = soak.run(seconds=24, rate=10, new_image_every=5, window=6)
+    result = soak.run(seconds=24, rate=10, new_image_every=5, window=6, images=2 * LRU,
+                      env={"MASKSERVE_LRU_ENTRIES": str(LRU)})
     report(soak.report(result))
-    windows, end = result["windows"], result["end"]
+    windows, end, flat = result["windows"], result["end"], result["plateau"]
     assert end["alive"] and len(windows) >= 4
     assert all(not w["errors"] for w in windows), [w["errors"] for w in windows]
     assert sum(w["encodes"] for w in windows) >= 40  # many distinct images, each waited for
-    assert end["waiting_images"] == 0 and end["lru_entries"] <= 64
-    # after the first window (start-up, first allocations) the decoder's memory stays where it was
-    assert end["rss_mb"]["decoder"] - windows[1]["rss_mb"]["decoder"] < 40, (windows, end)
+    assert end["waiting_images"] == 0
+    assert all(w["lru_entries"] == LRU for w in windows[flat["warmup_window"]:]), windows  # full: it evicts
+    # A leak per image (an evicted embedding or its decoder tensors held on) grows the decoder with every new
+    # image; the allocator's settling does not. After the first window the decoder may grow by less than half
+    # an embedding per new image: measured 77-142 kB per image here (1 MB embedding), and 7.7 MB per image
+    # with evicted LRU entries kept alive on purpose.
+    embedding_kb = Manifest.load(TINY_MODEL_DIR).embedding_nbytes() / 1024
+    assert flat["images_after_warmup"] >= 30, flat
+    assert flat["decoder"]["growth_kb_per_image"] < embedding_kb / 2, (flat, windows)
