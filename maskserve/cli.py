@@ -386,7 +386,8 @@ def soak(seconds: float = typer.Option(300, help="How long (the documented long 
     bookkeeping per window → soak.json."""
     from maskserve import soak as soak_lib
 
-    print(soak_lib.report(soak_lib.run(seconds, rate, new_image_every, window, model_dir), out))
+    print(soak_lib.report(soak_lib.run(seconds, rate, new_image_every, window, model_dir,
+                                      progress=lambda line: print(line, flush=True)), out))
 
 
 def main() -> None:
