@@ -23,6 +23,7 @@ FORMAT = 1  # model directory format, part of every model version
 class Family:
     name: ClassVar[str]  # as manifests and ModelInfo spell it
     arrays: ClassVar[tuple[str, ...]]  # the embedding's named arrays = the encoder graph's outputs, in order
+    transforms: ClassVar  # its module of coordinate transforms: transform_coords, transform_boxes, prompt_points
     generator_defaults: ClassVar[dict] = {}  # automatic-generator defaults of this family's reference
     generator_options: ClassVar[dict] = {}  # generator options only this family's reference has: their neutral values
     generator_grid_dtype: ClassVar[type] = np.float64  # how the reference holds its point grid
@@ -44,12 +45,16 @@ class Family:
         raise NotImplementedError
 
     def transform_coords(self, coords: np.ndarray, original_size: tuple[int, int], image_size: int) -> np.ndarray:
-        raise NotImplementedError
+        return self.transforms.transform_coords(coords, original_size, image_size)
 
     def prompt_points(self, coords, labels, original_size: tuple[int, int], image_size: int,
                       box: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A prompt's points and box (original pixels) → the decoder's (N, 2) coordinates and (N,) labels."""
-        raise NotImplementedError
+        """A prompt's points and box (original pixels) → the decoder's (N, 2) coordinates and (N,) labels, in
+        the family's order."""
+        t = self.transforms
+        coords = None if coords is None else t.transform_coords(coords, original_size, image_size)
+        corners = None if box is None else t.transform_boxes(box, original_size, image_size)[0]
+        return t.prompt_points(coords, labels, corners)
 
     # -- the decoder's four mask tokens → the answer ------------------------------------------------------
     def choose(self, iou: np.ndarray, low: np.ndarray, multimask: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from . import FORMAT, Family
 class Sam(Family):
     name = "sam"
     arrays = ("image_embeddings",)
+    transforms = transforms
     generator_defaults = {"pred_iou_thresh": 0.88}
     extra_prompt_points = 2  # a box's corners, or one padding point
     export_module = "maskserve.build.export"
@@ -23,14 +24,6 @@ class Sam(Family):
 
     def input_size(self, original_size, image_size):
         return transforms.resized_shape(*original_size, image_size)
-
-    def transform_coords(self, coords, original_size, image_size):
-        return transforms.transform_coords(coords, original_size, image_size)
-
-    def prompt_points(self, coords, labels, original_size, image_size, box=None):
-        coords = None if coords is None else transforms.transform_coords(coords, original_size, image_size)
-        corners = None if box is None else transforms.transform_boxes(box, original_size, image_size)[0]
-        return transforms.prompt_points(coords, labels, corners)
 
     def choose(self, iou, low, multimask):
         tokens = slice(1, None) if multimask else slice(0, 1)

@@ -14,6 +14,7 @@ from . import Family
 class Sam2(Family):
     name = "sam2.1"
     arrays = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
+    transforms = t
     generator_defaults = {"pred_iou_thresh": 0.8}
     generator_options = {"mask_threshold": 0.0, "multimask_output": True, "use_m2m": False}
     generator_grid_dtype = np.float32
@@ -25,14 +26,6 @@ class Sam2(Family):
 
     def input_size(self, original_size, image_size):
         return image_size, image_size
-
-    def transform_coords(self, coords, original_size, image_size):
-        return t.transform_coords(coords, original_size, image_size)
-
-    def prompt_points(self, coords, labels, original_size, image_size, box=None):
-        coords = None if coords is None else t.transform_coords(coords, original_size, image_size)
-        corners = None if box is None else t.transform_boxes(box, original_size, image_size)[0]
-        return t.prompt_points(coords, labels, corners)
 
     def choose(self, iou, low, multimask):
         return (iou[:, 1:], low[:, 1:]) if multimask else t.select_single_mask(iou, low)
