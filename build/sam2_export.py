@@ -83,6 +83,14 @@ class Sam2PromptDecoder(nn.Module):
 
     def forward(self, image_embeddings, high_res_feats_0, high_res_feats_1, point_coords, point_labels,
                 mask_input, has_mask_input):
+        _, iou, masks = self.decode(image_embeddings, high_res_feats_0, high_res_feats_1, point_coords,
+                                    point_labels, mask_input, has_mask_input)
+        return iou, masks
+
+    def decode(self, image_embeddings, high_res_feats_0, high_res_feats_1, point_coords, point_labels,
+               mask_input, has_mask_input):
+        """(the transformer's output tokens, iou_predictions, low_res_masks); the tracking decoder reads more
+        of the tokens (build/sam2_tracking_export.py)."""
         decoder = self.mask_decoder
         sparse = self._embed_points(point_coords, point_labels)
         has_mask = has_mask_input.reshape(-1, 1, 1, 1)
@@ -108,7 +116,7 @@ class Sam2PromptDecoder(nn.Module):
         upscaled = act2(dc2(upscaled) + high_res_feats_0)
         _, c2, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c2, h * w)).reshape(b, -1, h, w)
-        return decoder.iou_prediction_head(queries[:, s, :]), masks
+        return queries, decoder.iou_prediction_head(queries[:, s, :]), masks
 
 
 def decoder_example_inputs(model, batch: int = 2, points: int = 3) -> tuple[torch.Tensor, ...]:
@@ -148,6 +156,12 @@ def reference_image_encoder(model) -> nn.Module:
     return Sam2ImageEncoder(model).eval()
 
 
+def export_tracking(model, staging):
+    from .sam2_tracking_export import export_tracking
+
+    return export_tracking(model, staging)
+
+
 def write_model_dir(model, spec, checkpoint, model_type, staging, backend, precision,
                     max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
     """A SAM 2.1 model directory in `staging`: the decoder graph, the encoder (a graph, or for the torch backend
@@ -157,8 +171,10 @@ def write_model_dir(model, spec, checkpoint, model_type, staging, backend, preci
     if backend != "torch":
         export_encoder(model, staging / "encoder.onnx")
     export_decoder(model, staging / "decoder.onnx")
+    tracking = export_tracking(model, staging)
     layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
     manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx"}, layout)
+    manifest.tracking = tracking
     if backend == "torch":
         from maskserve.engines import torch_backend, torch_hiera
 

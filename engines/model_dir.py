@@ -49,6 +49,7 @@ class Manifest:
     extra: dict = field(default_factory=dict)  # backend specifics: TensorRT GPU architecture, profiles
     family: str = "sam"  # "sam" | "sam2.1"
     embedding_layout: list = field(default_factory=list)  # [{"name", "shape", "dtype"}]; SAM's from embedding_shape
+    tracking: dict = field(default_factory=dict)  # video tracking graphs and settings (engines/tracking.py), if any
 
     def __post_init__(self) -> None:
         if not self.embedding_layout:
@@ -101,8 +102,9 @@ class Manifest:
         if m.array_names[0] != "image_embeddings" or tuple(m.embedding_layout[0]["shape"]) != m.embedding_shape:
             raise ModelDirError(f"{path}: malformed manifest (embedding_layout must begin with the "
                                 f"image_embeddings array of embedding_shape {list(m.embedding_shape)})")
-        for part in (m.encoder, m.decoder):
-            for key in ("file", "image_file", "points_file"):
+        for part in (m.encoder, m.decoder, m.tracking):
+            for key in ("file", "image_file", "points_file", "decoder_file", "memory_attention_file",
+                        "memory_encoder_file", "constants_file"):
                 if key in part and not (Path(directory) / part[key]).is_file():
                     raise ModelDirError(f"{directory}: {part[key]} named by the manifest is missing")
         return m

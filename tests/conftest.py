@@ -68,6 +68,10 @@ def vit_b_random(tmp_path_factory) -> tuple[Path, Path]:
 # stability on both sides of the 0.98 threshold across prompts. ×400 on token 3 takes its logits past ±32,
 # where the returned low-res logits are clamped but the masks are not.
 SAM2_TOKEN_SCALES = {0: 30.0, 3: 400.0}
+# Its object-score head (read by video tracking only) at init scale answers about +0.1…0.2 everywhere: every
+# object always visible. Scaled ×40 about 0.19, the scores fall on both sides of 0 across objects and frames,
+# so tracking exercises what the reference does with absent objects (masks, pointers, memories).
+SAM2_OBJECT_SCORE = (40.0, 0.19)
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +96,10 @@ def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
     for token, scale in SAM2_TOKEN_SCALES.items():
         for part in ("weight", "bias"):
             state[f"sam_mask_decoder.output_hypernetworks_mlps.{token}.layers.2.{part}"] *= scale
+    scale, centre = SAM2_OBJECT_SCORE
+    state["sam_mask_decoder.pred_obj_score_head.layers.2.weight"] *= scale
+    state["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] = (
+        state["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] - centre) * scale
     checkpoint = root / "sam2.1_hiera_tiny_random.pt"
     torch.save({"model": state}, checkpoint)
     model_dir = root / "model"

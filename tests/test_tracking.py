@@ -1,0 +1,160 @@
+"""Video tracking (engines/tracking.py) against the official SAM2VideoPredictor on the same seeded random SAM 2.1
+weights: a clip of moving, occluding, leaving objects; prompts, an object added mid-stream, a correction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskserve.engines.model_dir import Manifest
+from maskserve.engines.tracking import Tracker, TrackingSession, from_bfloat16, to_bfloat16
+
+from video import SCENARIO, clip, compare, run_reference
+
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return clip()
+
+
+@pytest.fixture(scope="module")
+def frame_arrays(sam2_tiny_random, frames):
+    from maskserve.engines.predictor import Predictor
+
+    predictor = Predictor(sam2_tiny_random[1])
+    out = []
+    for frame in frames:
+        predictor.set_image(frame)
+        out.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(sam2_tiny_random, frames, tmp_path_factory):
+    checkpoint, model_dir = sam2_tiny_random
+    m = Manifest.load(model_dir)
+    return run_reference(checkpoint, CONFIG, frames, SCENARIO, tmp_path_factory.mktemp("clip"), m.pixel_mean,
+                         m.pixel_std)
+
+
+@pytest.fixture(scope="module")
+def tracker(sam2_tiny_random):
+    model_dir = sam2_tiny_random[1]
+    return Tracker(tiny_model_dir, Manifest.load(tiny_model_dir))
+
+
+def as_answers(session: TrackingSession, results) -> dict:
+    masks = session.masks(results)
+    return {r.object_id: (m, r.score) for r, m in zip(results, masks)}
+
+
+def run_steps(session: TrackingSession, frame_arrays, scenario, steps, out: dict) -> None:
+    for n in steps:
+        step = scenario[n]
+        if step[0] == "frame":
+            results = session.track(frame_arrays[step[1]])
+        elif step[0] == "box":
+            results = session.add_points(step[1], box=step[2])
+        else:
+            results = session.add_points(step[1], step[2], step[3], clear_old_points=step[0] != "correct")
+        out[n] = as_answers(session, results)
+
+
+def check(reference, ours, label):
+    worst_iou, worst_score = 1.0, 0.0
+    for n in reference:
+        iou, score = compare(reference[n], ours[n])
+        worst_iou, worst_score = min(worst_iou, iou), max(worst_score, score)
+    print(f"{label}: worst mask IoU {worst_iou:.5f}, worst |Δ object score| {worst_score:.2e} over "
+          f"{sum(len(r) for r in reference.values())} object-frames")
+    assert worst_iou >= 0.99 and worst_score <= 1e-3
+
+
+def test_tracks_as_the_reference(tracker, frames, frame_arrays, reference):
+    h, w = frames[0].shape[:2]
+    session = tracker.session((h, w), num_frames=len(frames))
+    ours: dict = {}
+    run_steps(session, frame_arrays, SCENARIO, range(len(SCENARIO)), ours)
+    check(reference, ours, "in process")
+    scores = [s for answers in reference.values() for _, s in answers.values()]
+    assert min(scores) < 0 < max(scores), "the scenario should have visible and absent objects"
+
+
+def test_resumes_from_its_state_bytes(tracker, frames, frame_arrays, reference):
+    """A session checkpointed mid-stream (after the correction) and restored elsewhere goes on as the reference."""
+    h, w = frames[0].shape[:2]
+    session = tracker.session((h, w), num_frames=len(frames))
+    ours: dict = {}
+    cut = SCENARIO.index(("frame", 6))
+    run_steps(session, frame_arrays, SCENARIO, range(cut), ours)
+    data = session.state_bytes()
+    restored = TrackingSession.restore(tracker, data)
+    restored.resume(frame_arrays[restored.frame])
+    assert restored.state_bytes() == data
+    run_steps(restored, frame_arrays, SCENARIO, range(cut, len(SCENARIO)), ours)
+    check(reference, ours, "resumed")
+
+
+def test_state_stays_flat(tracker, frame_arrays):
+    """Past the pointer window (16 frames) nothing grows: the outputs held and the checkpoint's size."""
+    session = tracker.session((240, 320))
+    session.track(frame_arrays[0])
+    session.add_points(1, [[60, 120]], [1])
+    sizes = []
+    for f in range(1, 20):
+        session.track(frame_arrays[f % len(frame_arrays)])
+        sizes.append((len(session.objects[1].outputs), len(session.state_bytes())))
+    window = tracker.max_obj_ptrs + 1  # the conditioning frame and the last 15 frames' pointers, plus this one
+    assert max(n for n, _ in sizes) <= window
+    assert sizes[-1] == sizes[-2] == sizes[-3]
+    memories = sum(o.maskmem is not None for o in session.objects[1].outputs.values())
+    assert memories == tracker.num_maskmem  # the conditioning frame and the last num_maskmem - 1
+
+
+def test_bad_prompts_are_clear_errors(tracker, frame_arrays):
+    session = tracker.session((240, 320))
+    with pytest.raises(ValueError, match="no frame yet"):
+        session.add_points(1, [[1, 1]], [1])
+    session.track(frame_arrays[0])
+    with pytest.raises(ValueError, match="points or a box"):
+        session.add_points(1)
+    with pytest.raises(ValueError, match="2 points but 1 labels"):
+        session.add_points(1, [[1, 1], [2, 2]], [1])
+    with pytest.raises(ValueError, match="one 2-D mask"):
+        session.add_mask(1, np.zeros((2, 3, 4)))
+    with pytest.raises(KeyError):
+        session.remove_object(7)
+    assert session.objects == {}
+
+
+def test_mask_prompts_and_removal(tracker, frame_arrays):
+    """A mask prompt is the object's answer as given; removing an object leaves the others as they were."""
+    session = tracker.session((240, 320))
+    session.track(frame_arrays[0])
+    mask = np.zeros((240, 320), bool)
+    mask[60:120, 40:100] = True
+    results = session.add_mask(5, mask)
+    got = session.masks(results)[0]
+    assert np.count_nonzero(got & mask) / np.count_nonzero(got | mask) > 0.9
+    assert results[0].visible and results[0].score == 10.0
+    session.add_points(6, [[200, 100]], [1])
+    before = session.track(frame_arrays[1])
+    session.remove_object(6)
+    assert [r.object_id for r in session.results()] == [5]
+    np.testing.assert_array_equal(session.results()[0].low_res, before[0].low_res)
+
+
+def test_bfloat16_rounds_as_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 100
+    x[:4] = [0.0, -0.0, 1e-40, 3.3895314e38]
+    ours = from_bfloat16(to_bfloat16(x))
+    theirs = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_sam_model_cannot_track(tiny_model_dir):
+    with pytest.raises(ValueError, match="cannot track video"):
+        Tracker(tiny_model_dir, Manifest.load(tiny_model_dir))
