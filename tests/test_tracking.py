@@ -42,7 +42,7 @@ def reference(sam2_tiny_random, frames, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracker(sam2_tiny_random):
     model_dir = sam2_tiny_random[1]
-    return Tracker(tiny_model_dir, Manifest.load(tiny_model_dir))
+    return Tracker(model_dir, Manifest.load(model_dir))
 
 
 def as_answers(session: TrackingSession, results) -> dict:
@@ -110,7 +110,8 @@ def test_state_stays_flat(tracker, frame_arrays):
     assert max(n for n, _ in sizes) <= window
     assert sizes[-1] == sizes[-2] == sizes[-3]
     memories = sum(o.maskmem is not None for o in session.objects[1].outputs.values())
-    assert memories == tracker.num_maskmem  # the conditioning frame and the last num_maskmem - 1
+    # the conditioning frame, this frame and the num_maskmem - 1 before it (what a correction here reads)
+    assert memories == tracker.num_maskmem + 1
 
 
 def test_bad_prompts_are_clear_errors(tracker, frame_arrays):
