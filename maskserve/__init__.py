@@ -4,13 +4,14 @@
 `maskserve.Client` is the same interface against a running decoder service (`maskserve.AsyncClient`, its
 asyncio twin; `maskserve.RemoteLogits`, the low-res logits they leave on the service; `maskserve.errors`, the
 typed errors they raise, `maskserve.MaskserveError` the base of them all): the `maskserve.client` package;
-`maskserve.AutomaticMaskGenerator` is the drop-in for `SamAutomaticMaskGenerator`, on either.
+`maskserve.AutomaticMaskGenerator` is the drop-in for `SamAutomaticMaskGenerator`, on either;
+`maskserve.VideoTracker` tracks objects through video with `SAM2VideoPredictor`'s verbs, on either.
 """
 
 __version__ = "0.1.0"
 
 __all__ = ["Predictor", "Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError",
-           "AutomaticMaskGenerator", "__version__"]
+           "AutomaticMaskGenerator", "VideoTracker", "__version__"]
 
 _CLIENT = ("Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError")
 
@@ -24,6 +25,10 @@ def __getattr__(name):  # imported lazily: `import maskserve` stays cheap for th
         from maskserve import client
 
         return getattr(client, name)
+    if name == "VideoTracker":
+        from maskserve.video import VideoTracker
+
+        return VideoTracker
     if name == "AutomaticMaskGenerator":
         from maskserve.engines.automatic import AutomaticMaskGenerator
 

@@ -28,7 +28,13 @@ log = logging.getLogger("maskserve.access")
 
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")
 KEY_PREFIX = "msk_"
-RPCS = ("EncodeImage", "SegmentPrompt", "StreamSegment", "SegmentEverything", "GetModelInfo")
+def _rpcs() -> tuple[str, ...]:
+    from .proto import pb
+
+    return tuple(m.name for m in pb.DESCRIPTOR.services_by_name["Segmenter"].methods)
+
+
+RPCS = _rpcs()  # the service's RPCs, as the proto declares them
 
 
 @dataclass(frozen=True)

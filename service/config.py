@@ -76,6 +76,14 @@ class Settings:
     decode_threads: int = setting(2, "decoder runs in parallel per process", minimum=1)
     ort_threads: int = setting(0, "ONNX Runtime threads of a decode that runs alone; decodes that overlap it take "
                                   "one thread each", shown="0 (all cores)", minimum=0)
+    track_max_objects: int = setting(16, "`TrackObjects`: objects per session", minimum=1)
+    track_sessions: int = setting(4, "`TrackObjects`: open sessions per tenant, per replica (0 = any)", minimum=0)
+    track_concurrency: int = setting(1, "`TrackObjects`: frames tracked at once per decoder process (on threads of "
+                                        "their own: prompts never wait behind them)", minimum=1)
+    track_checkpoint_s: float = setting(2.0, "`TrackObjects`: a session's state is written to Redis this often "
+                                             "(and when its stream ends, and at drain)", minimum=0)
+    track_session_ttl_s: int = setting(900, "`TrackObjects`: a session's checkpoint outlives its last write by "
+                                            "this long (a client may resume it until then)", minimum=1)
     otlp_endpoint: str = setting("", "OTLP/gRPC collector (host:port) for traces (needs the `tracing` extra); "
                                      "empty = spans are no-ops", shown="(off)")
     # -- transport security (the decoder's gRPC port) ---------------------------------------------------------

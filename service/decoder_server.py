@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
 
-from . import access, allocator, calls, logs, metrics, quotas, redis_clients, refinement, rpcs, tls, tracing
+from . import access, allocator, calls, logs, metrics, quotas, redis_clients, refinement, rpcs, tls, tracing, tracking
 from .calls import SERVICE_NAME
 from .config import Settings
 from .decoding import Decoding
@@ -49,9 +49,11 @@ def build(settings: Settings) -> tuple[Segmenter, list]:
     # Automatic mask generation runs for seconds: on threads of its own, so prompts are not queued behind it.
     everything_pool = ThreadPoolExecutor(settings.everything_concurrency, thread_name_prefix="everything")
     local_quotas = quotas.Local()
+    tracking_pool = ThreadPoolExecutor(settings.track_concurrency, thread_name_prefix="track")
     service = Segmenter(settings, model.manifest, Embeddings(settings, model.manifest, cache, queue, pool),
                         Decoding(settings, model_dir, model), refinement.Refinements(queue, settings.logits_cache_entries),
-                        pool, everything_pool, local_quotas)
+                        pool, everything_pool, local_quotas, tracking.Sessions(settings, model.manifest, model_dir, queue),
+                        tracking_pool)
     limits = access.Limits.from_settings(settings)
     access_file = access.AccessFile(settings.auth_file, limits) if settings.auth_file else None
     concerns = [calls.Tracing(), calls.Metrics(), calls.Errors(),
@@ -181,6 +183,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     log.info("draining: in-flight RPCs get up to 20 s")
+    await service.sessions.drain(lambda fn, *args: loop.run_in_executor(service.tracking_pool, fn, *args))
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(grace=20)

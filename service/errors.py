@@ -68,6 +68,19 @@ class Reason(str, enum.Enum):
         "no credentials, an unknown or revoked key, or a client certificate mapped to no tenant"
     RPC_NOT_ALLOWED = "RPC_NOT_ALLOWED", _S.PERMISSION_DENIED, \
         "the key or certificate is not allowed this RPC"
+    INVALID_TRACK_REQUEST = "INVALID_TRACK_REQUEST", _S.INVALID_ARGUMENT, \
+        "a `TrackObjects` message out of place or malformed: `start` not first, an unknown or duplicate object, " \
+        "a frame of another size"
+    TRACKING_NOT_SUPPORTED = "TRACKING_NOT_SUPPORTED", _S.FAILED_PRECONDITION, \
+        "`TrackObjects` on a model that cannot track video (SAM; it needs SAM 2.1)"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND", _S.NOT_FOUND, \
+        "no tracking session by that id for this tenant (unknown, another tenant's, or expired): start a new one"
+    SESSION_TAKEN_OVER = "SESSION_TAKEN_OVER", _S.ABORTED, \
+        "the tracking session was resumed by another stream, which drives it now"
+    QUOTA_TRACKING_SESSIONS = "QUOTA_TRACKING_SESSIONS", _S.RESOURCE_EXHAUSTED, \
+        "the tenant has its limit of tracking sessions open on this replica"
+    QUOTA_TRACKED_OBJECTS = "QUOTA_TRACKED_OBJECTS", _S.RESOURCE_EXHAUSTED, \
+        "the session tracks its limit of objects; remove one first"
     INTERNAL = "INTERNAL", _S.INTERNAL, \
         "an unforeseen failure (logged by the service)"
 

@@ -60,3 +60,8 @@ def queued_key(model_version: str, tenant: str) -> str:
 def held_key(model_version: str, tenant: str) -> str:
     """A tenant's embeddings in the store (a sorted set, by when each lapses)."""
     return f"tenant:{model_version}:{tenant}:held"
+
+
+def session_key(model_version: str, session_ref: str) -> str:
+    """A tracking session's checkpoint (a hash: owner, state, image_id), under its TTL, on the queue's Redis."""
+    return f"track:{model_version}:{session_ref}"

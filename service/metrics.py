@@ -31,6 +31,11 @@ WAITING_IMAGES = Gauge("maskserve_waiting_images", "Images the decoder has calls
 LRU_ENTRIES = Gauge("maskserve_lru_entries", "Embeddings held in the decoder's in-process cache.")
 REFINEMENT_REMAKES = Counter("maskserve_refinement_remakes_total", "Decoder runs that made a handle's expired "
                              "logits again (bounded per call: refinement.MAX_REMAKE).")
+TRACKED_FRAMES = Counter("maskserve_tracked_frames_total", "TrackObjects frames: tracked, or dropped (a newer one "
+                         "was waiting).", ["outcome"])
+TRACKING_RESUMES = Counter("maskserve_tracking_resumes_total", "Tracking sessions resumed from a checkpoint.")
+TRACKING_CHECKPOINT_BYTES = Histogram("maskserve_tracking_checkpoint_bytes", "Size of a tracking session's checkpoint.",
+                                      buckets=(2**16, 2**18, 2**20, 2**22, 2**24, 2**26, 2**28))
 REDIS_ERRORS = Counter("maskserve_redis_errors_total", "Failed Redis operations (connection lost).")
 
 

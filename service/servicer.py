@@ -22,7 +22,7 @@ from .proto import pb
 class Segmenter:
     def __init__(self, settings: Settings, manifest, embeddings: Embeddings, decoding: Decoding,
                  refinements: refinement.Refinements, pool: Executor, everything_pool: Executor,
-                 quotas: quotas_.Local) -> None:
+                 quotas: quotas_.Local, sessions=None, tracking_pool: Executor | None = None) -> None:
         self.settings, self.manifest = settings, manifest
         self.family = families.of(manifest)
         self.version = manifest.model_version
@@ -30,6 +30,8 @@ class Segmenter:
         self.pool = pool  # prompts' decoder runs
         self.everything_pool = everything_pool  # SegmentEverything's grids: prompts never wait behind them
         self.quotas = quotas  # this replica's rate and streams per tenant (a stream's messages take from the rate)
+        self.sessions = sessions  # video tracking sessions (service/tracking.py)
+        self.tracking_pool = tracking_pool  # their tracking steps: prompts never wait behind a frame
 
     async def segment(self, caller: Caller, image_id: str, proto_prompts, options) -> list:
         """Prompts on one stored image → PromptResults, each with the handle a later prompt refines it by."""

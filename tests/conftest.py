@@ -124,3 +124,24 @@ def photos() -> dict[str, np.ndarray]:
         "wide_18x600": np.ascontiguousarray(coffee[200:218]),
         "tall_640x25": np.ascontiguousarray(rocket[:, 300:325]),
     }
+
+
+@pytest.fixture(scope="session")
+def video_frames() -> list[np.ndarray]:
+    """tests/video.py's clip: moving, occluding and leaving objects, 8 JPEG-decoded frames of 320×240."""
+    from video import clip
+
+    return clip()
+
+
+@pytest.fixture(scope="session")
+def video_reference(sam2_tiny_random, video_frames, tmp_path_factory) -> dict:
+    """SAM2VideoPredictor's answers through tests/video.py's scenario, on the SAM 2.1 random weights."""
+    from maskserve.build.specs import get_spec
+    from maskserve.engines.model_dir import Manifest
+    from video import SCENARIO, run_reference
+
+    checkpoint, model_dir = sam2_tiny_random
+    m = Manifest.load(model_dir)
+    return run_reference(checkpoint, get_spec("sam2.1_hiera_tiny").config, video_frames, SCENARIO,
+                         tmp_path_factory.mktemp("clip"), m.pixel_mean, m.pixel_std)

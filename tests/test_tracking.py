@@ -9,14 +9,12 @@ import pytest
 from maskserve.engines.model_dir import Manifest
 from maskserve.engines.tracking import Tracker, TrackingSession, from_bfloat16, to_bfloat16
 
-from video import SCENARIO, clip, compare, run_reference
-
-CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+from video import SCENARIO, compare
 
 
 @pytest.fixture(scope="module")
-def frames():
-    return clip()
+def frames(video_frames):
+    return video_frames
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +30,8 @@ def frame_arrays(sam2_tiny_random, frames):
 
 
 @pytest.fixture(scope="module")
-def reference(sam2_tiny_random, frames, tmp_path_factory):
-    checkpoint, model_dir = sam2_tiny_random
-    m = Manifest.load(model_dir)
-    return run_reference(checkpoint, CONFIG, frames, SCENARIO, tmp_path_factory.mktemp("clip"), m.pixel_mean,
-                         m.pixel_std)
+def reference(video_reference):
+    return video_reference
 
 
 @pytest.fixture(scope="module")

@@ -263,12 +263,114 @@ class Error(_message.Message):
     retry_after_ms: int
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
+class TrackRequest(_message.Message):
+    __slots__ = ("sequence", "start", "frame", "image_id", "add_object", "correct_object", "remove_object", "reset")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    start: TrackStart
+    frame: Image
+    image_id: str
+    add_object: ObjectPrompt
+    correct_object: ObjectPrompt
+    remove_object: int
+    reset: bool
+    def __init__(self, sequence: _Optional[int] = ..., start: _Optional[_Union[TrackStart, _Mapping]] = ..., frame: _Optional[_Union[Image, _Mapping]] = ..., image_id: _Optional[str] = ..., add_object: _Optional[_Union[ObjectPrompt, _Mapping]] = ..., correct_object: _Optional[_Union[ObjectPrompt, _Mapping]] = ..., remove_object: _Optional[int] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class TrackStart(_message.Message):
+    __slots__ = ("session_id", "drop_stale_frames", "mask_format", "expected_frames")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DROP_STALE_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    drop_stale_frames: bool
+    mask_format: MaskFormat
+    expected_frames: int
+    def __init__(self, session_id: _Optional[str] = ..., drop_stale_frames: _Optional[bool] = ..., mask_format: _Optional[_Union[MaskFormat, str]] = ..., expected_frames: _Optional[int] = ...) -> None: ...
+
+class ObjectPrompt(_message.Message):
+    __slots__ = ("object_id", "points", "box", "mask", "replace_points")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    object_id: int
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    box: Box
+    mask: Mask
+    replace_points: bool
+    def __init__(self, object_id: _Optional[int] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., replace_points: _Optional[bool] = ...) -> None: ...
+
+class TrackSession(_message.Message):
+    __slots__ = ("session_id", "frame_index", "object_ids", "resumed", "model_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    frame_index: int
+    object_ids: _containers.RepeatedScalarFieldContainer[int]
+    resumed: bool
+    model_version: str
+    def __init__(self, session_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., object_ids: _Optional[_Iterable[int]] = ..., resumed: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class TrackedObject(_message.Message):
+    __slots__ = ("object_id", "mask", "object_score", "visible", "predicted_iou")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_IOU_FIELD_NUMBER: _ClassVar[int]
+    object_id: int
+    mask: Mask
+    object_score: float
+    visible: bool
+    predicted_iou: float
+    def __init__(self, object_id: _Optional[int] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., object_score: _Optional[float] = ..., visible: _Optional[bool] = ..., predicted_iou: _Optional[float] = ...) -> None: ...
+
+class TrackedFrame(_message.Message):
+    __slots__ = ("frame_index", "image_id", "objects", "dropped_frames", "checkpoint_error")
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    frame_index: int
+    image_id: str
+    objects: _containers.RepeatedCompositeFieldContainer[TrackedObject]
+    dropped_frames: int
+    checkpoint_error: Error
+    def __init__(self, frame_index: _Optional[int] = ..., image_id: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[TrackedObject, _Mapping]]] = ..., dropped_frames: _Optional[int] = ..., checkpoint_error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class TrackResponse(_message.Message):
+    __slots__ = ("sequence", "session", "frame", "dropped", "error")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    session: TrackSession
+    frame: TrackedFrame
+    dropped: bool
+    error: Error
+    def __init__(self, sequence: _Optional[int] = ..., session: _Optional[_Union[TrackSession, _Mapping]] = ..., frame: _Optional[_Union[TrackedFrame, _Mapping]] = ..., dropped: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_type", "model_version", "backend", "image_size", "low_res_side", "max_points", "max_prompts", "family")
+    __slots__ = ("model_type", "model_version", "backend", "image_size", "low_res_side", "max_points", "max_prompts", "family", "capabilities")
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +379,7 @@ class ModelInfo(_message.Message):
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     model_type: str
     model_version: str
     backend: str
@@ -285,7 +388,8 @@ class ModelInfo(_message.Message):
     max_points: int
     max_prompts: int
     family: str
-    def __init__(self, model_type: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., image_size: _Optional[int] = ..., low_res_side: _Optional[int] = ..., max_points: _Optional[int] = ..., max_prompts: _Optional[int] = ..., family: _Optional[str] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_type: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., image_size: _Optional[int] = ..., low_res_side: _Optional[int] = ..., max_points: _Optional[int] = ..., max_prompts: _Optional[int] = ..., family: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AutomaticOptions(_message.Message):
     __slots__ = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor", "point_grids", "min_mask_region_area", "mask_threshold", "multimask_output", "use_m2m")

@@ -59,6 +59,11 @@ class SegmenterStub:
                 request_serializer=maskserve_dot_v1_dot_maskserve__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.TrackObjects = channel.stream_stream(
+                '/maskserve.v1.Segmenter/TrackObjects',
+                request_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
+                response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
+                _registered_method=True)
 
 
 class SegmenterServicer:
@@ -105,6 +110,17 @@ class SegmenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackObjects(self, request_iterator, context):
+        """SAM 2.1 video tracking (SAM2VideoPredictor's answers, as a stream): frames in as they are captured, objects
+        prompted on any frame, every object's mask on every frame processed, followed without new prompts through
+        occlusion. The first message starts a session or resumes one by its id (on any replica, from its last
+        checkpoint in Redis); a SAM model answers FAILED_PRECONDITION. An error in one message is reported in its
+        response and the session goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +148,11 @@ def add_SegmenterServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.GetModelInfoRequest.FromString,
                     response_serializer=maskserve_dot_v1_dot_maskserve__pb2.ModelInfo.SerializeToString,
+            ),
+            'TrackObjects': grpc.stream_stream_rpc_method_handler(
+                    servicer.TrackObjects,
+                    request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.FromString,
+                    response_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +290,33 @@ class Segmenter:
             '/maskserve.v1.Segmenter/GetModelInfo',
             maskserve_dot_v1_dot_maskserve__pb2.GetModelInfoRequest.SerializeToString,
             maskserve_dot_v1_dot_maskserve__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackObjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/maskserve.v1.Segmenter/TrackObjects',
+            maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
+            maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,8 +47,9 @@ class Inbox:
             await self.arrived.wait()
         return self.waiting.popleft()
 
-    def newer_prompt_waiting(self) -> bool:
-        return any(r.WhichOneof("item") == "prompt" for r in self.waiting)
+    def newer_waiting(self, *items: str) -> bool:
+        """Whether a request of one of these kinds (`item` oneof names) already waits behind this one."""
+        return any(r.WhichOneof("item") in items for r in self.waiting)
 
     def close(self) -> None:
         self.reader.cancel()
@@ -76,7 +77,7 @@ async def handle(service, requests, call):
 async def _answer(service, req, inbox: Inbox, call, current: str | None):
     """One message's answer, and the image the stream is about after it."""
     item = req.WhichOneof("item")
-    if item == "prompt" and req.drop_if_stale and inbox.newer_prompt_waiting():
+    if item == "prompt" and req.drop_if_stale and inbox.newer_waiting("prompt"):
         return pb.StreamSegmentResponse(sequence=req.sequence, dropped=True), current
     service.quotas.admit(call.caller)  # every message that does work is a request for the rate
     if item == "frame":

@@ -1,0 +1,185 @@
+"""TrackObjects through real processes: frames encoded by the encoder pool, tracked by a decoder, the session
+resumed on a second decoder replica from its Redis checkpoint — equal to SAM2VideoPredictor throughout; bad
+input, other tenants, limits and frame dropping each answered with their status, the session unharmed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from maskserve import VideoTracker
+from maskserve.client import Client, errors
+from maskserve.service import access
+from maskserve.service.proto import pb, pb_grpc
+from maskserve.service.stack import LocalStack, free_port, start_role, stop, wait_serving
+
+from video import SCENARIO, compare
+
+KEYS = {t: access.new_key() for t in ("a", "b", "small")}
+
+
+@pytest.fixture(scope="module")
+def stack(sam2_tiny_random, tmp_path_factory):
+    d = tmp_path_factory.mktemp("track-stack")
+    doc = {"tenants": {"a": {}, "b": {}, "small": {"embedding_mb": 1}},
+           "keys": [{"name": f"{t}-key", "tenant": t, "sha256": access.key_hash(k), "rpcs": ["*"]}
+                    for t, k in KEYS.items()]}
+    (d / "access.json").write_text(json.dumps(doc))
+    env = {"MASKSERVE_AUTH_FILE": str(d / "access.json"), "MASKSERVE_TRACK_MAX_OBJECTS": "4",
+           "MASKSERVE_TRACK_CHECKPOINT_S": "0"}
+    with LocalStack(model_dir=str(sam2_tiny_random[1]), log_dir=d, extra_env=env) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def second_replica(stack):
+    """Another decoder on the same Redis: where a session resumes."""
+    port = free_port()
+    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0"}
+    proc = start_role("decoder", env, stack.log_dir / "decoder-2.log")
+    target = f"127.0.0.1:{port}"
+    wait_serving(target, proc=proc)
+    yield target
+    stop(proc)
+
+
+def run_remote(tracker: VideoTracker, frames, steps, out: dict) -> None:
+    for n in steps:
+        step = SCENARIO[n]
+        if step[0] == "frame":
+            _, ids, masks = tracker.track(frames[step[1]])
+        elif step[0] == "box":
+            _, ids, masks = tracker.add_new_points_or_box(step[1], box=step[2])
+        else:
+            _, ids, masks = tracker.add_new_points_or_box(step[1], step[2], step[3],
+                                                          clear_old_points=step[0] != "correct")
+        scores = {o.object_id: o.object_score for o in tracker._impl.last.objects}
+        out[n] = {oid: (m, scores[oid]) for oid, m in zip(ids, masks)}
+
+
+def test_tracks_as_the_reference_and_resumes_on_another_replica(stack, second_replica, video_frames,
+                                                                video_reference):
+    ours: dict = {}
+    cut = SCENARIO.index(("frame", 6))
+    with Client(stack.target, api_key=KEYS["a"]) as client:
+        assert "track" in client.model_info().capabilities
+        tracker = VideoTracker(client, expected_frames=len(video_frames))
+        run_remote(tracker, video_frames, range(cut), ours)
+        session_id = tracker.session_id
+        tracker.close()  # the stream's end writes the last checkpoint
+    with Client(second_replica, api_key=KEYS["a"]) as client:
+        tracker = VideoTracker(client, session_id=session_id, expected_frames=len(video_frames))
+        assert tracker.frame_idx == 5 and sorted(tracker._impl.object_ids()) == [1, 2, 3]
+        run_remote(tracker, video_frames, range(cut, len(SCENARIO)), ours)
+        tracker.close()
+    worst_iou, worst_score = 1.0, 0.0
+    for n, expected in video_reference.items():
+        iou, score = compare(expected, ours[n])
+        worst_iou, worst_score = min(worst_iou, iou), max(worst_score, score)
+    print(f"through the wire, resumed on another replica at frame 6: worst mask IoU {worst_iou:.5f}, "
+          f"worst |Δ object score| {worst_score:.2e}")
+    assert worst_iou >= 0.99 and worst_score <= 1e-3
+
+
+def stream(target: str, key: str, *requests, timeout: float = 120):
+    """Send these TrackRequests on one stream (sequence numbers from 1) and collect the answers."""
+    msgs = [pb.TrackRequest(sequence=n + 1, **r) for n, r in enumerate(requests)]
+    with grpc.insecure_channel(target) as channel:
+        call = pb_grpc.SegmenterStub(channel).TrackObjects(iter(msgs), timeout=timeout,
+                                                           metadata=(("authorization", f"Bearer {key}"),))
+        return list(call)
+
+
+def frame(image) -> pb.Image:
+    from maskserve.client import image_message
+
+    return image_message(image)
+
+
+def code_of(response, error=None) -> str:
+    error = response.error if error is None else error
+    return next(c.name for c in grpc.StatusCode if c.value[0] == error.code)
+
+
+def test_bad_input_gets_its_status_and_the_session_goes_on(stack, video_frames):
+    small = np.ascontiguousarray(video_frames[1][:120, :160])
+    point = pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)])
+    out = stream(stack.target, KEYS["a"],
+                 dict(frame=frame(video_frames[0])),  # before start
+                 dict(start=pb.TrackStart(mask_format=pb.MASK_FORMAT_NONE)),
+                 dict(add_object=point),  # before any frame
+                 dict(frame=frame(video_frames[0])),
+                 dict(add_object=point),
+                 dict(add_object=point),  # a duplicate
+                 dict(correct_object=pb.ObjectPrompt(object_id=9, points=[pb.Point(x=1, y=1, label=1)])),
+                 dict(remove_object=9),
+                 dict(correct_object=pb.ObjectPrompt(object_id=1, points=[pb.Point(x=900, y=1, label=1)])),
+                 dict(correct_object=pb.ObjectPrompt(object_id=1, mask=pb.Mask(width=320, height=240,
+                                                                                bitmap=b"\x00"))),
+                 dict(frame=frame(small)),  # another size
+                 dict(start=pb.TrackStart()),  # twice
+                 dict(),  # empty
+                 *[dict(add_object=pb.ObjectPrompt(object_id=k, box=pb.Box(x0=10, y0=10, x1=50, y1=50)))
+                   for k in (2, 3, 4, 5)],  # the fifth object is over the limit of 4
+                 dict(frame=frame(video_frames[1])))
+    kinds = [r.WhichOneof("outcome") for r in out]
+    codes = [code_of(r) if k == "error" else k for r, k in zip(out, kinds)]
+    assert codes == ["INVALID_ARGUMENT", "session", "FAILED_PRECONDITION", "frame", "frame", "INVALID_ARGUMENT",
+                     "INVALID_ARGUMENT", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "INVALID_ARGUMENT",
+                     "INVALID_ARGUMENT", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "frame", "frame", "frame",
+                     "RESOURCE_EXHAUSTED", "frame"], codes
+    assert "start" in out[0].error.message and "320x240" in out[10].error.message
+    assert "is tracked already" in out[5].error.message and "not tracked" in out[6].error.message
+    last = out[-1].frame
+    assert last.frame_index == 1 and [o.object_id for o in last.objects] == [1, 2, 3, 4]
+
+
+def test_sessions_are_their_tenants(stack, video_frames):
+    out = stream(stack.target, KEYS["a"], dict(start=pb.TrackStart()), dict(frame=frame(video_frames[0])),
+                 dict(add_object=pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)])))
+    session_id = out[0].session.session_id
+    for key, sid in ((KEYS["b"], session_id), (KEYS["a"], "0" * 32), (KEYS["a"], "x" * 5000)):
+        (r,) = stream(stack.target, key, dict(start=pb.TrackStart(session_id=sid)))
+        assert code_of(r) == "NOT_FOUND" and len(r.error.message) < 300
+    (r,) = stream(stack.target, KEYS["a"], dict(start=pb.TrackStart(session_id=session_id)))
+    assert r.session.resumed and list(r.session.object_ids) == [1] and r.session.frame_index == 0
+
+
+def test_a_checkpoint_counts_in_the_tenants_quota(stack, video_frames):
+    """Tenant "small" may hold 1 MiB, one embedding's worth: with its frame's embedding held, the session's
+    checkpoint is refused (reported on the frame's answer) and tracking goes on."""
+    point = pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)])
+    out = stream(stack.target, KEYS["small"], dict(start=pb.TrackStart()), dict(frame=frame(video_frames[0])),
+                 dict(add_object=point))
+    assert [r.WhichOneof("outcome") for r in out] == ["session", "frame", "frame"]
+    error = out[2].frame.checkpoint_error
+    assert code_of(None, error) == "RESOURCE_EXHAUSTED" and "sessions" in error.message
+    assert out[2].frame.objects[0].object_id == 1
+
+
+def test_live_sessions_drop_to_the_newest_frame(stack, video_frames):
+    requests = [dict(start=pb.TrackStart(drop_stale_frames=True, mask_format=pb.MASK_FORMAT_NONE)),
+                dict(frame=frame(video_frames[0])),
+                dict(add_object=pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)]))]
+    requests += [dict(frame=frame(video_frames[k % 8])) for k in range(1, 7)]
+    out = stream(stack.target, KEYS["a"], *requests)
+    kinds = [r.WhichOneof("outcome") for r in out]
+    dropped = kinds.count("dropped")
+    tracked = [r.frame for r in out[3:] if r.WhichOneof("outcome") == "frame"]
+    print(f"6 frames sent at once: {dropped} dropped, {len(tracked)} tracked")
+    assert dropped >= 1 and tracked and kinds[-1] == "frame"  # the newest frame is always tracked
+    assert sum(f.dropped_frames for f in tracked) == dropped
+    assert [f.frame_index for f in tracked] == list(range(1, len(tracked) + 1))
+
+
+def test_a_sam_model_refuses_tracking(tiny_model_dir):
+    with LocalStack(model_dir=str(tiny_model_dir)) as s, Client(s.target) as client:
+        assert list(client.model_info().capabilities) == []
+        with pytest.raises(grpc.RpcError) as err:
+            stream(s.target, "", dict(start=pb.TrackStart()))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "SAM 2.1" in err.value.details()
