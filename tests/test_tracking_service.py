@@ -183,3 +183,45 @@ def test_a_sam_model_refuses_tracking(tiny_model_dir):
             stream(s.target, "", dict(start=pb.TrackStart()))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "SAM 2.1" in err.value.details()
+
+
+def test_a_draining_replica_checkpoints_its_open_sessions(stack, video_frames):
+    """SIGTERM (a rollout): the replica writes every open session's state before its streams end, so the
+    client resumes elsewhere from the frame it had reached (this replica's interval would never have come)."""
+    import queue
+    import signal
+
+    port = free_port()
+    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0",
+           "MASKSERVE_TRACK_CHECKPOINT_S": "3600"}
+    proc = start_role("decoder", env, stack.log_dir / "decoder-drain.log")
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target, proc=proc)
+        outbox: queue.Queue = queue.Queue()
+        channel = grpc.insecure_channel(target)
+        call = pb_grpc.SegmenterStub(channel).TrackObjects(iter(outbox.get, None), timeout=120,
+                                                           metadata=(("authorization", f"Bearer {KEYS['a']}"),))
+        point = pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)])
+        for n, item in enumerate([dict(start=pb.TrackStart(mask_format=pb.MASK_FORMAT_NONE)),
+                                  dict(frame=frame(video_frames[0])), dict(add_object=point),
+                                  dict(frame=frame(video_frames[1]))]):
+            outbox.put(pb.TrackRequest(sequence=n + 1, **item))
+            reply = next(call)
+            assert reply.WhichOneof("outcome") != "error", reply.error.message
+            if n == 0:
+                session_id = reply.session.session_id
+        proc.send_signal(signal.SIGTERM)  # the stream is still open
+        deadline = time.monotonic() + 15
+        while True:
+            (r,) = stream(stack.target, KEYS["a"], dict(start=pb.TrackStart(session_id=session_id)))
+            if r.WhichOneof("outcome") == "session" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.WhichOneof("outcome") == "session", r.error.message
+        assert r.session.frame_index == 1 and list(r.session.object_ids) == [1]
+        outbox.put(None)
+        channel.close()
+        assert proc.wait(40) == 0
+    finally:
+        stop(proc)
