@@ -519,6 +519,8 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     if sam2_model_dir is not None:
         result["sam2.1"] = run_sam2(sam2_model_dir, sam2_checkpoint, requests, max(2, encode_images // 2),
                                     series=series)
+        if load(sam2_model_dir, encoder=False).manifest.tracking:
+            result["tracking"] = run_tracking(sam2_model_dir, sam2_checkpoint)
 
     if sam is not None:
         ref = result["reference"]
@@ -580,3 +582,107 @@ def _plot(series: dict[str, list[float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _clip(n: int, h: int = 480, w: int = 640) -> list[np.ndarray]:
+    """The bundled photo with four discs moving across it: n RGB frames."""
+    import cv2
+
+    base = np.asarray(Image.open(BUNDLED_PHOTO).convert("RGB").resize((w, h), Image.BILINEAR))
+    frames = []
+    for f in range(n):
+        im = base.copy()
+        for k in range(4):
+            cv2.circle(im, (80 + 140 * k + 12 * f, 160 + 60 * (k % 2) + 6 * f), 40, (60 * k, 220 - 50 * k, 90), -1)
+        frames.append(im)
+    return frames
+
+
+def run_tracking(model_dir, checkpoint, frames: int = 6, rate_fps: float = 4.0) -> dict:
+    """Video tracking against the official `SAM2VideoPredictor.propagate_in_video` on the same weights and
+    frames, in the same run: seconds per frame (end to end: the frame's image encoder and the tracking step)
+    for 1 and 4 objects prompted on the first frame; the checkpoint's bytes per object and its time; and a live
+    source at `rate_fps` through the service with drop_stale_frames (frames tracked, dropped, latency)."""
+    import tempfile
+
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from maskserve.build.specs import get_spec
+    from maskserve.video import VideoTracker
+
+    m = load(model_dir, encoder=False).manifest
+    clip = _clip(frames)
+    points = [[80 + 140 * k, 160 + 60 * (k % 2)] for k in range(4)]
+    result: dict = {"model": m.model_type, "frames": frames, "frame_size": list(clip[0].shape[:2]), "objects": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for i, frame in enumerate(clip):
+            Image.fromarray(frame).save(Path(folder) / f"{i:05d}.jpg", quality=95)
+        reference = build_sam2_video_predictor(get_spec(m.model_type).config, ckpt_path=str(checkpoint), device="cpu")
+        for n in (1, 4):
+            with torch.inference_mode():
+                state = reference.init_state(folder)
+                for k in range(n):
+                    reference.add_new_points_or_box(state, 0, k + 1, points=[points[k]], labels=[1])
+                stamps = [time.perf_counter()]
+                for _ in reference.propagate_in_video(state):
+                    stamps.append(time.perf_counter())
+            theirs = float(np.mean(np.diff(stamps)[1:]))  # frame 0 is the prompted one
+            tracker = VideoTracker(model_dir, expected_frames=frames)
+            tracker.track(clip[0])
+            for k in range(n):
+                tracker.add_new_points_or_box(k + 1, [points[k]], [1])
+            session = tracker._impl.session
+            stamps = [time.perf_counter()]
+            for frame in clip[1:]:
+                tracker.track(frame)
+                stamps.append(time.perf_counter())
+            mine = float(np.mean(np.diff(stamps)))
+            started = time.perf_counter()
+            state_bytes = len(session.state_bytes())
+            checkpoint_s = time.perf_counter() - started
+            result["objects"][n] = {"seconds_per_frame": mine, "reference_seconds_per_frame": theirs,
+                                    "ratio_vs_reference": mine / theirs,
+                                    "checkpoint_bytes": state_bytes, "checkpoint_bytes_per_object": state_bytes / n,
+                                    "checkpoint_state_seconds": checkpoint_s}
+    one, four = result["objects"][1], result["objects"][4]
+    result["ratios"] = {"frame_1_object_vs_reference": one["ratio_vs_reference"],
+                        "frame_4_objects_vs_reference": four["ratio_vs_reference"],
+                        "four_objects_vs_one": four["seconds_per_frame"] / one["seconds_per_frame"]}
+    result["live"] = _live_drops(model_dir, clip, points[0], rate_fps)
+    return result
+
+
+def _live_drops(model_dir, clip, point, rate_fps: float) -> dict:
+    """Frames sent at a fixed rate, without waiting, on a drop_stale_frames session with one object."""
+    import queue
+
+    sent: dict[int, float] = {}
+    outbox: queue.Queue = queue.Queue()
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+        call = pb_grpc.SegmenterStub(channel).TrackObjects(iter(outbox.get, None), timeout=600)
+        outbox.put(pb.TrackRequest(sequence=1, start=pb.TrackStart(drop_stale_frames=True,
+                                                                   mask_format=pb.MASK_FORMAT_NONE)))
+        next(call)
+        outbox.put(pb.TrackRequest(sequence=2, frame=image_message(clip[0])))
+        next(call)
+        outbox.put(pb.TrackRequest(sequence=3, add_object=pb.ObjectPrompt(
+            object_id=1, points=[pb.Point(x=point[0], y=point[1], label=1)])))
+        next(call)
+        frames = [clip[k % len(clip)] for k in range(4 * len(clip))]
+
+        def send():
+            for n, frame in enumerate(frames):
+                sent[4 + n] = time.perf_counter()
+                outbox.put(pb.TrackRequest(sequence=4 + n, frame=image_message(frame)))
+                time.sleep(1 / rate_fps)
+            outbox.put(None)
+        threading.Thread(target=send, daemon=True).start()
+        latencies, dropped = [], 0
+        for reply in call:
+            if reply.WhichOneof("outcome") == "dropped":
+                dropped += 1
+            elif reply.WhichOneof("outcome") == "frame":
+                latencies.append(time.perf_counter() - sent[reply.sequence])
+    return {"input_fps": rate_fps, "frames_sent": len(frames), "tracked": len(latencies), "dropped": dropped,
+            "tracked_fps": len(latencies) * rate_fps / len(frames), "latency": _stats(latencies)}

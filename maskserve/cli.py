@@ -231,21 +231,12 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
 
     from maskserve.service.segment_file import segment_file
 
-    def numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
-        try:
-            values = [float(v) for v in text.split(",")]
-        except ValueError:
-            values = []
-        if len(values) not in counts:
-            _fail(f"{what} {text!r}: expected {' or '.join(_SHAPES[n] for n in counts)}")
-        return values
-
-    points = [numbers(p, "--point", (2, 3)) for p in point]
+    points = [_numbers(p, "--point", (2, 3)) for p in point]
     for p in points:
         if len(p) == 3 and p[2] not in (0.0, 1.0):
             _fail(f"--point {','.join(f'{v:g}' for v in p)}: the label is 1 (foreground) or 0 (background)")
     try:
-        summary = segment_file(target, image, points, numbers(box, "--box", (4,)) if box else None, out,
+        summary = segment_file(target, image, points, _numbers(box, "--box", (4,)) if box else None, out,
                                **_client_options(api_key, tls, tls_ca, tls_cert, tls_key))
     except ValueError as exc:
         _fail(str(exc))
@@ -255,6 +246,17 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
 
 
 _SHAPES = {2: "X,Y", 3: "X,Y,LABEL", 4: "X0,Y0,X1,Y1"}
+
+
+def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
+    """`--point 1,2`-style numbers, or one error line naming the flag and the shape it takes."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        _fail(f"{what} {text!r}: expected {' or '.join(_SHAPES[n] for n in counts)}")
+    return values
 
 
 def _fail_rpc(exc, target: str) -> None:
@@ -331,6 +333,193 @@ def _with_generator_options(command):
 
 
 app.command("segment-everything")(_with_generator_options(segment_everything))
+
+
+@app.command()
+def track(video: Path = typer.Argument(..., help="A video file (what OpenCV reads: .mp4, .avi, .mov, ...) or a folder "
+                                                 "of frames (JPEG, PNG, WebP or BMP, in name order)."),
+          point: list[str] = typer.Option([], help="X,Y of a click on the first frame: one object per --point "
+                                                   "(repeatable); objects are numbered 1, 2, ... points first."),
+          box: list[str] = typer.Option([], help="X0,Y0,X1,Y1 on the first frame: one object per --box "
+                                                 "(repeatable), numbered after the points."),
+          out: Optional[str] = typer.Option(None, help="An .mp4 or .avi overlay video, or a folder (an existing one, "
+                                                       "a path ending in / or one without a suffix) for PNG frames "
+                                                       "00000.png, ...; default VIDEO_tracked.mp4 in this directory."),
+          model_dir: Optional[Path] = typer.Option(None, help="Track in this process on this SAM 2.1 model directory "
+                                                              "(default the shipped tiny model: a SAM model, which "
+                                                              "cannot track)."),
+          target: Optional[str] = typer.Option(None, help="Track through the service at HOST:PORT instead."),
+          max_frames: Optional[int] = typer.Option(None, min=1, help="Stop after N frames."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
+          tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt) -> None:
+    """Track objects prompted on a video's first frame through the video (SAM 2.1): an overlay video or PNG
+    frames, each object's mask and outline in its own colour."""
+    import os
+    import time
+
+    import grpc
+    from rich.progress import MofNCompleteColumn, Progress
+
+    from maskserve.video import VideoTracker, count_frames, read_frames
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines (quiet); errors come as one line
+    if not point and not box:
+        _fail("give at least one --point X,Y or --box X0,Y0,X1,Y1 (each is one object on the first frame)")
+    if model_dir is not None and target is not None:
+        _fail("give --model-dir (track in this process) or --target (through a service), not both")
+    prompts = [{"points": [_numbers(p, "--point", (2,))], "labels": [1]} for p in point]
+    for b in box:
+        x0, y0, x1, y1 = _numbers(b, "--box", (4,))
+        if x1 <= x0 or y1 <= y0:
+            _fail(f"--box {b!r}: X1 must be greater than X0 and Y1 greater than Y0")
+        prompts.append({"box": [x0, y0, x1, y1]})
+    kind, out_path = _track_output(out, video)
+    if not video.exists():
+        _fail(f"{video} does not exist")
+    frames = read_frames(video)
+    try:
+        first = next(frames, None)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    if first is None:
+        _fail(f"{video}: no frames")
+    length = count_frames(video)
+    total = min(length, max_frames) if length and max_frames else (length or max_frames)
+
+    try:
+        if target is not None:
+            from maskserve.client import Client
+
+            tracker = VideoTracker(Client(target, **_client_options(api_key, tls, tls_ca, tls_cert, tls_key)),
+                                   expected_frames=length)
+        else:
+            tracker = VideoTracker(str(model_dir) if model_dir else None, expected_frames=length)
+    except ValueError as exc:  # not a model directory, or a model that cannot track
+        _fail(f"{exc}" + ("" if model_dir else " (no --model-dir: the shipped tiny SAM model; give --model-dir a "
+                                               "SAM 2.1 model directory, or --target a service)"))
+    except grpc.RpcError as exc:
+        _fail_rpc(exc, target or "")
+
+    sink, n, started = None, 0, time.perf_counter()
+    try:
+        with tracker, Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console,
+                               transient=True, disable=quiet) as bar:
+            task = bar.add_task("tracking", total=total)
+            tracker.track(first)
+            for obj_id, prompt in enumerate(prompts, 1):
+                _, ids, masks = tracker.add_new_points_or_box(obj_id, **prompt)
+            sink = _TrackOutput(kind, out_path, first.shape[:2], _video_fps(video))
+            sink.write(_draw_objects(first, ids, masks, prompts))
+            n = 1
+            bar.advance(task)
+            for frame in frames:
+                if max_frames is not None and n >= max_frames:
+                    break
+                _, ids, masks = tracker.track(frame)
+                sink.write(_draw_objects(frame, ids, masks))
+                n += 1
+                bar.advance(task)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    except grpc.RpcError as exc:
+        _fail_rpc(exc, target or "")
+    finally:
+        if sink is not None:
+            sink.close()
+    seconds = time.perf_counter() - started
+    where = out_path if kind == "video" else f"{out_path} (PNG frames 00000.png to {n - 1:05d}.png)"
+    print(f"{video.name}: {n} frame{'s' * (n != 1)} tracked, {len(prompts)} object{'s' * (len(prompts) != 1)}, "
+          f"{seconds:.1f} s ({n / seconds:.1f} frames/s) → {where}")
+
+
+# One colour per tracked object id (RGB), in order: 1 is the `segment` overlay's blue.
+_PALETTE = ((30, 144, 255), (255, 99, 71), (50, 205, 50), (255, 215, 0), (186, 85, 211), (0, 206, 209),
+            (255, 140, 0), (255, 105, 180), (154, 205, 50), (100, 149, 237))
+
+
+def _track_output(out: Optional[str], video: Path) -> tuple[str, Path]:
+    """("video", file) or ("frames", folder) for `track --out`."""
+    import os
+
+    if out is None:
+        name = video.resolve().name if video.is_dir() else video.stem
+        return "video", Path(f"{name}_tracked.mp4")
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir() or not path.suffix:
+        return "frames", path
+    if path.suffix.lower() in (".mp4", ".avi"):
+        return "video", path
+    _fail(f"--out {out}: an .mp4 or .avi file (the overlay video) or a folder (PNG frames)")
+
+
+def _video_fps(video: Path) -> float:
+    """The input's frame rate when it is a video file OpenCV knows it of; else 10."""
+    if video.is_dir():
+        return 10.0
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return fps if fps and fps > 0 else 10.0
+
+
+def _draw_objects(rgb, obj_ids, masks, prompts=()):
+    """Each object's mask blended at half opacity in its palette colour, its outline drawn over it; the first
+    frame also shows the prompts (clicks as dots, boxes as rectangles)."""
+    import cv2
+    import numpy as np
+
+    out = rgb.astype(np.float32)
+    colours = {i: _PALETTE[(i - 1) % len(_PALETTE)] for i in obj_ids}
+    for i, mask in zip(obj_ids, masks):
+        out[mask] = 0.5 * out[mask] + 0.5 * np.array(colours[i], np.float32)
+    out = np.ascontiguousarray(out.astype(np.uint8))
+    for i, mask in zip(obj_ids, masks):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colours[i], 2)
+    for i, prompt in enumerate(prompts, 1):
+        colour = _PALETTE[(i - 1) % len(_PALETTE)]
+        for x, y in prompt.get("points", ()):
+            cv2.circle(out, (int(round(x)), int(round(y))), 4, (255, 255, 255), -1)
+            cv2.circle(out, (int(round(x)), int(round(y))), 3, colour, -1)
+        if "box" in prompt:
+            x0, y0, x1, y1 = (int(round(v)) for v in prompt["box"])
+            cv2.rectangle(out, (x0, y0), (x1, y1), colour, 1)
+    return out
+
+
+class _TrackOutput:
+    """`track`'s frames, written as they come: an mp4v video (OpenCV) or a folder of PNGs."""
+
+    def __init__(self, kind: str, path: Path, size: tuple[int, int], fps: float) -> None:
+        import cv2
+
+        self.kind, self.path, self.count, self.writer = kind, path, 0, None
+        if kind == "video":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size[1], size[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"{path}: OpenCV cannot write this video (codec mp4v)")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, rgb) -> None:
+        import cv2
+
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if self.writer is not None:
+            self.writer.write(bgr)
+        else:
+            name = self.path / f"{self.count:05d}.png"
+            if not cv2.imwrite(str(name), bgr):
+                raise OSError(f"{name}: cannot write")
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
 
 
 @app.command()
