@@ -66,7 +66,7 @@ def test_every_reason_the_service_gives_is_a_member():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and REASON_LIKE.fullmatch(node.value):
                 assert node.value not in Reason.__members__, \
                     f"{path.name}:{node.lineno}: {node.value!r} written out; use Reason.{node.value}"
-    assert quota_kinds == {"rate", "streams", "queued_jobs", "embedding_bytes"}
+    assert quota_kinds == {"rate", "streams", "queued_jobs", "embedding_bytes", "tracking_sessions", "tracked_objects"}
     used |= {Reason.quota(kind).name for kind in quota_kinds}
     assert used == set(Reason.__members__), f"declared but never given: {set(Reason.__members__) - used}"
 
