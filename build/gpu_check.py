@@ -14,7 +14,9 @@ and the JSON rewritten after every stage (a timeout still leaves what was measur
   throughput batches 1..16, images/s, peak GPU memory, the best batch; CUDA graphs on/off and (SAM) the two
             attention forms ("bias", "fold") at batch 1 and the best batch; torch.compile last, if time is left;
   decoder   per-prompt latency of the model directory's ONNX Runtime decoder (the machine's CPU) and, as the
-            lead for a CUDA decoder, of segment_anything's decoder on the GPU (SAM; 1 prompt, and 64 per run).
+            lead for a CUDA decoder, of segment_anything's decoder on the GPU (SAM; 1 prompt, and 64 per run);
+  tracking  (SAM 2.1) seconds per video frame for 1 and 4 objects: SAM2VideoPredictor.propagate_in_video on the
+            GPU against maskserve's VideoTracker (its encoder on the GPU, the tracking graphs on ONNX Runtime).
 
     python build/gpu_check.py --out $OUT/gpu_check.json           # on the GPU machine (no install needed)
     python -m maskserve.build.gpu_check --models tiny --quick --device cpu --out out/gpu_check.json   # CI's check
@@ -472,10 +474,57 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         return out
 
     report.stage(result, "decoder", decoder, need_s=10)
+    if sam2:
+        report.stage(result, "tracking", lambda: tracking(state, model_type, device, work, quick), need_s=60)
     state.clear()
     result["_encoders"] = encoders  # kept out of the JSON (see main), for the compile stage
     result["_input"] = xt[:1]
     return result
+
+
+def tracking(state, model_type: str, device: torch.device, work: Path, quick: bool) -> dict:
+    """Video tracking: SAM2VideoPredictor.propagate_in_video on this device against maskserve's VideoTracker
+    on the built directory (its encoder on this device, the tracking graphs on ONNX Runtime), seconds per
+    frame for 1 and 4 objects prompted on the first frame, and the checkpoint's bytes per object."""
+    from PIL import Image
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from maskserve.bench import _clip
+    from maskserve.build.specs import get_spec
+    from maskserve.video import VideoTracker
+
+    frames = _clip(4 if quick else 10)
+    folder = work / "clip"
+    folder.mkdir(exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+    points = [[80 + 140 * k, 160 + 60 * (k % 2)] for k in range(4)]
+    tb.fp32_flags("fp32")
+    reference = build_sam2_video_predictor(get_spec(model_type).config, ckpt_path=str(state["checkpoint"]),
+                                           device=str(device))
+    out: dict = {"frames": len(frames), "frame_size": list(frames[0].shape[:2])}
+    for n in (1, 4):
+        with torch.inference_mode():
+            st = reference.init_state(str(folder))
+            for k in range(n):
+                reference.add_new_points_or_box(st, 0, k + 1, points=[points[k]], labels=[1])
+            stamps = []
+            for _ in reference.propagate_in_video(st):
+                tb.synchronize(device)
+                stamps.append(time.perf_counter())
+        tracker = VideoTracker(state["dir"], expected_frames=len(frames))
+        tracker.track(frames[0])
+        for k in range(n):
+            tracker.add_new_points_or_box(k + 1, [points[k]], [1])
+        mine = [time.perf_counter()]
+        for frame in frames[1:]:
+            tracker.track(frame)
+            mine.append(time.perf_counter())
+        ours, theirs = float(np.mean(np.diff(mine))), float(np.mean(np.diff(stamps)[1:]))
+        out[f"objects_{n}"] = {"maskserve_s_per_frame": round(ours, 4), "reference_s_per_frame": round(theirs, 4),
+                               "ratio": round(ours / theirs, 3),
+                               "checkpoint_bytes_per_object": len(tracker._impl.session.state_bytes()) // n}
+    return out
 
 
 def reference_decoder(state, manifest, embedding, size, device, warm, reps) -> dict:

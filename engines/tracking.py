@@ -146,7 +146,6 @@ class Tracker:
         self.reference_max_cond = spec["max_cond_frames_in_attn"]
         self.image_size = manifest.image_size
         self.mask_size = manifest.mask_input_size
-        self.family_transforms = t
 
     # -- the graphs -------------------------------------------------------------------------------------
     def decode(self, pix_feat, arrays, coords, labels, mask_input, has_mask):
@@ -207,7 +206,7 @@ class TrackingSession:
             n = len(group)
             coords, labels = np.zeros((n, 2, 2), np.float32), -np.ones((n, 2), np.float32)  # NO_POINTS
             masks = np.zeros((n, 1, self.tracker.mask_size, self.tracker.mask_size), np.float32)
-            outs = self._heads(pix, coords, labels, masks, np.zeros(n, np.float32), points=0, init=False)
+            outs = self._heads(pix, coords, labels, masks, np.zeros(n, np.float32), points=0)
             maskmem = self.tracker.encode_memory(raw, np.stack([o[0] for o in outs]),
                                                  [o[1] for o in outs], np.zeros(n))
             for i, (low, score, iou, ptr), mem in zip(group, outs, maskmem):
@@ -256,7 +255,7 @@ class TrackingSession:
         m = self.tracker.mask_size
         mask = np.zeros((1, 1, m, m), np.float32) if prev_logits is None else prev_logits[None, None]
         has = np.array([0.0 if prev_logits is None else 1.0], np.float32)
-        (low, score, iou, ptr), = self._heads(pix, coords, labels_in, mask, has, points=len(pts), init=init)
+        (low, score, iou, ptr), = self._heads(pix, coords, labels_in, mask, has, points=len(pts))
         obj.outputs[f] = Output(init, ptr, score, iou, self._fill(low), None, from_prompt=True)
         return self.results()
 
@@ -446,7 +445,7 @@ class TrackingSession:
         """`fixed_no_obj_ptr`: an absent object's pointer is `no_obj_ptr`."""
         return ptr.astype(np.float32) if score > 0 else self.tracker.c["no_obj_ptr"].astype(np.float32)
 
-    def _heads(self, pix, coords, labels, masks, has_mask, points: int, init: bool):
+    def _heads(self, pix, coords, labels, masks, has_mask, points: int):
         """`_forward_sam_heads` after the graph: the answered token, no-object masking, the gated pointer.
         → [(low_res, score, iou, obj_ptr)] per row."""
         tr = self.tracker

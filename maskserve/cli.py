@@ -579,6 +579,25 @@ def soak(seconds: float = typer.Option(300, help="How long (the documented long 
                                       progress=lambda line: print(line, flush=True)), out))
 
 
+@app.command("soak-track")
+def soak_track(model_dir: Path = typer.Option(..., help="A SAM 2.1 model directory."),
+               frames: int = typer.Option(2000, min=2, help="Frames to track (the CI form: 24)."),
+               objects: int = typer.Option(2, min=1), window: int = typer.Option(100, min=1),
+               out: Path = typer.Option(Path("out/soak-track"))) -> None:
+    """One tracking session through many frames, in this process: its state and RSS per window → soak.json."""
+    from maskserve import soak as soak_lib
+
+    try:
+        result = soak_lib.track(str(model_dir), frames, objects, window, progress=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{frames} frames, {objects} objects, {result['seconds']} s: state constant after the memory window: "
+          f"{result['flat']['state_bytes_constant']}; RSS growth over the second half "
+          f"{result['flat']['rss_growth_second_half_mb']:+.1f} MB")
+
+
 def main() -> None:
     app()
 

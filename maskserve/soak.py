@@ -9,6 +9,7 @@ end, whether memory levelled off (`plateau`): each process's RSS after warm-up a
 and its slope over the second half of the run.
 
 The long form, run by hand: `maskserve soak --seconds 1800` (30 one-minute windows, warm-up the first five).
+`maskserve soak-track --model-dir DIR` is video tracking's: one session through 2000 frames (`track`).
 """
 
 from __future__ import annotations
@@ -187,3 +188,49 @@ def report(result: dict, out: Path | None = None) -> str:
         out.mkdir(parents=True, exist_ok=True)
         (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     return "\n".join(lines)
+
+
+def track(model_dir: str, frames: int = 2000, objects: int = 2, window: int = 100, distinct_frames: int = 8,
+          progress: Callable[[str], None] | None = None) -> dict:
+    """The tracking soak: one session tracking `objects` objects through `frames` frames, in this process.
+    `distinct_frames` frames of a moving scene are encoded once and cycled (the image encoder holds no
+    session state; the tracking step is what could grow). Per `window` frames: the session's state bytes, the
+    objects' outputs held, the process's RSS and seconds per frame. Past the memory window (16 frames) the
+    state must be constant and the RSS level (`flat`: its growth over the second half)."""
+    import os
+
+    from maskserve.bench import _clip
+    from maskserve.engines.predictor import Predictor
+    from maskserve.engines.tracking import Tracker
+    from maskserve.engines.model_dir import Manifest
+
+    predictor = Predictor(model_dir)
+    clip = _clip(distinct_frames)
+    arrays = []
+    for frame in clip:
+        predictor.set_image(frame)
+        arrays.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    tracker = Tracker(model_dir, Manifest.load(model_dir))
+    session = tracker.session(clip[0].shape[:2])
+    session.track(arrays[0])
+    for k in range(objects):
+        session.add_points(k + 1, [[80 + 140 * k, 160 + 60 * (k % 2)]], [1])
+    windows, started, stamp = [], time.perf_counter(), time.perf_counter()
+    for f in range(1, frames):
+        session.track(arrays[f % distinct_frames])
+        if f % window == 0 or f == frames - 1:
+            w = {"frame": f, "state_bytes": len(session.state_bytes()), "rss_mb": round(_rss_mb(os.getpid()), 1),
+                 "outputs_held": sum(len(o.outputs) for o in session.objects.values()),
+                 "seconds_per_frame": round((time.perf_counter() - stamp) / (f - (windows[-1]["frame"]
+                                                                                  if windows else 0)), 3)}
+            windows.append(w)
+            stamp = time.perf_counter()
+            if progress:
+                progress(f"  frame {f}: state {w['state_bytes']} B, {w['outputs_held']} outputs held, "
+                         f"RSS {w['rss_mb']} MB, {w['seconds_per_frame']} s/frame")
+    half = [w for w in windows if w["frame"] >= frames / 2] or windows[-2:]
+    after_window = [w for w in windows if w["frame"] > tracker.max_obj_ptrs + 1]
+    return {"frames": frames, "objects": objects, "seconds": round(time.perf_counter() - started, 1),
+            "windows": windows,
+            "flat": {"state_bytes_constant": len({w["state_bytes"] for w in after_window}) <= 1,
+                     "rss_growth_second_half_mb": round(max(w["rss_mb"] for w in half) - half[0]["rss_mb"], 1)}}

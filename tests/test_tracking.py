@@ -92,6 +92,17 @@ def test_resumes_from_its_state_bytes(tracker, frames, frame_arrays, reference):
     check(reference, ours, "resumed")
 
 
+def test_the_soak_short_form(sam2_tiny_random):
+    """`maskserve soak-track`'s CI form: two objects through 24 frames; past the memory window the state is
+    constant and the process's memory level (the long form, 2000 frames, is run by hand)."""
+    from maskserve import soak
+
+    result = soak.track(str(sam2_tiny_random[1]), frames=24, objects=2, window=4, distinct_frames=4)
+    print(result["windows"])
+    assert result["flat"]["state_bytes_constant"]
+    assert result["flat"]["rss_growth_second_half_mb"] < 64
+
+
 def test_state_stays_flat(tracker, frame_arrays):
     """Past the pointer window (16 frames) nothing grows: the outputs held and the checkpoint's size."""
     session = tracker.session((240, 320))
