@@ -82,6 +82,11 @@ class Settings:
                                         "their own: prompts never wait behind them)", minimum=1)
     track_checkpoint_s: float = setting(2.0, "`TrackObjects`: a session's state is written to Redis this often "
                                              "(and when its stream ends, and at drain)", minimum=0)
+    track_idle_s: float = setting(300.0, "`TrackObjects`: a stream silent this long is checkpointed and ended "
+                                         "(`DEADLINE_EXCEEDED`, resume it by its id)", minimum=0.001)
+    track_max_cond_frames: int = setting(0, "`TrackObjects`: conditioning frames attention reads per object, the most "
+                                            "recent kept (SAM 2.1's `max_cond_frames_in_attn`; 0 = the model's: all)",
+                                         minimum=0)
     track_session_ttl_s: int = setting(900, "`TrackObjects`: a session's checkpoint outlives its last write by "
                                             "this long (a client may resume it until then)", minimum=1)
     otlp_endpoint: str = setting("", "OTLP/gRPC collector (host:port) for traces (needs the `tracing` extra); "

@@ -77,6 +77,8 @@ class Reason(str, enum.Enum):
         "no tracking session by that id for this tenant (unknown, another tenant's, or expired): start a new one"
     SESSION_TAKEN_OVER = "SESSION_TAKEN_OVER", _S.ABORTED, \
         "the tracking session was resumed by another stream, which drives it now"
+    SESSION_IDLE = "SESSION_IDLE", _S.DEADLINE_EXCEEDED, \
+        "a `TrackObjects` stream sent nothing for `MASKSERVE_TRACK_IDLE_S`: its session is checkpointed, resume it"
     QUOTA_TRACKING_SESSIONS = "QUOTA_TRACKING_SESSIONS", _S.RESOURCE_EXHAUSTED, \
         "the tenant has its limit of tracking sessions open on this replica"
     QUOTA_TRACKED_OBJECTS = "QUOTA_TRACKED_OBJECTS", _S.RESOURCE_EXHAUSTED, \

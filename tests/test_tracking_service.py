@@ -30,7 +30,7 @@ def stack(sam2_tiny_random, tmp_path_factory):
                     for t, k in KEYS.items()]}
     (d / "access.json").write_text(json.dumps(doc))
     env = {"MASKSERVE_AUTH_FILE": str(d / "access.json"), "MASKSERVE_TRACK_MAX_OBJECTS": "4",
-           "MASKSERVE_TRACK_CHECKPOINT_S": "0"}
+           "MASKSERVE_TRACK_CHECKPOINT_S": "0", "MASKSERVE_TRACK_SESSIONS": "2", "MASKSERVE_TRACK_IDLE_S": "20"}
     with LocalStack(model_dir=str(sam2_tiny_random[1]), log_dir=d, extra_env=env) as s:
         yield s
 
@@ -193,7 +193,7 @@ def test_a_draining_replica_checkpoints_its_open_sessions(stack, video_frames):
 
     port = free_port()
     env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0",
-           "MASKSERVE_TRACK_CHECKPOINT_S": "3600"}
+           "MASKSERVE_TRACK_CHECKPOINT_S": "3600", "MASKSERVE_TRACK_IDLE_S": "300"}
     proc = start_role("decoder", env, stack.log_dir / "decoder-drain.log")
     target = f"127.0.0.1:{port}"
     try:
@@ -225,3 +225,61 @@ def test_a_draining_replica_checkpoints_its_open_sessions(stack, video_frames):
         assert proc.wait(40) == 0
     finally:
         stop(proc)
+
+
+class OpenStream:
+    """A TrackObjects stream kept open: send a message, read its answer."""
+
+    def __init__(self, target: str, key: str) -> None:
+        import queue
+
+        self.outbox: queue.Queue = queue.Queue()
+        self.channel = grpc.insecure_channel(target)
+        self.call = pb_grpc.SegmenterStub(self.channel).TrackObjects(
+            iter(self.outbox.get, None), timeout=120, metadata=(("authorization", f"Bearer {key}"),))
+        self.n = 0
+
+    def send(self, **item):
+        self.n += 1
+        self.outbox.put(pb.TrackRequest(sequence=self.n, **item))
+        return next(self.call)
+
+    def close(self):
+        self.outbox.put(None)
+        self.channel.close()
+
+
+def test_a_tenant_has_its_limit_of_sessions(stack):
+    first, second, third = (OpenStream(stack.target, KEYS["b"]) for _ in range(3))
+    try:
+        assert first.send(start=pb.TrackStart()).WhichOneof("outcome") == "session"
+        assert second.send(start=pb.TrackStart()).WhichOneof("outcome") == "session"
+        refused = third.send(start=pb.TrackStart())
+        assert code_of(refused) == "RESOURCE_EXHAUSTED" and "tracking sessions" in refused.error.message
+        first.close()
+        for _ in range(50):  # the closed stream's slot is given back as its handler ends
+            again = third.send(start=pb.TrackStart())
+            if again.WhichOneof("outcome") == "session":
+                break
+            time.sleep(0.1)
+        assert again.WhichOneof("outcome") == "session"
+    finally:
+        for s in (first, second, third):
+            s.close()
+
+
+def test_a_silent_stream_ends_and_its_session_resumes(stack, video_frames):
+    """A stream that sends nothing more is checkpointed and ended after MASKSERVE_TRACK_IDLE_S (here 20 s)."""
+    s = OpenStream(stack.target, KEYS["a"])
+    session_id = s.send(start=pb.TrackStart(mask_format=pb.MASK_FORMAT_NONE)).session.session_id
+    s.send(frame=frame(video_frames[0]))
+    s.send(add_object=pb.ObjectPrompt(object_id=1, points=[pb.Point(x=60, y=120, label=1)]))
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        next(s.call)
+    waited = time.monotonic() - started
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "resume" in err.value.details()
+    assert 15 < waited < 60
+    s.close()
+    (r,) = stream(stack.target, KEYS["a"], dict(start=pb.TrackStart(session_id=session_id)))
+    assert r.session.resumed and list(r.session.object_ids) == [1]

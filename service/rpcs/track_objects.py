@@ -35,7 +35,7 @@ async def handle(service, requests, call):
     inbox = Inbox(requests)
     live = None
     try:
-        while (req := await inbox.next()) is not None:
+        while (req := await _next(inbox, service.settings.track_idle_s)) is not None:
             started = time.perf_counter()
             call.recheck()
             try:
@@ -82,6 +82,14 @@ async def _checkpoint(sessions, live, run, response, call) -> None:
         response.frame.checkpoint_error.CopyFrom(error)
 
 
+async def _next(inbox: Inbox, idle_s: float):
+    try:
+        return await asyncio.wait_for(inbox.next(), idle_s)
+    except asyncio.TimeoutError:
+        raise ServiceError(Reason.SESSION_IDLE, f"no message for {idle_s:g} s: the session is checkpointed and "
+                                                "this stream ends; resume the session by its id") from None
+
+
 def _session(service, live, resumed: bool) -> pb.TrackSession:
     engine = live.engine
     return pb.TrackSession(session_id=live.id, frame_index=-1 if engine is None else engine.frame,
@@ -109,7 +117,8 @@ async def _answer(service, live, req, inbox: Inbox, call, run) -> pb.TrackRespon
         _, emb = await service.embeddings.require(call.caller, image_id)
         tracker = service.sessions.tracker
         if live.engine is None:
-            live.engine = tracker.session(emb.original_size, live.expected_frames)
+            live.engine = tracker.session(emb.original_size, live.expected_frames,
+                                          service.settings.track_max_cond_frames or None)
         elif tuple(emb.original_size) != live.engine.original_size:
             h, w = live.engine.original_size
             raise invalid(f"frame of {emb.original_size[1]}x{emb.original_size[0]}; this session's frames are "
