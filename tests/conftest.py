@@ -74,9 +74,8 @@ SAM2_TOKEN_SCALES = {0: 30.0, 3: 400.0}
 SAM2_OBJECT_SCORE = (40.0, 0.19)
 
 
-@pytest.fixture(scope="session")
-def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, ONNX model directory) of sam2.1_hiera_tiny with seeded random weights, saved in Meta's
+def sam2_random(tmp_path_factory, model_type: str) -> tuple[Path, Path]:
+    """(checkpoint, ONNX model directory) of a SAM 2.1 model type with seeded random weights, saved in Meta's
     format {"model": state_dict} and built with `maskserve build`."""
     import subprocess
     import sys
@@ -92,7 +91,7 @@ def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
         pytest.fail(f"the SAM 2.1 tests need Meta's sam2 package: {INSTALL} (make setup installs it)")
     root = tmp_path_factory.mktemp("sam2")
     torch.manual_seed(0)
-    state = build_sam2_model(get_spec("sam2.1_hiera_tiny")).state_dict()
+    state = build_sam2_model(get_spec(model_type)).state_dict()
     for token, scale in SAM2_TOKEN_SCALES.items():
         for part in ("weight", "bias"):
             state[f"sam_mask_decoder.output_hypernetworks_mlps.{token}.layers.2.{part}"] *= scale
@@ -100,13 +99,19 @@ def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
     state["sam_mask_decoder.pred_obj_score_head.layers.2.weight"] *= scale
     state["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] = (
         state["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] - centre) * scale
-    checkpoint = root / "sam2.1_hiera_tiny_random.pt"
+    checkpoint = root / f"{model_type}_random.pt"
     torch.save({"model": state}, checkpoint)
     model_dir = root / "model"
-    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "sam2.1_hiera_tiny",
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", model_type,
                           "--checkpoint", str(checkpoint), "--out", str(model_dir)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return checkpoint, model_dir
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_random(tmp_path_factory) -> tuple[Path, Path]:
+    """sam2.1_hiera_tiny with seeded random weights (`sam2_random`)."""
+    return sam2_random(tmp_path_factory, "sam2.1_hiera_tiny")
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,29 @@ def test_bfloat16_rounds_as_torch():
 def test_a_sam_model_cannot_track(tiny_model_dir):
     with pytest.raises(ValueError, match="cannot track video"):
         Tracker(tiny_model_dir, Manifest.load(tiny_model_dir))
+
+
+@pytest.mark.slow
+def test_a_larger_model_tracks_as_the_reference(tmp_path_factory, video_frames):
+    """sam2.1_hiera_small (46 M parameters) over the scenario's first four frames: two objects prompted on the
+    first, a third added on the fourth."""
+    from conftest import sam2_random
+    from maskserve.build.specs import get_spec
+    from maskserve.engines.predictor import Predictor
+    from video import run_reference
+
+    checkpoint, model_dir = sam2_random(tmp_path_factory, "sam2.1_hiera_small")
+    frames = video_frames[:4]
+    scenario = SCENARIO[:SCENARIO.index(("frame", 4))]
+    m = Manifest.load(model_dir)
+    reference = run_reference(checkpoint, get_spec("sam2.1_hiera_small").config, frames, scenario,
+                              tmp_path_factory.mktemp("clip-small"), m.pixel_mean, m.pixel_std)
+    predictor = Predictor(model_dir)
+    arrays = []
+    for frame in frames:
+        predictor.set_image(frame)
+        arrays.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    session = Tracker(model_dir, m).session(frames[0].shape[:2], num_frames=len(frames))
+    ours: dict = {}
+    run_steps(session, arrays, scenario, range(len(scenario)), ours)
+    check(reference, ours, "sam2.1_hiera_small")
