@@ -182,6 +182,10 @@ class TrackingSession:
         self.num_frames = num_frames  # a known video length (as the reference's init_state); None: a stream
         ref = tracker.reference_max_cond
         self.max_cond_frames = max_cond_frames if max_cond_frames is not None else (None if ref < 0 else ref)
+        if self.max_cond_frames is not None and self.max_cond_frames < 2:
+            raise ValueError("max_cond_frames is at least 2 (SAM 2.1 reads the closest before and after)")
+        if num_frames is not None and num_frames < 2:
+            raise ValueError(f"a video of {num_frames} frame(s): expected_frames is at least 2, or unset (a stream)")
         self.frame = -1
         self.objects: dict[int, TrackedObject] = {}
         self.arrays: dict[str, np.ndarray] | None = None  # the current frame's embedding
@@ -190,9 +194,23 @@ class TrackingSession:
     def track(self, arrays) -> list[ObjectResult]:
         """The next frame's embedding arrays → every object's answer on it."""
         self._encode_pending()
-        self.frame += 1
-        self.arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
-        f = self.frame
+        f = self.frame + 1
+        if self.num_frames is not None and f >= self.num_frames:
+            raise ValueError(f"frame {f} of a video declared {self.num_frames} frames long")
+        previous, self.arrays = self.arrays, {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+        try:
+            answers = self._track(f)
+        except BaseException:
+            self.arrays = previous  # nothing changed: the session is as it was before this frame
+            raise
+        self.frame = f
+        for i, out in answers.items():
+            self.objects[i].outputs[f] = out
+        self._prune()
+        return self.results()
+
+    def _track(self, f: int) -> dict[int, Output]:
+        answers: dict[int, Output] = {}
         ids = [i for i, o in self.objects.items() if any(out.cond for out in o.outputs.values())]
         groups: dict[tuple[int, int], list[int]] = {}
         plans = {}
@@ -210,9 +228,8 @@ class TrackingSession:
             maskmem = self.tracker.encode_memory(raw, np.stack([o[0] for o in outs]),
                                                  [o[1] for o in outs], np.zeros(n))
             for i, (low, score, iou, ptr), mem in zip(group, outs, maskmem):
-                self.objects[i].outputs[f] = Output(False, ptr, score, iou, self._fill(low), mem)
-        self._prune()
-        return self.results()
+                answers[i] = Output(False, ptr, score, iou, self._fill(low), mem)
+        return answers
 
     def add_points(self, object_id: int, points=None, labels=None, box=None,
                    clear_old_points: bool = True) -> list[ObjectResult]:
@@ -235,11 +252,10 @@ class TrackingSession:
         if box is not None:
             corners = t.transform_boxes(np.asarray(box, np.float32).reshape(4), size, side)[0]
             pts, lbl = np.concatenate([corners, pts]), np.concatenate([np.array([2, 3], np.float32), lbl])
-        obj = self.objects.setdefault(int(object_id), TrackedObject())
+        obj = self.objects.get(int(object_id)) or TrackedObject()  # a new object joins once it has an answer
         f = self.frame
         if not clear_old_points and obj.prompt_frame == f and obj.points is not None:
             pts, lbl = np.concatenate([obj.points, pts]), np.concatenate([obj.labels, lbl])
-        obj.prompt_frame, obj.points, obj.labels = f, pts, lbl
         prev = obj.outputs.get(f)
         init = prev is None or prev.cond  # not tracked here: a conditioning frame, as the reference decides
         prev_logits = None if prev is None or prev.low_res is None else np.clip(prev.low_res, -32.0, 32.0)
@@ -256,14 +272,21 @@ class TrackingSession:
         mask = np.zeros((1, 1, m, m), np.float32) if prev_logits is None else prev_logits[None, None]
         has = np.array([0.0 if prev_logits is None else 1.0], np.float32)
         (low, score, iou, ptr), = self._heads(pix, coords, labels_in, mask, has, points=len(pts))
+        obj.prompt_frame, obj.points, obj.labels = f, pts, lbl
         obj.outputs[f] = Output(init, ptr, score, iou, self._fill(low), None, from_prompt=True)
+        self.objects[int(object_id)] = obj
         return self.results()
+
+    def points_on_frame(self, object_id: int) -> int:
+        """The clicks (and box corners) an object has on the current frame: a correction adds to them."""
+        obj = self.objects.get(int(object_id))
+        return 0 if obj is None or obj.prompt_frame != self.frame or obj.points is None else len(obj.points)
 
     def add_mask(self, object_id: int, mask) -> list[ObjectResult]:
         """A binary mask (original size, or any size: it is resized as the reference does) for an object on the
         current frame; it becomes the object's answer here as given (`use_mask_input_as_output_without_sam`)."""
         self._need_frame()
-        mask = np.asarray(mask)
+        mask = np.asarray(mask).astype(bool)
         if mask.ndim != 2:
             raise ValueError(f"a mask prompt is one 2-D mask, not shape {mask.shape}")
         side, m = self.tracker.image_size, self.tracker.mask_size
@@ -281,12 +304,13 @@ class TrackingSession:
         visible = bool(full.any())
         ptr = ptr if visible else self.tracker.c["no_obj_ptr"].astype(np.float32)
         score = MASK_OUT_SCALE * float(visible) + MASK_OUT_BIAS
-        obj = self.objects.setdefault(int(object_id), TrackedObject())
+        obj = self.objects.get(int(object_id)) or TrackedObject()
         f = self.frame
         prev = obj.outputs.get(f)
         init = prev is None or prev.cond
         obj.prompt_frame, obj.points, obj.labels = None, None, None
         obj.outputs[f] = Output(init, ptr, score, 1.0, self._fill(low), None, from_prompt=True)
+        self.objects[int(object_id)] = obj
         return self.results()
 
     def remove_object(self, object_id: int) -> None:
@@ -326,6 +350,8 @@ class TrackingSession:
                               -1 if self.max_cond_frames is None else self.max_cond_frames], np.int64)}
         for i, obj in self.objects.items():
             frames = sorted(obj.outputs)
+            if not frames:
+                continue
             p = f"o{i}_"
             arrays[p + "frames"] = np.array(frames, np.int64)
             arrays[p + "flags"] = np.array([[o.cond, o.from_prompt, o.maskmem is not None] for o in
@@ -497,21 +523,20 @@ class TrackingSession:
         """Drop what attention can no longer read: outputs older than the pointer window, unless they are
         conditioning frames still selected; memories older than the memory window; old low-res masks."""
         tr, f = self.tracker, self.frame
-        # What this frame's corrections and the next frame read: pointers of the last max_obj_ptrs - 1 frames,
-        # memories of the last num_maskmem - 1 (every `stride`-th).
+        # What this frame's corrections and the next frame read: pointers of the last max_obj_ptrs - 1 frames;
+        # memories of the frame before and num_maskmem - 2 more, every `stride`-th (f - 1 - stride·(M - 2) is
+        # the oldest a correction here reads).
         keep_ptr = tr.max_obj_ptrs
-        keep_mem = (tr.num_maskmem - 1) * tr.stride + 1
+        keep_mem = tr.stride * (tr.num_maskmem - 2) + 2
         for obj in self.objects.values():
-            selected, _ = self._selected_cond(obj, f + 1)
-            selected = set(selected)
+            selected = set(self._selected_cond(obj, f + 1)[0])
             for t_ in list(obj.outputs):
                 o = obj.outputs[t_]
-                if t_ in selected:
-                    pass
-                elif f - t_ >= keep_ptr:
-                    del obj.outputs[t_]
-                    continue
-                elif f - t_ >= keep_mem:
-                    o.maskmem = None
+                if t_ not in selected:
+                    if f - t_ >= max(keep_ptr, keep_mem):
+                        del obj.outputs[t_]
+                        continue
+                    if f - t_ >= keep_mem:
+                        o.maskmem = None
                 if t_ != f:
                     o.low_res = None

@@ -385,6 +385,7 @@ def track(video: Path = typer.Argument(..., help="A video file (what OpenCV read
     if first is None:
         _fail(f"{video}: no frames")
     length = count_frames(video)
+    exact = length if video.is_dir() and length and length >= 2 else None  # a container's count is a guess
     total = min(length, max_frames) if length and max_frames else (length or max_frames)
 
     try:
@@ -392,9 +393,9 @@ def track(video: Path = typer.Argument(..., help="A video file (what OpenCV read
             from maskserve.client import Client
 
             tracker = VideoTracker(Client(target, **_client_options(api_key, tls, tls_ca, tls_cert, tls_key)),
-                                   expected_frames=length)
+                                   expected_frames=exact)
         else:
-            tracker = VideoTracker(str(model_dir) if model_dir else None, expected_frames=length)
+            tracker = VideoTracker(str(model_dir) if model_dir else None, expected_frames=exact)
     except ValueError as exc:  # not a model directory, or a model that cannot track
         _fail(f"{exc}" + ("" if model_dir else " (no --model-dir: the shipped tiny SAM model; give --model-dir a "
                                                "SAM 2.1 model directory, or --target a service)"))

@@ -60,14 +60,16 @@ def count_frames(video: str | Path) -> int | None:
 
 class VideoTracker:
     """`VideoTracker(model_dir)` tracks in this process; `VideoTracker(client)` over a running service
-    (`session_id` resumes a session, `drop_stale_frames` is for live sources that send without waiting)."""
+    (`session_id` resumes a session). Each verb waits for its answer; a live source that sends frames without
+    waiting and skips to the newest uses the `TrackObjects` stream itself (`TrackStart.drop_stale_frames`).
+    `expected_frames`: a video's exact length, as the reference knows it; unset for a stream."""
 
     def __init__(self, target=None, *, expected_frames: int | None = None, session_id: str = "",
-                 drop_stale_frames: bool = False, threads: int | None = None) -> None:
+                 threads: int | None = None) -> None:
         from maskserve.client import Client
 
         if isinstance(target, Client):
-            self._impl = _Remote(target, expected_frames, session_id, drop_stale_frames)
+            self._impl = _Remote(target, expected_frames, session_id)
         else:
             self._impl = _Local(target, expected_frames, threads)
 
@@ -180,7 +182,7 @@ class _Local:
 class _Remote:
     """One TrackObjects stream: each verb sends a message and waits for its answer."""
 
-    def __init__(self, client, expected_frames, session_id, drop_stale) -> None:
+    def __init__(self, client, expected_frames, session_id) -> None:
         from maskserve.client import messages
         from maskserve.v1 import maskserve_pb2 as pb
 
@@ -193,8 +195,8 @@ class _Remote:
             while (req := self.outbox.get()) is not None:
                 yield req
         self.responses = client.stub.TrackObjects(requests(), metadata=client.metadata)
-        start = pb.TrackStart(session_id=session_id, drop_stale_frames=drop_stale,
-                              mask_format=pb.MASK_FORMAT_BITMAP, expected_frames=expected_frames or 0)
+        start = pb.TrackStart(session_id=session_id, mask_format=pb.MASK_FORMAT_BITMAP,
+                              expected_frames=expected_frames or 0)
         reply = self._call(start=start).session
         self.session_id, self.frame_idx, self._ids = reply.session_id, reply.frame_index, list(reply.object_ids)
 

@@ -79,14 +79,13 @@ class Settings:
     track_max_objects: int = setting(16, "`TrackObjects`: objects per session", minimum=1)
     track_sessions: int = setting(4, "`TrackObjects`: open sessions per tenant, per replica (0 = any)", minimum=0)
     track_concurrency: int = setting(1, "`TrackObjects`: frames tracked at once per decoder process (on threads of "
-                                        "their own: prompts never wait behind them)", minimum=1)
+                                        "their own: `SegmentPrompt` never waits behind them)", minimum=1)
     track_checkpoint_s: float = setting(2.0, "`TrackObjects`: a session's state is written to Redis this often "
                                              "(and when its stream ends, and at drain)", minimum=0)
+    track_frame_ttl_s: int = setting(300, "`TrackObjects`: a tracked frame's embedding lapses this long after it "
+                                          "(prompts on the current frame, and a resume, need it)", minimum=1)
     track_idle_s: float = setting(300.0, "`TrackObjects`: a stream silent this long is checkpointed and ended "
                                          "(`DEADLINE_EXCEEDED`, resume it by its id)", minimum=0.001)
-    track_max_cond_frames: int = setting(0, "`TrackObjects`: conditioning frames attention reads per object, the most "
-                                            "recent kept (SAM 2.1's `max_cond_frames_in_attn`; 0 = the model's: all)",
-                                         minimum=0)
     track_session_ttl_s: int = setting(900, "`TrackObjects`: a session's checkpoint outlives its last write by "
                                             "this long (a client may resume it until then)", minimum=1)
     otlp_endpoint: str = setting("", "OTLP/gRPC collector (host:port) for traces (needs the `tracing` extra); "

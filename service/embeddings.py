@@ -91,6 +91,20 @@ class Embeddings:
         self.lru.discard(k)
         return False
 
+    async def keep_for(self, caller: Caller, image_id: str, seconds: int) -> None:
+        """Let an image's embedding lapse `seconds` from now (a video frame, once tracked), and its tenant stop
+        holding it then; a later use renews it as usual."""
+        ref = self.ref(caller, image_id)
+        try:
+            await self.redis.expire(keys.embedding_key(self.version, ref), seconds)
+            tenant = keys.tenant_of(ref)
+            if tenant and caller.limits.embedding_mb:
+                async with self.queue.pipeline(transaction=False) as pipe:
+                    jobs.hold(pipe, self.version, tenant, ref, time.time() + seconds, renew=True)
+                    await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, ConnectionError):
+            pass  # it lapses with its usual lifetime
+
     async def _renew_held(self, caller: Caller, ref: str) -> None:
         """A tenant with an embedding quota holds an embedding as long as its TTL runs."""
         tenant = keys.tenant_of(ref)

@@ -31,7 +31,7 @@ class Segmenter:
         self.everything_pool = everything_pool  # SegmentEverything's grids: prompts never wait behind them
         self.quotas = quotas  # this replica's rate and streams per tenant (a stream's messages take from the rate)
         self.sessions = sessions  # video tracking sessions (service/tracking.py)
-        self.tracking_pool = tracking_pool  # their tracking steps: prompts never wait behind a frame
+        self.tracking_pool = tracking_pool  # tracking steps: SegmentPrompt never waits behind a frame
 
     async def segment(self, caller: Caller, image_id: str, proto_prompts, options) -> list:
         """Prompts on one stored image → PromptResults, each with the handle a later prompt refines it by."""

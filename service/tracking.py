@@ -27,6 +27,17 @@ from .failures import ServiceError
 
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
+# Take a session over and read its state in one step: a checkpoint of the stream it is taken from can no longer
+# land after the state was read. KEYS: the session's hash. ARGV: the new owner token, TTL. Returns {state,
+# image_id} (nil state: no session).
+TAKE_OVER = """
+local found = redis.call('HMGET', KEYS[1], 'state', 'image_id')
+if not found[1] then return {false, false} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return found
+"""
+
 # Write a checkpoint only while this stream still owns the session. KEYS: the session's hash. ARGV: owner token,
 # state, image_id, TTL. Returns 1 (written) or 0 (another stream took the session over).
 CHECKPOINT = """
@@ -68,6 +79,7 @@ class Sessions:
         self.tracker = Tracker(model_dir, manifest, threads=settings.ort_threads or None) \
             if manifest.tracking else None
         self.script = queue_redis.register_script(CHECKPOINT)
+        self.take_over = queue_redis.register_script(TAKE_OVER)
         self.live: dict[str, Live] = {}
         self.per_tenant: dict[str, int] = {}
         self.draining = False
@@ -92,27 +104,36 @@ class Sessions:
 
             raise QuotaExceeded("tracking_sessions", 1.0, f"tenant {caller.tenant!r} has {limit} tracking sessions "
                                                           f"open on this replica, its limit; end one first")
+        if start.expected_frames == 1:
+            raise ServiceError(Reason.INVALID_TRACK_REQUEST, "expected_frames is at least 2, or 0 for a live stream")
+        self.per_tenant[caller.tenant] = self.per_tenant.get(caller.tenant, 0) + 1  # the slot, before any wait
+        try:
+            live, resumed = await self._open(caller, start, run, tracker)
+        except BaseException:
+            self.per_tenant[caller.tenant] -= 1
+            raise
+        self.live[live.owner] = live
+        return live, resumed
+
+    async def _open(self, caller: Caller, start, run, tracker) -> tuple[Live, bool]:
         expected = start.expected_frames or None
+        ttl = self.settings.track_session_ttl_s
         if not start.session_id:
             live = Live(secrets.token_hex(16), caller, start.drop_stale_frames, start.mask_format, expected)
-            resumed = False
-        else:
-            sid = start.session_id
-            if not SESSION_ID.fullmatch(sid):
-                raise not_found(sid)
-            stored = await self.redis.hmget(self.key(caller, sid), ["state", "image_id"])
-            if stored[0] is None:
-                raise not_found(sid)
-            live = Live(sid, caller, start.drop_stale_frames, start.mask_format, expected)
-            live.engine = await run(TrackingSession.restore, tracker, stored[0])
-            live.image_id = (stored[1] or b"").decode()
-            resumed = True
-            metrics.TRACKING_RESUMES.inc()
-        await self.redis.hset(self.key(caller, live.id), "owner", live.owner)  # take it over
-        await self.redis.expire(self.key(caller, live.id), self.settings.track_session_ttl_s)
-        self.live[live.owner] = live
-        self.per_tenant[caller.tenant] = self.per_tenant.get(caller.tenant, 0) + 1
-        return live, resumed
+            await self.redis.hset(self.key(caller, live.id), "owner", live.owner)
+            await self.redis.expire(self.key(caller, live.id), ttl)
+            return live, False
+        sid = start.session_id
+        if not SESSION_ID.fullmatch(sid):
+            raise not_found(sid)
+        live = Live(sid, caller, start.drop_stale_frames, start.mask_format, expected)
+        state, image_id = await self.take_over(keys=[self.key(caller, sid)], args=[live.owner, ttl])
+        if not state:
+            raise not_found(sid)
+        live.engine = await run(TrackingSession.restore, tracker, state)
+        live.image_id = (image_id or b"").decode()
+        metrics.TRACKING_RESUMES.inc()
+        return live, True
 
     def close(self, live: Live) -> None:
         if self.live.pop(live.owner, None) is not None:
@@ -126,14 +147,14 @@ class Sessions:
         if live.engine is None:
             return 0
 
-        def state() -> bytes:
-            with live.lock:
-                return live.engine.state_bytes()
-        data = await run(state)
+        def state() -> tuple[bytes, str]:
+            with live.lock:  # the state and its frame's image_id as of the same frame
+                return live.engine.state_bytes(), live.image_id
+        data, image_id = await run(state)
         started = time.perf_counter()
         await self._hold(live, len(data))
         if not await self.script(keys=[self.key(live.caller, live.id)],
-                                 args=[live.owner, data, live.image_id, self.settings.track_session_ttl_s]):
+                                 args=[live.owner, data, image_id, self.settings.track_session_ttl_s]):
             raise ServiceError(Reason.SESSION_TAKEN_OVER, f"tracking session {live.id} was resumed by another "
                                                           "stream; this one ends")
         live.checkpointed = time.monotonic()

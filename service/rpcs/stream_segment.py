@@ -19,11 +19,15 @@ from ..proto import pb
 
 
 class Inbox:
-    """A stream's requests read ahead as they arrive, so that a prompt can see whether newer ones wait."""
+    """A stream's requests read ahead as they arrive, so that a prompt can see whether newer ones wait; at most
+    `limit` of them (beyond that the reader waits, and HTTP/2 flow control holds the sender back)."""
 
-    def __init__(self, requests) -> None:
+    def __init__(self, requests, limit: int = 32) -> None:
         self.waiting: collections.deque = collections.deque()
         self.arrived = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.limit = limit
         self.ended = False
         self.reader = asyncio.create_task(self._read(requests))
 
@@ -32,6 +36,9 @@ class Inbox:
             async for req in requests:
                 self.waiting.append(req)
                 self.arrived.set()
+                if len(self.waiting) >= self.limit:
+                    self.room.clear()
+                    await self.room.wait()
         finally:
             self.ended = True
             self.arrived.set()
@@ -45,11 +52,19 @@ class Inbox:
                 return None
             self.arrived.clear()
             await self.arrived.wait()
-        return self.waiting.popleft()
+        req = self.waiting.popleft()
+        if len(self.waiting) < self.limit:
+            self.room.set()
+        return req
 
     def newer_waiting(self, *items: str) -> bool:
         """Whether a request of one of these kinds (`item` oneof names) already waits behind this one."""
         return any(r.WhichOneof("item") in items for r in self.waiting)
+
+    def newer_frame_waiting(self) -> bool:
+        """Whether the next request waiting is a newer frame (TrackObjects: a prompt sent after this frame is
+        about this frame, so it is not skipped past)."""
+        return bool(self.waiting) and self.waiting[0].WhichOneof("item") in ("frame", "image_id")
 
     def close(self) -> None:
         self.reader.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import time
 
 import grpc
@@ -64,6 +65,8 @@ async def handle(service, requests, call):
             sessions.close(live)
             try:
                 await asyncio.shield(sessions.checkpoint(live, run))  # where a reconnect resumes
+            except ServiceError:
+                pass  # taken over by another stream: its checkpoints are the session's now
             except Exception:  # noqa: BLE001 - the last interval's checkpoint stands
                 metrics.REDIS_ERRORS.inc()
 
@@ -101,7 +104,7 @@ async def _answer(service, live, req, inbox: Inbox, call, run) -> pb.TrackRespon
     item = req.WhichOneof("item")
     if item == "start":
         raise invalid("start comes once, first")
-    if item in ("frame", "image_id") and live.drop_stale and inbox.newer_waiting("frame", "image_id"):
+    if item in ("frame", "image_id") and live.drop_stale and inbox.newer_frame_waiting():
         live.dropped += 1
         metrics.TRACKED_FRAMES.labels("dropped").inc()
         return pb.TrackResponse(sequence=req.sequence, dropped=True)
@@ -117,8 +120,7 @@ async def _answer(service, live, req, inbox: Inbox, call, run) -> pb.TrackRespon
         _, emb = await service.embeddings.require(call.caller, image_id)
         tracker = service.sessions.tracker
         if live.engine is None:
-            live.engine = tracker.session(emb.original_size, live.expected_frames,
-                                          service.settings.track_max_cond_frames or None)
+            live.engine = tracker.session(emb.original_size, live.expected_frames)
         elif tuple(emb.original_size) != live.engine.original_size:
             h, w = live.engine.original_size
             raise invalid(f"frame of {emb.original_size[1]}x{emb.original_size[0]}; this session's frames are "
@@ -126,29 +128,35 @@ async def _answer(service, live, req, inbox: Inbox, call, run) -> pb.TrackRespon
         dropped, live.dropped = live.dropped, 0
 
         def step():
-            with live.lock:
-                return live.engine.track(emb.arrays)
-        results = await run(step)
-        live.image_id = image_id
+            with live.lock:  # the frame and its image_id change together (a checkpoint reads both)
+                results = live.engine.track(emb.arrays)
+                live.image_id = image_id
+                return results
+        try:
+            results = await run(step)
+        except ValueError as exc:  # a frame past the declared length
+            raise invalid(str(exc)) from None
+        # A tracked frame's embedding is needed while it is the session's current frame (prompts, a resume):
+        # it lapses soon after, not an embedding lifetime later, so a long video does not fill the store.
+        await service.embeddings.keep_for(call.caller, image_id, service.settings.track_frame_ttl_s)
         metrics.TRACKED_FRAMES.labels("tracked").inc()
         return await _frame(live, req, results, run, dropped)
     engine = live.engine
-    if engine is None or engine.arrays is None:
-        if engine is not None and live.image_id:  # resumed: its current frame's embedding, if still stored
-            _, emb = await service.embeddings.require(call.caller, live.image_id)
-            engine.resume(emb.arrays)
-        else:
-            raise ServiceError(Reason.NO_IMAGE_YET, "send a frame before prompting objects")
+    if engine is None:
+        raise ServiceError(Reason.NO_IMAGE_YET, "send a frame before prompting objects")
     if item == "reset":
-        with live.lock:
-            engine.reset()
+        await run(_locked(live, engine.reset))
         return await _frame(live, req, [], run, 0)
     if item == "remove_object":
         if req.remove_object not in engine.objects:
             raise invalid(f"object {req.remove_object} is not tracked (tracked: {sorted(engine.objects)})")
-        with live.lock:
-            engine.remove_object(req.remove_object)
+        await run(_locked(live, engine.remove_object, req.remove_object))
         return await _frame(live, req, engine.results(), run, 0)
+    if engine.arrays is None:  # resumed: prompts need the current frame's embedding, while it is stored
+        if not live.image_id:
+            raise ServiceError(Reason.NO_IMAGE_YET, "send a frame before prompting objects")
+        _, emb = await service.embeddings.require(call.caller, live.image_id)
+        await run(_locked(live, engine.resume, emb.arrays))
     prompt = getattr(req, item)
     oid = prompt.object_id
     if item == "add_object":
@@ -161,13 +169,24 @@ async def _answer(service, live, req, inbox: Inbox, call, run) -> pb.TrackRespon
                                                         "its limit; remove one first")
     elif oid not in engine.objects:
         raise invalid(f"object {oid} is not tracked: add it with add_object (tracked: {sorted(engine.objects)})")
-    work = _prompt_work(service, engine, prompt, append=item == "correct_object")
+    append = item == "correct_object" and not prompt.replace_points and not prompt.HasField("box")
+    if append and engine.points_on_frame(oid) + len(prompt.points) > service.settings.max_points:
+        raise invalid(f"object {oid} would have {engine.points_on_frame(oid) + len(prompt.points)} clicks on this "
+                      f"frame; at most {service.settings.max_points} (replace_points starts again)")
+    work = await run(_prompt_work, service, engine, prompt, item == "correct_object")
 
     def apply():
         with live.lock:
             return work()
     results = await run(apply)
     return await _frame(live, req, results, run, 0)
+
+
+def _locked(live, fn, *args):
+    def locked():
+        with live.lock:
+            return fn(*args)
+    return locked
 
 
 def _prompt_work(service, engine, prompt, append: bool):
@@ -211,6 +230,11 @@ def _decode_mask(m: pb.Mask, size) -> np.ndarray:
                 raise invalid(f"a {w}x{h} bitmap mask is {(h * w + 7) // 8} bytes, not {len(m.bitmap)}")
             return mask_lib.decode_bitmap(m.bitmap, h, w).astype(bool)
         if which == "png":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(m.png)) as header:  # the size before any pixel is decoded
+                if header.size != (w, h):
+                    raise invalid(f"mask prompt data is {header.size[0]}x{header.size[1]}, not {w}x{h}")
             out = mask_lib.decode_png(m.png).astype(bool)
         else:  # COCO RLE is not read: its decoder trusts the counts it is given
             raise invalid("a mask prompt carries bitmap or png data")
@@ -228,12 +252,11 @@ async def _frame(live, req, results, run, dropped: int) -> pb.TrackResponse:
 
     def build() -> pb.TrackedFrame:
         frame = pb.TrackedFrame(frame_index=engine.frame, image_id=live.image_id, dropped_frames=dropped)
-        full = engine.masks(results)
         h, w = engine.original_size
-        for r, binary in zip(results, full):
+        for r in results:  # one object's full-size mask at a time
             o = frame.objects.add(object_id=r.object_id, object_score=r.score, visible=r.visible,
                                   predicted_iou=r.iou)
-            fill_mask(o.mask, binary, fmt, w, h)
+            fill_mask(o.mask, engine.masks([r])[0], fmt, w, h)
         return frame
     return pb.TrackResponse(sequence=req.sequence, frame=await run(build))
 
