@@ -545,7 +545,7 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
           everything_reps: int = typer.Option(3, help="SegmentEverything runs against the reference generator "
                                                       "per setting (0: skip)."),
           sam2_model_dir: Optional[Path] = typer.Option(None, help="Also a SAM 2.1 model directory, against the "
-                                                                   "official SAM2ImagePredictor."),
+                                                                   "official SAM2ImagePredictor (and its video tracking against SAM2VideoPredictor)."),
           sam2_checkpoint: Optional[Path] = typer.Option(None, help="Its weights, in Meta's format."),
           out: Path = typer.Option(Path("bench"))) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
@@ -561,7 +561,8 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
                            sam2_checkpoint=sam2_checkpoint)
     print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"],
                       "everything": result.get("everything"),
-                      "sam2.1": result.get("sam2.1", {}).get("ratios")}, indent=2))
+                      "sam2.1": result.get("sam2.1", {}).get("ratios"),
+                      "tracking": result.get("tracking", {}).get("ratios")}, indent=2))
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 

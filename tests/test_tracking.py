@@ -191,3 +191,30 @@ def test_a_larger_model_tracks_as_the_reference(tmp_path_factory, video_frames):
     ours: dict = {}
     run_steps(session, arrays, scenario, range(len(scenario)), ours)
     check(reference, ours, "sam2.1_hiera_small")
+
+
+@pytest.mark.slow
+def test_a_live_stream_past_the_memory_window_tracks_as_the_reference(sam2_tiny_random, tracker, tmp_path_factory):
+    """18 frames, the session not told the length (a live stream: pointers normalised by 15, as the reference
+    does for any video of 16 frames or more), so the state is pruned as it goes; a correction on frame 12."""
+    from maskserve.build.specs import get_spec
+    from maskserve.engines.predictor import Predictor
+    from video import clip, run_reference
+
+    frames = clip(18)
+    scenario = [("frame", 0), ("points", 1, [[60, 120]], [1]), *[("frame", f) for f in range(1, 13)],
+                ("correct", 1, [[120, 120]], [0]), *[("frame", f) for f in range(13, 18)]]
+    checkpoint, model_dir = sam2_tiny_random
+    m = Manifest.load(model_dir)
+    reference = run_reference(checkpoint, get_spec("sam2.1_hiera_tiny").config, frames, scenario,
+                              tmp_path_factory.mktemp("clip-long"), m.pixel_mean, m.pixel_std)
+    predictor = Predictor(model_dir)
+    arrays = []
+    for frame in frames:
+        predictor.set_image(frame)
+        arrays.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    session = tracker.session(frames[0].shape[:2])  # no length: a stream
+    ours: dict = {}
+    run_steps(session, arrays, scenario, range(len(scenario)), ours)
+    assert len(session.objects[1].outputs) < 18  # pruned as it went
+    check(reference, ours, "live stream, 18 frames")
