@@ -545,7 +545,8 @@ def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; 
           everything_reps: int = typer.Option(3, help="SegmentEverything runs against the reference generator "
                                                       "per setting (0: skip)."),
           sam2_model_dir: Optional[Path] = typer.Option(None, help="Also a SAM 2.1 model directory, against the "
-                                                                   "official SAM2ImagePredictor (and its video tracking against SAM2VideoPredictor)."),
+                                                                   "official SAM2ImagePredictor (and its video "
+                                                                   "tracking against SAM2VideoPredictor)."),
           sam2_checkpoint: Optional[Path] = typer.Option(None, help="Its weights, in Meta's format."),
           out: Path = typer.Option(Path("bench"))) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
