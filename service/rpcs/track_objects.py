@@ -75,12 +75,9 @@ async def _checkpoint(sessions, live, run, response, call) -> None:
     """Checkpoint after a message; a failure is reported on its answer (a takeover ends the stream)."""
     try:
         await sessions.checkpoint(live, run)
-    except ServiceError as exc:
-        if exc.reason is Reason.SESSION_TAKEN_OVER:
-            raise
-        _, error = failures.stream_error(exc, call.tenant)
-        response.frame.checkpoint_error.CopyFrom(error)
     except Exception as exc:  # noqa: BLE001 - quota, Redis: the frame's answer stands
+        if isinstance(exc, ServiceError) and exc.reason is Reason.SESSION_TAKEN_OVER:
+            raise
         _, error = failures.stream_error(exc, call.tenant)
         response.frame.checkpoint_error.CopyFrom(error)
 
