@@ -79,6 +79,11 @@ def resize(x: np.ndarray, rows: int, cols: int, antialias: bool) -> np.ndarray:
     return (r @ x.astype(np.float32) @ c.T).astype(np.float32)
 
 
+def _tokens(raw: np.ndarray) -> np.ndarray:
+    """(1, C, H, W) → (1, H·W, C): the frame's level as memory attention's queries."""
+    return np.ascontiguousarray(raw.reshape(1, raw.shape[1], -1).transpose(0, 2, 1))
+
+
 def sine_pe(positions: np.ndarray, dim: int, temperature: float = 10000.0) -> np.ndarray:
     """The reference's `get_1d_sine_pe`: (P,) → (P, dim)."""
     half = dim // 2
@@ -218,7 +223,7 @@ class TrackingSession:
             plans[i] = self._memory_plan(self.objects[i], f)
             groups.setdefault((len(plans[i][0]), len(plans[i][1])), []).append(i)
         raw = self._raw()
-        curr = np.ascontiguousarray(raw.reshape(1, raw.shape[1], -1).transpose(0, 2, 1))
+        curr = _tokens(raw)
         for group in groups.values():
             pix = self._attend(curr, [plans[i] for i in group])
             n = len(group)
@@ -263,7 +268,7 @@ class TrackingSession:
             pix = self.arrays["image_embeddings"]
         else:
             raw = self._raw()
-            curr = np.ascontiguousarray(raw.reshape(1, raw.shape[1], -1).transpose(0, 2, 1))
+            curr = _tokens(raw)
             pix = self._attend(curr, [self._memory_plan(obj, f)])
         coords, labels_in = t.prompt_points(None, None, None)
         coords = np.concatenate([pts, coords])[None]

@@ -17,16 +17,21 @@ def frames(video_frames):
     return video_frames
 
 
-@pytest.fixture(scope="module")
-def frame_arrays(sam2_tiny_random, frames):
+def encode(model_dir, frames) -> list[dict]:
+    """Each frame's embedding arrays, as the encoder pool would store them."""
     from maskserve.engines.predictor import Predictor
 
-    predictor = Predictor(sam2_tiny_random[1])
+    predictor = Predictor(model_dir)
     out = []
     for frame in frames:
         predictor.set_image(frame)
         out.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
     return out
+
+
+@pytest.fixture(scope="module")
+def frame_arrays(sam2_tiny_random, frames):
+    return encode(sam2_tiny_random[1], frames)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +178,6 @@ def test_a_larger_model_tracks_as_the_reference(tmp_path_factory, video_frames):
     first, a third added on the fourth."""
     from conftest import sam2_random
     from maskserve.build.specs import get_spec
-    from maskserve.engines.predictor import Predictor
     from video import run_reference
 
     checkpoint, model_dir = sam2_random(tmp_path_factory, "sam2.1_hiera_small")
@@ -182,11 +186,7 @@ def test_a_larger_model_tracks_as_the_reference(tmp_path_factory, video_frames):
     m = Manifest.load(model_dir)
     reference = run_reference(checkpoint, get_spec("sam2.1_hiera_small").config, frames, scenario,
                               tmp_path_factory.mktemp("clip-small"), m.pixel_mean, m.pixel_std)
-    predictor = Predictor(model_dir)
-    arrays = []
-    for frame in frames:
-        predictor.set_image(frame)
-        arrays.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    arrays = encode(model_dir, frames)
     session = Tracker(model_dir, m).session(frames[0].shape[:2], num_frames=len(frames))
     ours: dict = {}
     run_steps(session, arrays, scenario, range(len(scenario)), ours)
@@ -198,7 +198,6 @@ def test_a_live_stream_past_the_memory_window_tracks_as_the_reference(sam2_tiny_
     """18 frames, the session not told the length (a live stream: pointers normalised by 15, as the reference
     does for any video of 16 frames or more), so the state is pruned as it goes; a correction on frame 12."""
     from maskserve.build.specs import get_spec
-    from maskserve.engines.predictor import Predictor
     from video import clip, run_reference
 
     frames = clip(18)
@@ -208,11 +207,7 @@ def test_a_live_stream_past_the_memory_window_tracks_as_the_reference(sam2_tiny_
     m = Manifest.load(model_dir)
     reference = run_reference(checkpoint, get_spec("sam2.1_hiera_tiny").config, frames, scenario,
                               tmp_path_factory.mktemp("clip-long"), m.pixel_mean, m.pixel_std)
-    predictor = Predictor(model_dir)
-    arrays = []
-    for frame in frames:
-        predictor.set_image(frame)
-        arrays.append({k: v.copy() for k, v in predictor.get_image_arrays().items()})
+    arrays = encode(model_dir, frames)
     session = tracker.session(frames[0].shape[:2])  # no length: a stream
     ours: dict = {}
     run_steps(session, arrays, scenario, range(len(scenario)), ours)
