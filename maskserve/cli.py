@@ -155,21 +155,25 @@ def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instea
        model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
        port: int = typer.Option(50051, help="gRPC port of the decoder."),
        metrics_port: int = typer.Option(9090, help="Decoder /metrics port; the encoder's is the next one."),
-       host: str = typer.Option("127.0.0.1", help="Address gRPC and /metrics listen on (0.0.0.0: every interface).")) -> None:
+       http_port: int = typer.Option(8080, help="HTTP/JSON API and the web annotator."),
+       host: str = typer.Option("127.0.0.1", help="Address gRPC, HTTP and /metrics listen on (0.0.0.0: every "
+                                                  "interface).")) -> None:
     """Start a local stack on this machine (Redis, one encoder, one decoder) until Ctrl-C."""
     import signal as _signal
     import time as _time
 
     from maskserve.service.stack import LocalStack
 
-    stack = LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1), host=host)
+    stack = LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1), host=host, http_port=http_port)
     try:
         stack.__enter__()
     except RuntimeError as exc:
         _fail(str(exc))
     try:
-        console.print(f"[green]maskserve is up[/]  gRPC {host}:{port}  metrics :{metrics_port} (decoder) "
-                      f":{metrics_port + 1} (encoder)  redis {stack.redis_url}  logs {stack.log_dir}")
+        console.print(f"[green]maskserve is up[/]  gRPC {host}:{port}  HTTP http://{host}:{http_port}  metrics "
+                      f":{metrics_port} (decoder) :{metrics_port + 1} (encoder)  redis {stack.redis_url}  logs "
+                      f"{stack.log_dir}")
+        console.print(f"annotate in a browser: http://{host}:{http_port}/   API: http://{host}:{http_port}/openapi.json")
         stopping = []
         _signal.signal(_signal.SIGTERM, lambda *_: stopping.append(1))
         while not stopping:

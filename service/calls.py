@@ -165,3 +165,28 @@ async def chain(concerns: list, call: Call):
 def each(concerns: list, call: Call) -> None:
     for concern in concerns:
         concern.each(call)
+
+
+def invoker(service, concerns: list, method):
+    """A method of the proto's service, behind every concern, for any transport (gRPC, HTTP): `run(request,
+    context)` → the response (a coroutine), or the responses (an async generator) where they are streamed.
+    `request()` makes the request inside the concerns (a malformed one fails as any bad input does); a
+    client-streaming method's is the requests' async iterator."""
+    from . import rpcs
+
+    rpc, impl = method.name, rpcs.handler(method.name)
+    kind = dict(streaming=method.server_streaming, per_message=method.client_streaming)
+    if method.server_streaming:
+        async def run(request, context):
+            call = Call(rpc, context, **kind)
+            async with chain(concerns, call):
+                async for response in impl(service, request(), call):
+                    each(concerns, call)
+                    yield response
+    else:
+        async def run(request, context):
+            call = Call(rpc, context, **kind)
+            async with chain(concerns, call):
+                return await impl(service, request(), call)
+    return run
+

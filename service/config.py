@@ -38,6 +38,12 @@ class Settings:
     grpc_host: str = setting("[::]", "address the decoder's gRPC listens on (every interface; the local stack "
                                      "sets loopback)")
     grpc_port: int = setting(50051, "decoder gRPC port", **PORT)
+    http_port: int = setting(0, "decoder HTTP/JSON port: the same RPCs (routes from the proto), WebSockets for "
+                                "streams, OpenAPI at `/openapi.json`, the web annotator at `/`; same TLS and keys as "
+                                "gRPC", shown="0 (off)", **PORT)
+    http_allowed_origins: str = setting("", "HTTP: other origins whose pages may call the API from a browser "
+                                            "(comma-separated `https://host:port`, or `*`); the decoder's own page "
+                                            "is always allowed", shown="(none)")
     metrics_host: str = setting("0.0.0.0", "address `/metrics` listens on (every interface; the local stack sets "
                                            "loopback)")
     metrics_port: int = setting(9090, "Prometheus `/metrics` port (0 = off)", **PORT)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
 
-from . import access, allocator, calls, logs, metrics, quotas, redis_clients, refinement, rpcs, tls, tracing, tracking
+from . import access, allocator, calls, http, logs, metrics, quotas, redis_clients, refinement, rpcs, tls, tracing, tracking
 from .calls import SERVICE_NAME
 from .config import Settings
 from .decoding import Decoding
@@ -80,35 +80,26 @@ def _handlers(service: Segmenter, concerns: list) -> grpc.GenericRpcHandler:
     """Every method of the proto's service: its module in `rpcs/`, behind every concern."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["Segmenter"].methods:
-        rpc, impl = method.name, rpcs.handler(method.name)
+        run = calls.invoker(service, concerns, method)
         parse = _parser(getattr(pb, method.input_type.name))
         serialize = getattr(pb, method.output_type.name).SerializeToString
-        kind = dict(streaming=method.server_streaming, per_message=method.client_streaming)
         if method.client_streaming:
-            async def handler(raw_requests, context, rpc=rpc, impl=impl, parse=parse, kind=kind):
-                call = calls.Call(rpc, context, **kind)
-                async with calls.chain(concerns, call):
-                    async def requests():
-                        async for raw in raw_requests:
-                            yield parse(raw)
-                    async for response in impl(service, requests(), call):
-                        calls.each(concerns, call)
-                        yield response
-            handlers[rpc] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
+            async def handler(raw_requests, context, run=run, parse=parse):
+                async def requests():
+                    async for raw in raw_requests:
+                        yield parse(raw)
+                async for response in run(requests, context):
+                    yield response
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(handler, response_serializer=serialize)
         elif method.server_streaming:
-            async def handler(raw, context, rpc=rpc, impl=impl, parse=parse, kind=kind):
-                call = calls.Call(rpc, context, **kind)
-                async with calls.chain(concerns, call):
-                    async for response in impl(service, parse(raw), call):
-                        calls.each(concerns, call)
-                        yield response
-            handlers[rpc] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
+            async def handler(raw, context, run=run, parse=parse):
+                async for response in run(lambda: parse(raw), context):
+                    yield response
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(handler, response_serializer=serialize)
         else:
-            async def handler(raw, context, rpc=rpc, impl=impl, parse=parse, kind=kind):
-                call = calls.Call(rpc, context, **kind)
-                async with calls.chain(concerns, call):
-                    return await impl(service, parse(raw), call)
-            handlers[rpc] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
+            async def handler(raw, context, run=run, parse=parse):
+                return await run(lambda: parse(raw), context)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler, response_serializer=serialize)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
@@ -171,8 +162,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         servers.append(probes)
     for s in servers:
         await s.start()
+    web = await http.start(service, concerns, settings) if settings.http_port else None
     tasks = [asyncio.create_task(service.embeddings.listen()), asyncio.create_task(_watch_health(service, health_servicer))]
-    log.info("decoder: model %s on port %d (%s, authentication %s)", service.version, port,
+    log.info("decoder: model %s on port %d%s (%s, authentication %s)", service.version, port,
+             f", HTTP on {settings.http_port}" if web else "",
              "mutual TLS" if settings.tls_client_ca_file else "TLS" if settings.tls else "plaintext",
              "on" if settings.auth_file else "off")
     stop = asyncio.Event()
@@ -186,7 +179,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await service.sessions.drain(lambda fn, *args: loop.run_in_executor(service.tracking_pool, fn, *args))
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if web is not None:
+        await web.shutdown()
     await server.stop(grace=20)
+    if web is not None:
+        await web.cleanup()
     for s in servers[1:]:
         await s.stop(grace=None)
     for t in tasks:

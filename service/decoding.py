@@ -39,6 +39,7 @@ def to_prompt(p: pb.Prompt) -> prompt_lib.Prompt:
 class Decoding:
     def __init__(self, settings: Settings, model_dir, model: engines.Model) -> None:
         self.settings, self.model, self.manifest = settings, model, model.manifest
+        self.model_dir = model_dir  # its graphs (the HTTP port serves the decoder's to the web annotator)
         # ONNX Runtime: a decode that starts while another runs gets one thread instead of all of them. Runs
         # side by side on one core each do more work than runs contending for every core (on 2 cores with 4
         # clients: about 1.5x the throughput), and a lone request still gets every core.

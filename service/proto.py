@@ -13,6 +13,8 @@ from pathlib import Path
 from maskserve.v1 import maskserve_pb2 as pb
 from maskserve.v1 import maskserve_pb2_grpc as pb_grpc
 
+from . import openapi
+
 __all__ = ["pb", "pb_grpc"]
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"  # in the source tree
@@ -20,13 +22,21 @@ PROTO = PROTO_ROOT / "maskserve" / "v1" / "maskserve.proto"
 
 
 def generate(out: Path) -> None:
-    """protoc (from grpcio-tools) on the .proto: maskserve/v1/maskserve_pb2{,_grpc}.py and .pyi under `out`."""
+    """protoc (from grpcio-tools) on the .proto: maskserve/v1/maskserve_pb2{,_grpc}.py and .pyi, and the HTTP
+    API's openapi.json, under `out`."""
+    import google.api.annotations_pb2
     from grpc_tools import protoc
 
-    args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-            str(PROTO)]
+    googleapis = Path(google.api.annotations_pb2.__file__).parent.parent.parent  # googleapis-common-protos' .proto
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
+    descriptors = out / "maskserve" / "v1" / "descriptors.pb"
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{googleapis}", f"-I{well_known}", f"--python_out={out}",
+            f"--pyi_out={out}", f"--grpc_python_out={out}", f"--descriptor_set_out={descriptors}",
+            "--include_source_info", str(PROTO)]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {PROTO}")
+    (descriptors.parent / openapi.FILE).write_text(openapi.generate(descriptors.read_bytes()))
+    descriptors.unlink()
 
 
 if __name__ == "__main__":

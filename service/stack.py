@@ -97,10 +97,12 @@ class LocalStack:
     def __init__(self, model_dir: str = "", redis_url: str | None = None, grpc_port: int | None = None,
                  metrics_ports: tuple[int, int] | None = None, log_dir: str | Path | None = None,
                  extra_env: dict[str, str] | None = None, encoder_env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None) -> None:
+                 host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None,
+                 http_port: int | None = None) -> None:
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()  # the HTTP API and the web annotator
         self.metrics_ports = metrics_ports or (free_port(), free_port())
         self.own_log_dir = log_dir is None  # a temporary folder, removed after a clean run
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
@@ -114,11 +116,16 @@ class LocalStack:
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.credentials else 'http'}://127.0.0.1:{self.http_port}"
+
     def env(self, role: str) -> dict[str, str]:
         port = self.metrics_ports[0 if role == "decoder" else 1]
         return {"MASKSERVE_REDIS_URL": self.redis_url, "MASKSERVE_MODEL_DIR": self.model_dir,
                 "MASKSERVE_GRPC_HOST": self.host, "MASKSERVE_METRICS_HOST": self.host,
-                "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port), **self.extra_env}
+                "MASKSERVE_GRPC_PORT": str(self.grpc_port), "MASKSERVE_METRICS_PORT": str(port),
+                "MASKSERVE_HTTP_PORT": str(self.http_port), **self.extra_env}
 
     def start_encoder(self, wait: bool = True, **env: str) -> subprocess.Popen:
         """Start an encoder worker; with `wait`, return once its engine is loaded (it then opens its metrics port)."""
@@ -133,6 +140,7 @@ class LocalStack:
     def __enter__(self) -> "LocalStack":
         try:
             check_free(self.host, self.grpc_port, "decoder gRPC")
+            check_free(self.host, self.http_port, "decoder HTTP")
             for port, role in zip(self.metrics_ports, ("decoder", "encoder")):
                 check_free(self.host, port, f"{role} metrics")
             if self.redis_url is None:

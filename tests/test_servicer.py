@@ -104,7 +104,8 @@ def test_segment_prompt_without_processes_answers_as_the_predictor(service, tiny
 def test_every_rpc_of_the_proto_has_its_module_and_gets_every_concern(service):
     methods = [m.name for m in pb.DESCRIPTOR.services_by_name["Segmenter"].methods]
     assert {rpcs.module_name(m) for m in methods} == {"encode_image", "segment_prompt", "stream_segment",
-                                                       "segment_everything", "get_model_info", "track_objects"}
+                                                       "segment_everything", "get_model_info", "track_objects",
+                                                       "get_embedding"}
     for m in methods:
         assert callable(rpcs.handler(m))
 

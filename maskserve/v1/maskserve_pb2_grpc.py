@@ -64,6 +64,11 @@ class SegmenterStub:
                 request_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
                 response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
                 _registered_method=True)
+        self.GetEmbedding = channel.unary_unary(
+                '/maskserve.v1.Segmenter/GetEmbedding',
+                request_serializer=maskserve_dot_v1_dot_maskserve__pb2.GetEmbeddingRequest.SerializeToString,
+                response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.Embedding.FromString,
+                _registered_method=True)
 
 
 class SegmenterServicer:
@@ -121,6 +126,14 @@ class SegmenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEmbedding(self, request, context):
+        """The stored embedding of one of the caller's images, float16: for a client that runs the prompt decoder
+        itself (the web annotator's hover preview, as in the paper's demo); clicks still go through SegmentPrompt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +166,11 @@ def add_SegmenterServicer_to_server(servicer, server):
                     servicer.TrackObjects,
                     request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.FromString,
                     response_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.SerializeToString,
+            ),
+            'GetEmbedding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEmbedding,
+                    request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.GetEmbeddingRequest.FromString,
+                    response_serializer=maskserve_dot_v1_dot_maskserve__pb2.Embedding.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +335,33 @@ class Segmenter:
             '/maskserve.v1.Segmenter/TrackObjects',
             maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
             maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEmbedding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maskserve.v1.Segmenter/GetEmbedding',
+            maskserve_dot_v1_dot_maskserve__pb2.GetEmbeddingRequest.SerializeToString,
+            maskserve_dot_v1_dot_maskserve__pb2.Embedding.FromString,
             options,
             channel_credentials,
             insecure,
