@@ -1,4 +1,5 @@
-"""Fetch Meta's published checkpoints into a cache, resuming broken transfers and verifying checksums.
+"""Fetch Meta's published checkpoints (and the web annotator's ONNX Runtime Web) into a cache, resuming broken
+transfers and verifying checksums.
 
 No torch here: pulling a checkpoint needs nothing but the standard library and rich for the progress bar.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,8 +22,49 @@ class DownloadError(RuntimeError):
     pass
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("MASKSERVE_CACHE", Path.home() / ".cache" / "maskserve"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MASKSERVE_CACHE", Path.home() / ".cache" / "maskserve")) / "checkpoints"
+    return cache_root() / "checkpoints"
+
+
+# ONNX Runtime Web, for the annotator's in-browser decoder: its WebAssembly CPU build is two files, 15 MB
+# (3.8 MB zipped) — kept out of the package, pulled from the npm registry once like a checkpoint.
+ORT_WEB_VERSION = "1.31.1"
+ORT_WEB_TARBALL = f"onnxruntime-web/-/onnxruntime-web-{ORT_WEB_VERSION}.tgz"
+ORT_WEB_BYTES = 34586352
+ORT_WEB_SHA256 = "bdccdb9fbb9ab537247c0c734e9b1d2b1b338b4f2a09faa58f0dc1cfa27c312c"
+ORT_WEB_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
+NPM_REGISTRY = "https://registry.npmjs.org"
+
+
+def web_runtime_dir(cache: Path | None = None) -> Path:
+    return (cache or cache_root()) / "web" / f"onnxruntime-web-{ORT_WEB_VERSION}"
+
+
+def pull_web_runtime(cache: Path | None = None, registry: str | None = None, progress: bool = True,
+                     size: int = ORT_WEB_BYTES, sha256: str = ORT_WEB_SHA256) -> Path:
+    """ONNX Runtime Web's two files into `web_runtime_dir`, from the npm registry's tarball (size and sha256
+    checked); a no-op where they are."""
+    dest = web_runtime_dir(cache)
+    if all((dest / name).is_file() for name in ORT_WEB_FILES):
+        return dest
+    registry = (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
+    tarball = download(f"{registry}/{ORT_WEB_TARBALL}", dest.parent / ORT_WEB_TARBALL.rsplit("/", 1)[1],
+                       size=size, progress=progress, sha256=sha256)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball) as tar:
+        for name in ORT_WEB_FILES:  # only these members, by name: nothing else of the archive is written
+            member = tar.extractfile(f"package/dist/{name}")
+            if member is None:
+                raise DownloadError(f"{tarball} has no package/dist/{name}")
+            part = dest / f"{name}.part"
+            part.write_bytes(member.read())
+            part.replace(dest / name)
+    tarball.unlink()
+    return dest
 
 
 def _digest(path: Path, algorithm: str) -> str:

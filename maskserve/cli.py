@@ -17,6 +17,8 @@ models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True
 app.add_typer(models_app, name="models")
 keys_app = typer.Typer(help="API keys for the access file (MASKSERVE_AUTH_FILE).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+web_app = typer.Typer(help="The web annotator's in-browser runtime (ONNX Runtime Web).", no_args_is_help=True)
+app.add_typer(web_app, name="web")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -51,6 +53,22 @@ def models_pull(
     except (DownloadError, UnknownModelType) as exc:
         _fail(str(exc))
     print(path)
+
+
+@web_app.command("pull")
+def web_pull(
+    registry: Optional[str] = typer.Option(None, help="An npm registry mirror (default $npm_config_registry, else "
+                                                      "registry.npmjs.org)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Download ONNX Runtime Web (15 MB, checksum verified) for the web annotator's hover preview, into
+    $MASKSERVE_CACHE/web (default ~/.cache/maskserve/web); the decoder serves it from there."""
+    from maskserve.build.download import DownloadError, pull_web_runtime
+
+    try:
+        print(pull_web_runtime(registry=registry, progress=not quiet))
+    except DownloadError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from google.api import annotations_pb2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
+from maskserve.build import download
 
 from . import calls, errors, openapi, watch
 from .errors import Reason
@@ -147,8 +150,37 @@ def error_response(status: status_pb2.Status, http_status: int | None = None) ->
     return response
 
 
-def _malformed(message: str) -> ServiceError:
-    return ServiceError(Reason.MALFORMED_REQUEST, message, errors.bad_request("body", message))
+def _malformed(message: str, field: str = "body") -> ServiceError:
+    return ServiceError(Reason.MALFORMED_REQUEST, message, errors.bad_request(field, message))
+
+
+BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}\Z")
+
+
+def _check_base64(value, descriptor, where: str = "") -> None:
+    """protobuf's JSON parser reads bytes leniently (invalid characters dropped: '%%%' is b''): strictly here."""
+    if not isinstance(value, dict):
+        return
+    for name, v in value.items():
+        field = descriptor.fields_by_camelcase_name.get(name) or descriptor.fields_by_name.get(name)
+        if field is None:
+            continue
+        for i, item in enumerate(v if isinstance(v, list) else [v]):
+            path = f"{where}{name}" + (f"[{i}]" if isinstance(v, list) else "")
+            if field.type == field.TYPE_BYTES and isinstance(item, str) and not BASE64.match(item):
+                raise _malformed(f"{path} is not base64", path)
+            if field.message_type is not None:
+                _check_base64(item, field.message_type, path + ".")
+
+
+def parse_json(text: str | bytes, message) -> None:
+    """`message` from protobuf's JSON mapping, strictly: unknown fields and bad base64 refused."""
+    try:
+        doc = json.loads(text or "{}")
+        _check_base64(doc, message.DESCRIPTOR)
+        json_format.ParseDict(doc, message)
+    except (json_format.ParseError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise _malformed(f"not a valid {message.DESCRIPTOR.name} in JSON: {exc}") from None
 
 
 class Gateway:
@@ -161,7 +193,7 @@ class Gateway:
         self.model_dir = Path(service.decoding.model_dir)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors, self._origins])
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._errors, self._origins, self._isolated])
         for route in routes():
             run = calls.invoker(self.service, self.concerns, route.method)
             handler = self._websocket if route.websocket else self._streamed if route.method.server_streaming \
@@ -171,6 +203,7 @@ class Gateway:
         app.router.add_get("/openapi.json", self._openapi)
         app.router.add_get("/v1/model/decoder.onnx", self._decoder_model)
         app.router.add_get("/", lambda request: web.FileResponse(WEB / "index.html"))
+        app.router.add_get("/static/ort/{name}", self._web_runtime)
         app.router.add_static("/static/", Path(str(WEB)), append_version=True)
         return app
 
@@ -221,6 +254,15 @@ class Gateway:
         response.headers.update(cors)
         return response
 
+    @web.middleware
+    async def _isolated(self, request: web.Request, handler):
+        """The page is cross-origin isolated: ONNX Runtime Web then gets SharedArrayBuffer, and two threads."""
+        response = await handler(request)
+        if request.path == "/" or request.path.startswith("/static/"):
+            response.headers.update({"Cross-Origin-Opener-Policy": "same-origin",
+                                     "Cross-Origin-Embedder-Policy": "require-corp"})
+        return response
+
     # -- requests -----------------------------------------------------------------------------------------
     async def _request(self, request: web.Request, route: Route):
         """The RPC's request from the path, the query (GET) or the body (JSON or multipart)."""
@@ -228,11 +270,7 @@ class Gateway:
         if route.body:
             kind = request.content_type
             if kind == JSON:
-                raw = await request.read()
-                try:
-                    json_format.Parse(raw.decode() if raw else "{}", message)
-                except (json_format.ParseError, UnicodeDecodeError) as exc:
-                    raise _malformed(f"the body is not a valid {message.DESCRIPTOR.name} in JSON: {exc}") from None
+                parse_json(await request.read(), message)
             elif kind == "multipart/form-data":
                 await self._multipart(request, message)
             else:
@@ -257,11 +295,7 @@ class Gateway:
                              f"{' or '.join(sorted(images)) or 'no image part'}")
         if "request" in form:
             text = form["request"]
-            text = text.file.read().decode() if isinstance(text, web.FileField) else text
-            try:
-                json_format.Parse(text, message)
-            except json_format.ParseError as exc:
-                raise _malformed(f"form part `request` is not a valid {message.DESCRIPTOR.name}: {exc}") from None
+            parse_json(text.file.read() if isinstance(text, web.FileField) else text, message)
         for name in images & set(form):
             part = form[name]
             getattr(message, name).encoded = part.file.read() if isinstance(part, web.FileField) else part.encode()
@@ -315,10 +349,7 @@ class Gateway:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     binary, message = False, parse()
-                    try:
-                        json_format.Parse(msg.data, message)
-                    except json_format.ParseError as exc:
-                        raise _malformed(f"a message is not a valid {parse.DESCRIPTOR.name} in JSON: {exc}") from None
+                    parse_json(msg.data, message)
                 elif msg.type == WSMsgType.BINARY:
                     binary = True
                     try:
@@ -351,6 +382,16 @@ class Gateway:
     # -- the rest -----------------------------------------------------------------------------------------
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=openapi.text(), content_type=JSON)
+
+    async def _web_runtime(self, request: web.Request) -> web.FileResponse:
+        """ONNX Runtime Web, from where `maskserve web pull` put it (not in the package: 15 MB)."""
+        name = request.match_info["name"]
+        path = download.web_runtime_dir() / name
+        if name not in download.ORT_WEB_FILES or not path.is_file():
+            message = f"{name}: ONNX Runtime Web {download.ORT_WEB_VERSION} is not installed here; run `maskserve web pull`"
+            return error_response(failure(grpc.StatusCode.NOT_FOUND, None, message))
+        kind = "text/javascript" if name.endswith(".mjs") else "application/wasm"
+        return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "public, max-age=86400"})
 
     async def _decoder_model(self, request: web.Request) -> web.StreamResponse:
         """The decoder graph, for the page's in-browser decoding: to callers allowed GetModelInfo."""

@@ -102,7 +102,7 @@ class LocalStack:
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.grpc_port = grpc_port or free_port()
-        self.http_port = http_port or free_port()  # the HTTP API and the web annotator
+        self.http_port = http_port or 0  # the HTTP API and the web annotator (`maskserve up`: on); 0 = off
         self.metrics_ports = metrics_ports or (free_port(), free_port())
         self.own_log_dir = log_dir is None  # a temporary folder, removed after a clean run
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="maskserve-"))
@@ -140,7 +140,8 @@ class LocalStack:
     def __enter__(self) -> "LocalStack":
         try:
             check_free(self.host, self.grpc_port, "decoder gRPC")
-            check_free(self.host, self.http_port, "decoder HTTP")
+            if self.http_port:
+                check_free(self.host, self.http_port, "decoder HTTP")
             for port, role in zip(self.metrics_ports, ("decoder", "encoder")):
                 check_free(self.host, port, f"{role} metrics")
             if self.redis_url is None:
