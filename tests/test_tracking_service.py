@@ -31,7 +31,7 @@ def stack(sam2_tiny_random, tmp_path_factory):
     (d / "access.json").write_text(json.dumps(doc))
     env = {"MASKSERVE_AUTH_FILE": str(d / "access.json"), "MASKSERVE_TRACK_MAX_OBJECTS": "4",
            "MASKSERVE_TRACK_CHECKPOINT_S": "0", "MASKSERVE_TRACK_SESSIONS": "2", "MASKSERVE_TRACK_IDLE_S": "20"}
-    with LocalStack(model_dir=str(sam2_tiny_random[1]), log_dir=d, extra_env=env) as s:
+    with LocalStack(model_dir=str(sam2_tiny_random[1]), log_dir=d, extra_env=env, http_port=free_port()) as s:
         yield s
 
 
@@ -283,3 +283,51 @@ def test_a_silent_stream_ends_and_its_session_resumes(stack, video_frames):
     s.close()
     (r,) = stream(stack.target, KEYS["a"], dict(start=pb.TrackStart(session_id=session_id)))
     assert r.session.resumed and list(r.session.object_ids) == [1]
+
+
+def test_tracking_over_a_websocket_answers_as_grpc(stack, video_frames):
+    """The same session over HTTP's WebSocket (JSON messages, the API key as a browser sends it) and over gRPC:
+    the same masks and scores on every frame."""
+    import asyncio
+    import base64
+
+    import aiohttp
+    from google.protobuf import json_format
+
+    from maskserve.service import http
+
+    h, w = video_frames[0].shape[:2]
+
+    def raw(frame):
+        return {"raw": {"width": w, "height": h, "format": "PIXEL_FORMAT_RGB8",
+                        "data": base64.b64encode(frame.tobytes()).decode()}}
+
+    messages = [{"start": {"maskFormat": "MASK_FORMAT_BITMAP"}}, {"frame": raw(video_frames[0])},
+                {"addObject": {"objectId": 1, "points": [{"x": 60, "y": 120, "label": 1}]}},
+                {"addObject": {"objectId": 2, "box": {"x0": 220, "y0": 60, "x1": 280, "y1": 120}}},
+                {"frame": raw(video_frames[1])}, {"removeObject": 2}, {"frame": raw(video_frames[2])}]
+    messages = [{"sequence": str(i), **m} for i, m in enumerate(messages)]
+
+    async def over_websocket():
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(stack.url.replace("http", "ws") + "/v1/streams/track",
+                                    protocols=(http.SUBPROTOCOL, http.BEARER_PROTOCOL + KEYS["a"])) as ws:
+                answers = []
+                for m in messages:
+                    await ws.send_str(json.dumps(m))
+                    answers.append(json_format.ParseDict(json.loads((await ws.receive(timeout=120)).data),
+                                                         pb.TrackResponse()))
+                return answers
+
+    over_http = asyncio.run(over_websocket())
+    with grpc.insecure_channel(stack.target) as channel:
+        requests = [json_format.ParseDict(m, pb.TrackRequest()) for m in messages]
+        over_grpc = list(pb_grpc.SegmenterStub(channel).TrackObjects(
+            iter(requests), metadata=[("authorization", f"Bearer {KEYS['a']}")]))
+    assert over_http[0].session.session_id and over_http[0].session.session_id != over_grpc[0].session.session_id
+    for a, b in zip(over_http[1:], over_grpc[1:], strict=True):
+        assert a.WhichOneof("outcome") == b.WhichOneof("outcome") == "frame", (a, b)
+        assert a.frame.frame_index == b.frame.frame_index and a.frame.image_id == b.frame.image_id
+        assert a.frame.objects == b.frame.objects
+    assert [o.object_id for o in over_http[-1].frame.objects] == [1]
+
