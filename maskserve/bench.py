@@ -26,7 +26,7 @@ from maskserve.service import keys, store
 from maskserve.client import image_message, prompt_message
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.segment_file import BUNDLED_PHOTO
-from maskserve.service.stack import LocalStack
+from maskserve.service.stack import LocalStack, free_port
 
 
 def _stats(seconds: list[float]) -> dict:
@@ -234,6 +234,44 @@ def _client_levers(stack, image_id: str, point, sam, requests: int) -> tuple[dic
     return {"p50_ms": p50, "formats": formats, "ratios": ratios}, {**times, **refine_times}
 
 
+def _http_cost(stack, request: "pb.SegmentPromptRequest", stub, requests: int) -> dict:
+    """`SegmentPrompt` over HTTP/JSON (a kept-alive connection) against gRPC on the same decoder, in alternating
+    blocks; and the answer's bytes in JSON against protobuf, per mask format."""
+    import http.client
+
+    from google.protobuf import json_format
+
+    from maskserve.service.http import to_json
+
+    connection = http.client.HTTPConnection("127.0.0.1", stack.http_port, timeout=60)
+    body = to_json(request).encode()
+
+    def over_http():
+        connection.request("POST", "/v1/images:segment", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        assert response.status == 200, data
+        return data
+
+    grpc_times, http_times = _alternating(lambda: stub.SegmentPrompt(request, timeout=60), over_http, requests)
+    sizes = {}
+    for fmt in ("MASK_FORMAT_COCO_RLE", "MASK_FORMAT_PNG", "MASK_FORMAT_BITMAP"):
+        r = pb.SegmentPromptRequest()
+        r.CopyFrom(request)
+        r.options.mask_format = pb.MaskFormat.Value(fmt)
+        answer = stub.SegmentPrompt(r, timeout=60)
+        body = to_json(r).encode()
+        connection.request("POST", "/v1/images:segment", body, {"Content-Type": "application/json"})
+        text = connection.getresponse().read()
+        assert json_format.Parse(text, pb.SegmentPromptResponse()).results[0].masks == answer.results[0].masks
+        sizes[fmt.removeprefix("MASK_FORMAT_").lower()] = {"protobuf_bytes": answer.ByteSize(),
+                                                            "json_bytes": len(text)}
+    connection.close()
+    g, h = _stats(grpc_times), _stats(http_times)
+    return {"grpc_p50_ms": g["p50_ms"], "http_json_p50_ms": h["p50_ms"], "http_vs_grpc_p50": h["p50_ms"] / g["p50_ms"],
+            "answer_bytes": sizes}
+
+
 def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
     """`SegmentPrompt` p50 in plaintext, over TLS, over TLS with an API key checked against an access file
     (tenant-scoped ids and all), and traced (spans exported by OTLP to a collector in this process; the
@@ -268,7 +306,8 @@ def _security_cost(stack, image: np.ndarray, point, requests: int) -> dict:
             if env:
                 port = free_port()
                 procs.append(start_role("decoder", {**stack.env("decoder"), **env, "MASKSERVE_GRPC_PORT": str(port),
-                                                    "MASKSERVE_METRICS_PORT": "0"}, folder / f"{port}.log"))
+                                                    "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HTTP_PORT": "0"},
+                                        folder / f"{port}.log"))
                 secure = "MASKSERVE_TLS_CERT_FILE" in env
                 wait_serving(f"127.0.0.1:{port}", proc=procs[-1], credentials=credentials if secure else None)
                 channel = (grpc.secure_channel(f"127.0.0.1:{port}", credentials) if secure
@@ -422,7 +461,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
                     "image": [h, w], "machine": {**cpu_peak_flops(), "gemm_flops": measured_gemm_flops()}, "scenarios": {}}
     series: dict[str, list[float]] = {}
     sam = _reference_predictor(checkpoint, model_type or m.model_type, image) if reference and checkpoint else None
-    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+    with LocalStack(str(model_dir), http_port=free_port()) as stack, grpc.insecure_channel(stack.target) as channel:
         stub = pb_grpc.SegmenterStub(channel)
         image_id = stub.EncodeImage(pb.EncodeImageRequest(image=image_message(image), wait=True), timeout=600).image_id
         rle3 = pb.SegmentPromptRequest(image_id=image_id, prompts=[prompt_message(point, [1])])
@@ -469,6 +508,7 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
         series["embedding fetch from Redis, float16"] = _timed(lambda: store.unpack(r.get(key + ":float16")), requests)
         result["scenarios"]["encode_images_per_s"], ids = _encode_throughput(stub, image, encode_images)
         result["security"] = _security_cost(stack, image, point, requests)
+        result["http"] = _http_cost(stack, rle3, stub, requests)
         result["client"], client_series = _client_levers(stack, image_id, point, sam, requests)
         series.update({f"client: {k}": v for k, v in client_series.items() if not k.startswith("reference")})
         if sam is not None:  # next to the encoder's figure in time

@@ -160,9 +160,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
         probes.add_insecure_port(f"{settings.grpc_host}:{settings.health_port}")
         servers.append(probes)
+    web = await http.start(service, concerns, settings) if settings.http_port else None  # a port in use: stop here
     for s in servers:
         await s.start()
-    web = await http.start(service, concerns, settings) if settings.http_port else None
     tasks = [asyncio.create_task(service.embeddings.listen()), asyncio.create_task(_watch_health(service, health_servicer))]
     log.info("decoder: model %s on port %d%s (%s, authentication %s)", service.version, port,
              f", HTTP on {settings.http_port}" if web else "",

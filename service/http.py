@@ -427,6 +427,11 @@ async def start(service, concerns: list, settings) -> web.AppRunner:
     runner = web.AppRunner(Gateway(service, concerns, settings).app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     context, _ = ssl_context(settings)
-    await web.TCPSite(runner, settings.grpc_host.strip("[]"), settings.http_port, ssl_context=context,
-                      reuse_port=False).start()
+    host = settings.grpc_host.strip("[]")
+    try:
+        await web.TCPSite(runner, host, settings.http_port, ssl_context=context, reuse_port=False).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"MASKSERVE_HTTP_PORT={settings.http_port}: cannot listen on {host or '*'}: "
+                         f"{exc.strerror or exc}") from None
     return runner

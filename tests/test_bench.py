@@ -22,6 +22,9 @@ def test_bench_runs_and_writes_json_and_plot(tmp_path, tiny_checkpoint):
     assert data["scenarios"]["encode_images_per_s"] > 0
     assert set(data["security"]["p50_ms"]) == {"plaintext", "TLS", "TLS + API key", "traced (OTLP)"}
     assert data["security"]["spans_exported"] > 0
+    h = data["http"]
+    assert h["grpc_p50_ms"] > 0 and h["http_json_p50_ms"] > 0 and h["http_vs_grpc_p50"] > 0
+    assert all(v["json_bytes"] > v["protobuf_bytes"] > 0 for v in h["answer_bytes"].values())
     c = data["client"]
     assert c["p50_ms"]["Client.predict"] > 0 and c["p50_ms"]["refine by handle"] > 0
     assert c["formats"]["bits"]["response_bytes"] > 0 and c["formats"]["logits"]["response_bytes"] > 3 * 256 * 256 * 4
