@@ -183,6 +183,13 @@ def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instea
     from maskserve.service.stack import LocalStack
 
     stack = LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1), host=host, http_port=http_port)
+    try:  # the annotator's in-browser decoder, once (the page works without it, minus the hover preview)
+        from maskserve.build.download import DownloadError, pull_web_runtime
+
+        pull_web_runtime(progress=False)
+    except (DownloadError, OSError) as exc:
+        console.print(f"[yellow]no ONNX Runtime Web ({exc}); the annotator works without its hover preview; "
+                      "`maskserve web pull` to add it")
     try:
         stack.__enter__()
     except RuntimeError as exc:
