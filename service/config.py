@@ -44,6 +44,8 @@ class Settings:
     http_allowed_origins: str = setting("", "HTTP: other origins whose pages may call the API from a browser "
                                             "(comma-separated `https://host:port`, or `*`); the decoder's own page "
                                             "is always allowed", shown="(none)")
+    http_idle_s: float = setting(300.0, "HTTP: a WebSocket that sends nothing this long is ended (`STREAM_IDLE`)",
+                                 minimum=0.001)
     metrics_host: str = setting("0.0.0.0", "address `/metrics` listens on (every interface; the local stack sets "
                                            "loopback)")
     metrics_port: int = setting(9090, "Prometheus `/metrics` port (0 = off)", **PORT)

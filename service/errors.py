@@ -77,6 +77,8 @@ class Reason(str, enum.Enum):
         "no tracking session by that id for this tenant (unknown, another tenant's, or expired): start a new one"
     SESSION_TAKEN_OVER = "SESSION_TAKEN_OVER", _S.ABORTED, \
         "the tracking session was resumed by another stream, which drives it now"
+    STREAM_IDLE = "STREAM_IDLE", _S.DEADLINE_EXCEEDED, \
+        "a WebSocket sent nothing for `MASKSERVE_HTTP_IDLE_S`: the stream is ended"
     SESSION_IDLE = "SESSION_IDLE", _S.DEADLINE_EXCEEDED, \
         "a `TrackObjects` stream sent nothing for `MASKSERVE_TRACK_IDLE_S`: its session is checkpointed, resume it"
     QUOTA_TRACKING_SESSIONS = "QUOTA_TRACKING_SESSIONS", _S.RESOURCE_EXHAUSTED, \

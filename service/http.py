@@ -346,7 +346,12 @@ class Gateway:
 
         async def requests():
             nonlocal binary
-            async for msg in ws:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=self.settings.http_idle_s)
+                except asyncio.TimeoutError:
+                    raise ServiceError(Reason.STREAM_IDLE, f"nothing sent for {self.settings.http_idle_s:g} s "
+                                       "(MASKSERVE_HTTP_IDLE_S): the stream is ended") from None
                 if msg.type == WSMsgType.TEXT:
                     binary, message = False, parse()
                     parse_json(msg.data, message)

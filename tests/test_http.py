@@ -44,7 +44,7 @@ def web_stack(tmp_path_factory):
     (d / "access.json").write_text(json.dumps(doc))
     env = {"MASKSERVE_TLS_CERT_FILE": str(d / "server.crt"), "MASKSERVE_TLS_KEY_FILE": str(d / "server.key"),
            "MASKSERVE_AUTH_FILE": str(d / "access.json"), "MASKSERVE_HTTP_ALLOWED_ORIGINS": ORIGIN,
-           "MASKSERVE_MAX_MESSAGE_MB": "2"}
+           "MASKSERVE_MAX_MESSAGE_MB": "2", "MASKSERVE_HTTP_IDLE_S": "3"}
     credentials = grpc.ssl_channel_credentials((d / "ca.pem").read_bytes())
     with LocalStack(extra_env=env, log_dir=d, credentials=credentials, http_port=free_port()) as stack:
         stack.ssl = ssl.create_default_context(cafile=str(d / "ca.pem"))
@@ -270,4 +270,15 @@ def test_a_websocket_that_sends_garbage_or_no_credentials_is_closed_with_its_sta
     assert code == 4000 + grpc.StatusCode.UNAUTHENTICATED.value[0] and not answers[0]["error"].get("imageId")
     answers, code = asyncio.run(_ws(web_stack, "/v1/streams/track", [{"start": {}}]))  # the tiny model is SAM
     assert code == 4000 + grpc.StatusCode.FAILED_PRECONDITION.value[0]
+
+    async def silent():  # a WebSocket that sends nothing is ended after MASKSERVE_HTTP_IDLE_S
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(web_stack.url.replace("http", "ws") + "/v1/streams/segment", ssl=web_stack.ssl,
+                                    headers={"Authorization": f"Bearer {KEYS['a']}"}) as ws:
+                last = await ws.receive(timeout=30)
+                await ws.receive(timeout=10)
+                return json.loads(last.data), ws.close_code
+    last, code = asyncio.run(silent())
+    assert code == 4000 + grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert last["error"]["details"][0]["reason"] == "STREAM_IDLE"
     ok(web_stack, "GET", "/v1/model")  # unharmed

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import report
 from maskserve.service.stack import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +164,10 @@ def test_server_install_runs_the_demo_read_only(wheel, tmp_path):
                                 "print(maskserve.__file__)"], check=True, capture_output=True, text=True,
                                cwd=tmp_path).stdout.strip()
         assert where.startswith(str(own)), where
+        web = [p for p in (package / "service" / "web").iterdir() if p.is_file()]  # the annotator, and the
+        assert {"index.html", "app.js"} <= {p.name for p in web} and (package / "v1" / "openapi.json").is_file()  # API
+        report(f"the web annotator's files in the wheel: {sum(p.stat().st_size for p in web)} bytes "
+               f"({len(web)} files; ONNX Runtime Web is pulled, not shipped)")
         out = tmp_path / "out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASKSERVE_")}
         demo = subprocess.run([str(env_dir / "bin" / "maskserve"), "demo", "--out", str(out)], cwd=tmp_path,
