@@ -263,31 +263,38 @@ class Gateway:
                                      "Cross-Origin-Embedder-Policy": "require-corp"})
         return response
 
-    # -- requests -----------------------------------------------------------------------------------------
+    # -- requests ---------------------------------------------------------------------------------------------
     async def _request(self, request: web.Request, route: Route):
-        """The RPC's request from the path, the query (GET) or the body (JSON or multipart)."""
-        message = getattr(pb, route.method.input_type.name)()
-        if route.body:
-            kind = request.content_type
-            if kind == JSON:
-                parse_json(await request.read(), message)
-            elif kind == "multipart/form-data":
-                await self._multipart(request, message)
-            else:
-                raise ServiceError(Reason.MALFORMED_REQUEST, f"Content-Type {kind!r}: send {JSON} (the request in "
-                                   "protobuf's JSON mapping) or multipart/form-data (an image file and the request)")
-        elif request.query:
-            try:
-                json_format.ParseDict(dict(request.query), message)
-            except json_format.ParseError as exc:
-                raise _malformed(f"query: {exc}") from None
-        for name, value in request.match_info.items():
-            setattr(message, name, value)
-        return message
+        """The body read (JSON or multipart), and a function making the RPC's request of it, the path and the
+        query: the call runs it behind its concerns, so bad input fails after authentication, and is counted."""
+        kind, body, form = request.content_type, None, None
+        if route.body and kind == JSON:
+            body = await request.read()
+        elif route.body and kind == "multipart/form-data":
+            form = await request.post()
 
-    async def _multipart(self, request: web.Request, message) -> None:
+        def make():
+            message = getattr(pb, route.method.input_type.name)()
+            if body is not None:
+                parse_json(body, message)
+            elif form is not None:
+                self._multipart(form, message)
+            elif route.body:
+                raise _malformed(f"Content-Type {kind!r}: send {JSON} (the request in protobuf's JSON mapping) or "
+                                 "multipart/form-data (an image file and the request)", "Content-Type")
+            elif request.query:
+                try:
+                    json_format.ParseDict(dict(request.query), message)
+                except json_format.ParseError as exc:
+                    raise _malformed(f"query: {exc}", "query") from None
+            for name, value in request.match_info.items():
+                setattr(message, name, value)
+            return message
+        return make
+
+    @staticmethod
+    def _multipart(form, message) -> None:
         """Parts: `request` (the request in JSON, optional) and a file part named after an image field."""
-        form = await request.post()
         images = {f.name for f in message.DESCRIPTOR.fields if f.message_type is pb.Image.DESCRIPTOR}
         unknown = set(form) - images - {"request"}
         if unknown:
@@ -302,15 +309,13 @@ class Gateway:
 
     async def _unary(self, request: web.Request, route: Route, run) -> web.Response:
         context = HttpContext(request)
-        parsed = await self._request(request, route)
-        response = await run(lambda: parsed, context)
+        response = await run(await self._request(request, route), context)
         return web.Response(text=to_json(response), content_type=JSON)
 
     async def _streamed(self, request: web.Request, route: Route, run) -> web.StreamResponse:
         """NDJSON, or server-sent events; a failure after the first message is a last `{"error": Status}`."""
         context = HttpContext(request)
-        parsed = await self._request(request, route)
-        responses = run(lambda: parsed, context).__aiter__()
+        responses = run(await self._request(request, route), context).__aiter__()
         try:
             first = await responses.__anext__()  # a call that fails at once answers with its status
         except StopAsyncIteration:

@@ -180,6 +180,7 @@ def test_segment_everything_as_ndjson_and_as_server_sent_events(web_stack, encod
 def test_errors_are_google_rpc_statuses_with_googles_http_mapping(web_stack, encoded):
     error(web_stack, "GET", "/v1/model", 401, "UNAUTHENTICATED", key=None)
     error(web_stack, "GET", "/v1/model", 401, "UNAUTHENTICATED", key=access.new_key())
+    error(web_stack, "POST", "/v1/images:segment", 401, "UNAUTHENTICATED", key=None, body={"x": 1})  # who, first
     error(web_stack, "POST", "/v1/images:segment", 403, "RPC_NOT_ALLOWED", key=KEYS["ro"], body={})
     error(web_stack, "POST", "/v1/images:segment", 400, "INVALID_PROMPT", body={"imageId": encoded})
     error(web_stack, "POST", "/v1/images:segment", 404, "IMAGE_NOT_FOUND", key=KEYS["b"],
