@@ -63,6 +63,7 @@ def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list
         model_version="",
         encoder={"file": "encoder.onnx"},
         decoder=decoder,
+        generator=dict(spec.generator),
         **family,
     )
     manifest.model_version = manifest.derive_model_version()

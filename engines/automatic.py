@@ -25,6 +25,7 @@ import inspect
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from itertools import product
 from typing import Callable
@@ -51,43 +52,48 @@ class Cancelled(Exception):
     """The caller stopped waiting (a cancelled RPC); the work in hand was abandoned."""
 
 
-def _option(default, help: str, cli: bool = True, flag: str | None = None):
-    """A generator parameter: its default and description, declared here once; the CLI's flags, the proto's
-    defaults check and the README's table are derived from them (`option_fields`)."""
-    return field(default=default, metadata={"help": help, "cli": cli, "flag": flag})
+def _option(reference, help: str, cli: bool = True, flag: str | None = None):
+    """A generator parameter: the reference's default and its description, declared here once; the CLI's
+    flags, the proto's defaults check and the README's table are derived from them. Unset (None) until
+    `validate` fills it: a model directory's recommendation, else the family's default, else the reference's."""
+    return field(default=None, metadata={"reference": reference, "help": help, "cli": cli, "flag": flag})
+
+
+def reference_default(name: str):
+    return next(f for f in fields(Options) if f.name == name).metadata["reference"]
 
 
 @dataclass
 class Options:
     """The reference generators' parameters, names and defaults (`SamAutomaticMaskGenerator.__init__`, and
-    `SAM2AutomaticMaskGenerator.__init__` for the last three). None: the model family's default."""
+    `SAM2AutomaticMaskGenerator.__init__` for the last three). None: unset, filled by `validate`."""
 
     points_per_side: int | None = _option(32, "points per side of the grid (exclusive with point_grids)")
-    points_per_batch: int = _option(64, "accepted for compatibility; the answer does not depend on it", cli=False)
+    points_per_batch: int | None = _option(64, "accepted for compatibility; the answer does not depend on it", cli=False)
     pred_iou_thresh: float | None = _option(None, "keep masks whose predicted IoU is above this")
-    stability_score_thresh: float = _option(0.95, "keep masks whose stability score is at least this")
-    stability_score_offset: float = _option(1.0, "logit offset of the stability score")
-    box_nms_thresh: float = _option(0.7, "box IoU above which NMS drops a mask within a crop")
-    crop_n_layers: int = _option(0, "layers of zoomed-in crops (layer i: 4^i crops)")
-    crop_nms_thresh: float = _option(0.7, "box IoU above which NMS drops a mask across crops")
-    crop_overlap_ratio: float = _option(512 / 1500, "overlap of neighbouring crops, as a fraction of the crop")
-    crop_n_points_downscale_factor: int = _option(1, "each crop layer's grid has this many times fewer points a side")
+    stability_score_thresh: float | None = _option(0.95, "keep masks whose stability score is at least this")
+    stability_score_offset: float | None = _option(1.0, "logit offset of the stability score")
+    box_nms_thresh: float | None = _option(0.7, "box IoU above which NMS drops a mask within a crop")
+    crop_n_layers: int | None = _option(0, "layers of zoomed-in crops (layer i: 4^i crops)")
+    crop_nms_thresh: float | None = _option(0.7, "box IoU above which NMS drops a mask across crops")
+    crop_overlap_ratio: float | None = _option(512 / 1500, "overlap of neighbouring crops, as a fraction of the crop")
+    crop_n_points_downscale_factor: int | None = _option(1, "each crop layer's grid has this many times fewer points a side")
     point_grids: list[np.ndarray] | None = _option(None, "one grid per crop layer, points as fractions of the crop",
                                                    cli=False)
-    min_mask_region_area: int = _option(0, "remove holes and islands up to this area (SAM: pixels; SAM 2.1: low-res "
+    min_mask_region_area: int | None = _option(0, "remove holes and islands up to this area (SAM: pixels; SAM 2.1: low-res "
                                            "cells)")
-    output_mode: str = _option("binary_mask", "binary_mask, uncompressed_rle or coco_rle", cli=False)
-    mask_threshold: float = _option(0.0, "where the mask logits are cut (stability: ± the offset)")
-    multimask_output: bool = _option(True, "three masks per grid point, or the family's single-mask choice",
+    output_mode: str | None = _option("binary_mask", "binary_mask, uncompressed_rle or coco_rle", cli=False)
+    mask_threshold: float | None = _option(0.0, "where the mask logits are cut (stability: ± the offset)")
+    multimask_output: bool | None = _option(True, "three masks per grid point, or the family's single-mask choice",
                                      flag="--multimask-output/--single-mask-output")
-    use_m2m: bool = _option(False, "refine each mask once with its own low-res logits", flag="--use-m2m")
+    use_m2m: bool | None = _option(False, "refine each mask once with its own low-res logits", flag="--use-m2m")
 
     @staticmethod
     def describe(name: str) -> tuple[str, str]:
         """(default, description) of a parameter as people read them: a family's default or own option named."""
         f = next(f for f in fields(Options) if f.name == name)
         known = [families.get(n) for n in families.names()]
-        default = "512 / 1500" if name == "crop_overlap_ratio" else repr(f.default)
+        default = "512 / 1500" if name == "crop_overlap_ratio" else repr(f.metadata["reference"])
         by_family = [f"{fam.generator_defaults[name]} ({fam.name})" for fam in known if name in fam.generator_defaults]
         if by_family:
             default = "the model family's: " + ", ".join(by_family)
@@ -103,9 +109,19 @@ class Options:
             rows.append(f"| `{f.name}` | {default} | {help} |")
         return "\n".join(rows) + "\n"
 
-    def validate(self, max_crop_layers: int = 3, max_points: int = 65536, family: Family | None = None) -> "Options":
-        """Check every parameter (one clear error naming it) and return the options with grids as arrays and,
-        for a model `family`, its defaults filled in; another family's own options are refused."""
+    def validate(self, max_crop_layers: int = 3, max_points: int = 65536, family: Family | None = None,
+                 recommended: dict | None = None) -> "Options":
+        """Check every parameter (one clear error naming it) and return the options with grids as arrays and
+        every unset one filled: the model directory's `recommended` value (its manifest's `generator`), else
+        the model `family`'s default, else the reference's; another family's own options are refused."""
+        defaults = {f.name: f.metadata["reference"] for f in fields(self)}
+        defaults.update(family.generator_defaults if family is not None else {})
+        defaults.update(recommended or {})
+        if self.point_grids is not None:
+            defaults["points_per_side"] = None
+        self = Options(**{**defaults, **{f.name: getattr(self, f.name) for f in fields(self)
+                                         if getattr(self, f.name) is not None}})
+
         def integer(name, low, high=None):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -139,9 +155,7 @@ class Options:
         for name in ("multimask_output", "use_m2m"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ParameterError(name, f"must be true or false, got {getattr(self, name)!r}")
-        resolved = {}
         if family is not None:
-            resolved = {k: v for k, v in family.generator_defaults.items() if getattr(self, k) is None}
             for other in map(families.get, families.names()):
                 for name, neutral in other.generator_options.items():
                     if name not in family.generator_options and getattr(self, name) != neutral:
@@ -161,8 +175,7 @@ class Options:
                 if not np.all(np.isfinite(g)) or g.min() < 0 or g.max() > 1:
                     raise ParameterError("point_grids", f"grid {i} must hold coordinates in [0, 1] (fractions of "
                                                         "the crop's width and height)")
-        checked = Options(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "point_grids": grids,
-                             **resolved})
+        checked = Options(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "point_grids": grids})
         total = checked.total_points()
         if total > max_points:
             raise ParameterError("points_per_side" if grids is None else "point_grids",
@@ -215,6 +228,7 @@ class MaskSet:
     stability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
     crop_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))  # XYXY
+    filtered: dict = field(default_factory=dict)  # the candidates and how many each filter removed
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -312,10 +326,13 @@ def process_crop(
     does, in the whole image's frame. `options` are validated for the model's family (its defaults filled in).
     Prompts go `batch` at a time (default: the decoder's `prompt_batch`, chosen by measurement for its
     runtime). `progress(n)` is told of each batch of n points; `cancel` is checked between batches. `timings`
-    accumulates seconds per stage (grid_decode, filter, nms)."""
+    accumulates seconds per stage (grid_decode, filter, nms). The result's `filtered` counts the candidate
+    masks and how many each filter removed."""
     import cv2  # here, not at the top: a client imports this module for Options and MaskSet only
 
     timings = timings if timings is not None else {}
+    filtered: dict[str, int] = {}
+    removed = count_filtered(filtered)
     x0, y0, x1, y1 = crop_box
     crop_size = (y1 - y0, x1 - x0)
     ch, cw = crop_size
@@ -344,15 +361,19 @@ def process_crop(
         t2 = time.perf_counter()
         timings["grid_decode"] = timings.get("grid_decode", 0.0) + t2 - t
         survivors = np.flatnonzero(iou > iou_thresh) if options.pred_iou_thresh > 0 else range(len(iou))
+        removed("candidates", len(iou))
+        removed("pred_iou_thresh", len(iou) - len(survivors))
         for r in survivors:
             logits = family.low_res_cleanup(low[r], options.min_mask_region_area)
             lt = prompts.full_resolution_map(cv2.transpose(logits), manifest, (cw, ch))
             stability = _stability(lt, options.stability_score_offset, cut)
             if options.stability_score_thresh > 0 and not stability >= stab_thresh:
+                removed("stability_score_thresh")
                 continue
             binary_t = lt > cut
             box = _box_of_transposed(binary_t) + np.array([x0, y0, x0, y0], np.int64)
             if _near_crop_edge(box, crop_box, image_size):
+                removed("crop_edge")
                 continue
             if whole:
                 rle = masks.encode_rle_transposed(binary_t)
@@ -371,7 +392,9 @@ def process_crop(
         found = MaskSet(image_size, list(rles), np.stack(boxes), np.array(ious, np.float32),
                         np.array(stab, np.float32), np.stack(pts), np.tile(np.array(crop_box, np.int64), (len(rles), 1)))
         found = found.take(box_nms(found.boxes, found.iou_preds, options.box_nms_thresh))
+        removed("box_nms_thresh", len(kept) - len(found))
     timings["nms"] = timings.get("nms", 0.0) + time.perf_counter() - t
+    found.filtered = filtered
     return found
 
 
@@ -390,14 +413,46 @@ def finish(sets: list[MaskSet], image_size: tuple[int, int], options: Options, f
     """The crops' masks in one set (`merge_crops`), then, for a family that does so (SAM), small holes and
     islands of the full-size masks removed (`clean_up`); SAM 2's generator removes them from the low-res
     logits instead, in `process_crop`. `timings` gets crop_merge and cleanup seconds."""
+    filtered: dict[str, int] = {}
+    removed = count_filtered(filtered)
+    for s in sets:
+        for name, n in s.filtered.items():
+            removed(name, n)
     t = time.perf_counter()
     found = merge_crops(sets, image_size, options)
+    removed("crop_nms_thresh", sum(map(len, sets)) - len(found))
     timings["crop_merge"] = time.perf_counter() - t
     if options.min_mask_region_area > 0 and family.full_size_cleanup:
         t = time.perf_counter()
+        before = len(found)
         found = clean_up(found, options.min_mask_region_area, max(options.box_nms_thresh, options.crop_nms_thresh))
+        removed("min_mask_region_area", before - len(found))
         timings["cleanup"] = time.perf_counter() - t
+    found.filtered = filtered
     return found
+
+
+FILTERS = ("pred_iou_thresh", "stability_score_thresh", "crop_edge", "box_nms_thresh", "crop_nms_thresh",
+           "min_mask_region_area")  # in the order they apply; "crop_edge": masks cut off by a crop's inner edge
+
+
+def count_filtered(filtered: dict) -> Callable[..., None]:
+    """`removed(name, n=1)`: `filtered["candidates"]` counts the grid's masks, and each filter's name the masks
+    it removed."""
+    def removed(name: str, n: int = 1) -> None:
+        if n:
+            filtered[name] = filtered.get(name, 0) + int(n)
+    return removed
+
+
+def explain_filtered(filtered: dict) -> str:
+    """Where the candidates went, for an answer with few or no masks: which filter to loosen."""
+    parts = [f"{filtered[name]} by {name}" for name in FILTERS if filtered.get(name)]
+    text = f"{filtered.get('candidates', 0)} candidate masks" + (f", removed {', '.join(parts)}" if parts else "")
+    worst = max(FILTERS, key=lambda name: filtered.get(name, 0))
+    if filtered.get(worst) and worst in ("pred_iou_thresh", "stability_score_thresh"):
+        text += f"; a lower {worst} keeps more"
+    return text
 
 
 def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
@@ -480,7 +535,10 @@ def records(found: MaskSet, output_mode: str = "binary_mask") -> list[dict]:
 class AutomaticMaskGenerator:
     """Drop-in for `segment_anything.SamAutomaticMaskGenerator` and, on a SAM 2.1 model,
     `sam2.SAM2AutomaticMaskGenerator`: the same parameters and defaults (`pred_iou_thresh` None: the model's,
-    0.88 or 0.8; the last three are SAM 2's), and `generate(image)` returns the same records.
+    0.88 or 0.8; the last three are SAM 2's), and `generate(image)` returns the same records. A parameter
+    left unset takes the model directory's recommendation where its manifest has one (the shipped tiny model:
+    lower thresholds than Meta's models need), else the reference's default; `filtered` says, after a call,
+    how many candidate masks each filter removed.
 
     `model` is a model directory or a `Predictor` (runs in this process; None = the shipped tiny model),
     or a `maskserve.Client` (runs on the service: crops go through its encoder pool and embedding store)."""
@@ -490,23 +548,29 @@ class AutomaticMaskGenerator:
         if unknown:
             raise TypeError(f"unknown generator parameters {sorted(unknown)}; see Options")
         self.client = model if hasattr(model, "segment_everything") else None
-        family = None  # the service's model: its defaults and checks are the service's
+        family = recommended = None  # the service's model: its defaults and checks are the service's
         if self.client is None:
             from .predictor import Predictor
 
             self.predictor = model if isinstance(model, Predictor) else Predictor(model)
-            family = self.predictor.family
-        self.options = Options(**options).validate(max_crop_layers=8, max_points=2**24, family=family)
+            family, recommended = self.predictor.family, self.predictor.manifest.generator
+        self.given = Options(**options)  # what a service is sent: it fills the rest from its own model
+        self.options = self.given.validate(max_crop_layers=8, max_points=2**24, family=family,
+                                           recommended=recommended)
         self.timings: dict[str, float] = {}
+        self.filtered: dict[str, int] = {}
 
     def generate(self, image: np.ndarray) -> list[dict]:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
         if self.client is not None:
-            found = self.client.segment_everything(image, self.options)
+            found = self.client.segment_everything(image, self.given)
         else:
             found = self.generate_masks(image)
+        self.filtered = found.filtered
+        if not len(found) and self.filtered:
+            warnings.warn(f"no masks: {explain_filtered(self.filtered)}", stacklevel=2)
         return records(found, self.options.output_mode)
 
     def generate_masks(self, image: np.ndarray) -> MaskSet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import families
@@ -50,6 +50,9 @@ class Manifest:
     family: str = "sam"  # "sam" | "sam2.1"
     embedding_layout: list = field(default_factory=list)  # [{"name", "shape", "dtype"}]; SAM's from embedding_shape
     tracking: dict = field(default_factory=dict)  # video tracking graphs and settings (engines/tracking.py), if any
+    # The automatic generator's recommended defaults for this model (engines/automatic.Options names), taken
+    # where a caller leaves a parameter unset: the tiny model's predicted IoUs sit below Meta's thresholds.
+    generator: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.embedding_layout:
@@ -102,6 +105,12 @@ class Manifest:
         if m.array_names[0] != "image_embeddings" or tuple(m.embedding_layout[0]["shape"]) != m.embedding_shape:
             raise ModelDirError(f"{path}: malformed manifest (embedding_layout must begin with the "
                                 f"image_embeddings array of embedding_shape {list(m.embedding_shape)})")
+        from .automatic import Options  # noqa: PLC0415 (automatic imports this module)
+
+        unknown = set(m.generator) - {f.name for f in fields(Options)} | ({"point_grids"} & set(m.generator))
+        if unknown:
+            raise ModelDirError(f"{path}: malformed manifest (generator: {sorted(unknown)} are not generator "
+                                "parameters)")
         for part in (m.encoder, m.decoder, m.tracking):
             for key in ("file", "image_file", "points_file", "decoder_file", "memory_attention_file",
                         "memory_encoder_file", "constants_file"):

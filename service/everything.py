@@ -51,4 +51,5 @@ def pages(found: MaskSet, image_id: str, model_version: str, stage_seconds: dict
     page.last = True
     page.total_masks = len(found)
     page.stage_seconds.update(stage_seconds)
+    page.filtered.update(found.filtered)
     yield page

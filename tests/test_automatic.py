@@ -172,13 +172,31 @@ def test_output_modes_match_the_reference_records(tiny_checkpoint, photos):
 def test_nothing_survives_with_crops_is_an_empty_answer(photos):
     # The reference raises IndexError here (its cross-crop NMS on no boxes).
     gen = AutomaticMaskGenerator(None, points_per_side=4, pred_iou_thresh=1.0, crop_n_layers=1)
-    assert gen.generate(photos["chelsea_300x451"]) == []
+    with pytest.warns(UserWarning, match=r"no masks: \d+ candidate masks, removed \d+ by pred_iou_thresh"):
+        assert gen.generate(photos["chelsea_300x451"]) == []
+    assert gen.filtered["pred_iou_thresh"] == gen.filtered["candidates"] > 0
+
+
+def test_the_model_directory_recommends_defaults_and_the_answer_says_where_masks_went(photos):
+    """The shipped tiny model's manifest lowers the thresholds that would remove every mask of the bundled
+    photo; a parameter the caller sets wins; `filtered` accounts for every candidate."""
+    from maskserve.engines.predictor import Predictor
+
+    predictor = Predictor()
+    assert predictor.manifest.generator == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.8}
+    gen = AutomaticMaskGenerator(predictor, points_per_side=8)
+    assert (gen.options.pred_iou_thresh, gen.options.stability_score_thresh) == (0.6, 0.8)
+    found = gen.generate(photos["astronaut_512x512"])
+    assert len(found) > 0
+    f = gen.filtered
+    assert f["candidates"] == 3 * 64 == len(found) + sum(v for k, v in f.items() if k != "candidates")
+    strict = AutomaticMaskGenerator(predictor, points_per_side=8, stability_score_thresh=0.95)
+    assert strict.options.stability_score_thresh == 0.95 and strict.options.pred_iou_thresh == 0.6
 
 
 @pytest.mark.parametrize("kwargs, parameter", [
     (dict(points_per_side=0), "points_per_side"),
     (dict(points_per_side=-3), "points_per_side"),
-    (dict(points_per_side=None), "points_per_side"),
     (dict(points_per_batch=0), "points_per_batch"),
     (dict(pred_iou_thresh=1.5), "pred_iou_thresh"),
     (dict(stability_score_thresh=float("nan")), "stability_score_thresh"),
@@ -281,6 +299,20 @@ def test_service_on_an_image_id(stub, photos):
     assert last.image_id == image_id and (last.height, last.width) == image.shape[:2]
     expected = local.generate(image)
     assert [r["segmentation"] for r in automatic.records(found, "coco_rle")] == [r["segmentation"] for r in expected]
+
+
+def test_service_uses_the_models_recommended_defaults_and_says_where_masks_went(stack, photos):
+    """Left unset, the thresholds are the model directory's (the service's, not the client's defaults); the
+    last page accounts for every candidate."""
+    image = photos["astronaut_512x512"]
+    local = AutomaticMaskGenerator(None, points_per_side=8, output_mode="coco_rle")
+    with Client(stack.target) as client:
+        remote = AutomaticMaskGenerator(client, points_per_side=8, output_mode="coco_rle")
+        got = remote.generate(image)
+        assert [r["segmentation"] for r in got] == [r["segmentation"] for r in local.generate(image)] and got
+        assert remote.filtered == local.filtered and remote.filtered["candidates"] == 3 * 64
+        with pytest.warns(UserWarning, match="removed .* by stability_score_thresh"):
+            assert AutomaticMaskGenerator(client, points_per_side=8, stability_score_thresh=1.0).generate(image) == []
 
 
 def test_async_client(stack, photos):

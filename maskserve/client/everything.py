@@ -43,4 +43,5 @@ def from_pages(pages_in) -> tuple[MaskSet, pb.EverythingMasks]:
     n = len(rles)
     return MaskSet((last.height, last.width), rles, np.array(boxes, np.int64).reshape(n, 4),
                    np.array(ious, np.float32), np.array(stab, np.float32),
-                   np.array(points, np.float64).reshape(n, 2), np.array(crops, np.int64).reshape(n, 4)), last
+                   np.array(points, np.float64).reshape(n, 2), np.array(crops, np.int64).reshape(n, 4),
+                   dict(last.filtered)), last

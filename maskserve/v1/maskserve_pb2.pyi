@@ -491,7 +491,7 @@ class EverythingProgress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EverythingMasks(_message.Message):
-    __slots__ = ("image_id", "model_version", "width", "height", "masks", "last", "total_masks", "stage_seconds")
+    __slots__ = ("image_id", "model_version", "width", "height", "masks", "last", "total_masks", "stage_seconds", "filtered")
     class StageSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -499,6 +499,13 @@ class EverythingMasks(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FilteredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -507,6 +514,7 @@ class EverythingMasks(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MASKS_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     model_version: str
     width: int
@@ -515,7 +523,8 @@ class EverythingMasks(_message.Message):
     last: bool
     total_masks: int
     stage_seconds: _containers.ScalarMap[str, float]
-    def __init__(self, image_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., masks: _Optional[_Iterable[_Union[AutomaticMask, _Mapping]]] = ..., last: _Optional[bool] = ..., total_masks: _Optional[int] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    filtered: _containers.ScalarMap[str, int]
+    def __init__(self, image_id: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., masks: _Optional[_Iterable[_Union[AutomaticMask, _Mapping]]] = ..., last: _Optional[bool] = ..., total_masks: _Optional[int] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ..., filtered: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class AutomaticMask(_message.Message):
     __slots__ = ("segmentation", "area", "bbox", "predicted_iou", "stability_score", "point_x", "point_y", "crop_box")

@@ -34,7 +34,8 @@ def _progress(stage: str, done: int, total: int) -> pb.SegmentEverythingResponse
 async def handle(service, request, call):
     s = service.settings
     options = everything.options_from_proto(request.options).validate(
-        s.everything_max_crop_layers, s.everything_max_points, family=service.family)
+        s.everything_max_crop_layers, s.everything_max_points, family=service.family,
+        recommended=service.manifest.generator)
     image_id, size, crops = await _images(service, request, options, call)
     timings: dict[str, float] = {}
     async with contextlib.aclosing(_encode_crops(service, crops, call, timings)) as encoding:
