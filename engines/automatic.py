@@ -560,14 +560,14 @@ class AutomaticMaskGenerator:
         self.timings: dict[str, float] = {}
         self.filtered: dict[str, int] = {}
 
-    def generate(self, image: np.ndarray) -> list[dict]:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+    def generate(self, image) -> list[dict]:
+        """The records for an (H, W, 3) uint8 image, or an image file's bytes or path."""
         if self.client is not None:
             found = self.client.segment_everything(image, self.given)
         else:
-            found = self.generate_masks(image)
+            from .predictor import read_image
+
+            found = self.generate_masks(read_image(image))
         self.filtered = found.filtered
         if not len(found) and self.filtered:
             warnings.warn(f"no masks: {explain_filtered(self.filtered)}", stacklevel=2)

@@ -10,6 +10,15 @@ import numpy as np
 from . import families, load, prompts
 
 
+def read_image(image) -> np.ndarray:
+    """An image argument (an (H, W, 3) uint8 array, or a file's bytes or path) → the (H, W, 3) uint8 array."""
+    from maskserve.client.messages import image_input
+    from maskserve.service.images import decode_file
+
+    image = image_input(image)
+    return decode_file(image) if isinstance(image, bytes) else image
+
+
 class Predictor:
     """Drop-in for `SamPredictor`: `set_image` once, then `predict` for as many prompts as you like.
 
@@ -19,18 +28,24 @@ class Predictor:
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, threads: int | None = None) -> None:
-        self.model = load(model_dir, threads=threads)
+        try:
+            self.model = load(model_dir, threads=threads)
+        except ModuleNotFoundError as exc:
+            from maskserve import SERVER_PACKAGES, needs_server
+
+            if exc.name not in SERVER_PACKAGES:
+                raise
+            raise needs_server("maskserve.Predictor") from None
         self.manifest = self.model.manifest
         self.family = families.of(self.manifest)
         self.reset_image()
 
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Compute the embedding of an (H, W, 3) uint8 image."""
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        """Compute the embedding of an (H, W, 3) uint8 image, or of an image file (its bytes or its path:
+        decoded upright by EXIF, as the service decodes it)."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-            raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+        image = read_image(image)
         if image_format == "BGR":
             image = image[..., ::-1]
         x = prompts.prepare_image(image, self.manifest)

@@ -16,6 +16,19 @@ __all__ = ["Predictor", "Client", "AsyncClient", "RemoteLogits", "errors", "Mask
 _CLIENT = ("Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError")
 
 
+SERVER_PACKAGES = ("onnxruntime", "cv2", "PIL")  # what running a model in this process needs
+
+
+def needs_server(what: str) -> ImportError:
+    """The one-line error for an in-process model on a client-only install."""
+    import importlib.util
+
+    missing = [m for m in SERVER_PACKAGES if importlib.util.find_spec(m) is None]
+    return ImportError(f"{what} runs the model in this process, which needs the server extra "
+                       f"(missing: {', '.join(missing)}): pip install 'maskserve[server]'; or call a running "
+                       "service with maskserve.Client")
+
+
 def __getattr__(name):  # imported lazily: `import maskserve` stays cheap for the CLI
     if name == "Predictor":
         from maskserve.engines.predictor import Predictor

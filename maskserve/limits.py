@@ -6,3 +6,4 @@ MAX_POINTS = 64  # points in one prompt
 MAX_PROMPTS = 256  # prompts in one SegmentPrompt
 MAX_IMAGE_PIXELS = 40_000_000  # 40 MP: a larger image is refused, not resized, so the caller knows
 MAX_MESSAGE_MB = 64  # gRPC message size, both ways
+IMAGE_ID = r"[0-9a-f]{32}"  # what EncodeImage returns: the client tells an image_id from a file name by it

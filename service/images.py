@@ -9,6 +9,7 @@ import re
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maskserve import limits
 from maskserve.limits import MAX_IMAGE_PIXELS as MAX_PIXELS
 
 FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -19,7 +20,7 @@ class ImageError(ValueError):
     """An image we cannot take; the message says why."""
 
 
-IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+IMAGE_ID = re.compile(limits.IMAGE_ID)
 MAX_ID_CHARS = 64  # an image_id longer than this is refused unread (INVALID_ARGUMENT), never echoed
 
 
@@ -53,7 +54,7 @@ def rgb_payload(rgb: np.ndarray) -> bytes:
 def decode_payload(payload: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """`canonical_payload` bytes → (H, W, 3) uint8 RGB."""
     if payload[:1] in (b"E", b"F"):
-        return _decode_file(payload[1:], max_pixels, upright=payload[:1] == b"E")
+        return decode_file(payload[1:], max_pixels, upright=payload[:1] == b"E")
     if payload[:1] == b"R":
         header, _, data = payload[1:].partition(b":")
         w, h, fmt = (int(v) for v in header.decode().split("x"))
@@ -68,7 +69,8 @@ def _check_size(w: int, h: int, max_pixels: int) -> None:
         raise ImageError(f"the image is {w}x{h} = {w * h} pixels; at most {max_pixels} are accepted")
 
 
-def _decode_file(data: bytes, max_pixels: int, upright: bool = True) -> np.ndarray:
+def decode_file(data: bytes, max_pixels: int = MAX_PIXELS, upright: bool = True) -> np.ndarray:
+    """JPEG, PNG or WebP bytes → (H, W, 3) uint8 RGB, turned upright by EXIF as the service does."""
     if not data:
         raise ImageError("the image is empty (zero bytes)")
     try:

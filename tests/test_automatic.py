@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -180,8 +181,6 @@ def test_nothing_survives_with_crops_is_an_empty_answer(photos):
 def test_the_model_directory_recommends_defaults_and_the_answer_says_where_masks_went(photos):
     """The shipped tiny model's manifest lowers the thresholds that would remove every mask of the bundled
     photo; a parameter the caller sets wins; `filtered` accounts for every candidate."""
-    from maskserve.engines.predictor import Predictor
-
     predictor = Predictor()
     assert predictor.manifest.generator == {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.8}
     gen = AutomaticMaskGenerator(predictor, points_per_side=8)
@@ -313,6 +312,36 @@ def test_service_uses_the_models_recommended_defaults_and_says_where_masks_went(
         assert remote.filtered == local.filtered and remote.filtered["candidates"] == 3 * 64
         with pytest.warns(UserWarning, match="removed .* by stability_score_thresh"):
             assert AutomaticMaskGenerator(client, points_per_side=8, stability_score_thresh=1.0).generate(image) == []
+
+
+def test_every_image_argument_takes_an_array_file_bytes_or_a_path(stack, tmp_path):
+    """Client, Predictor and the generator, in process and remote: the same image as an array, as a file's
+    bytes and as its path gives the same answer; bad prompts' shapes are one clear ValueError."""
+    from PIL import Image
+
+    path = Path(__file__).resolve().parent.parent / "maskserve" / "data" / "astronaut.jpg"
+    array = np.asarray(Image.open(path).convert("RGB"))
+    point, label = np.array([[250.0, 200.0]]), np.array([1])
+    predictor = Predictor()
+    with Client(stack.target) as client:
+        answers = []
+        for image in (array, path.read_bytes(), str(path), path):
+            client.set_image(image)
+            predictor.set_image(image)
+            masks, scores, _ = client.predict(point, label)
+            local = predictor.predict(point, label)
+            assert np.array_equal(masks, local[0]) and np.allclose(scores, local[1], atol=1e-5)
+            answers.append(masks)
+        assert all(np.array_equal(a, answers[0]) for a in answers)
+        generated = [len(AutomaticMaskGenerator(m, points_per_side=4).generate(str(path))) for m in (client, None)]
+        assert generated[0] == generated[1]
+        for bad, message in [((np.array([1.0, 2.0, 3.0]), label), r"point_coords must have shape \(N, 2\)"),
+                             ((point, np.array([1, 1])), "point_labels must be given, one per point"),
+                             ((point, label, [1, 2, 3]), "box must be 4 numbers")]:
+            with pytest.raises(ValueError, match=message):
+                client.predict(*bad)
+        with pytest.raises(FileNotFoundError, match="no image file"):
+            client.set_image(str(tmp_path / "missing.jpg"))
 
 
 def test_async_client(stack, photos):

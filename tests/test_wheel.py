@@ -100,6 +100,12 @@ async def main():
 
 asyncio.run(main())
 assert not server_modules(), f"the client imported the server's {{server_modules()}}"
+for make in (lambda: maskserve.Predictor(), lambda: maskserve.AutomaticMaskGenerator()):  # one clear line
+    try:
+        make()
+        raise SystemExit("an in-process model ran without the server extra")
+    except ImportError as exc:
+        assert "pip install 'maskserve[server]'" in str(exc) and "\\n" not in str(exc), exc
 print("client-only OK")
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import inspect
 
 import grpc
@@ -15,7 +16,7 @@ from maskserve.v1 import maskserve_pb2 as pb
 from maskserve.v1 import maskserve_pb2_grpc as pb_grpc
 
 from . import errors, everything
-from .messages import decode_mask, image_message, prompt_message
+from .messages import decode_mask, image_message, is_image_id, prompt_message
 from .remote_logits import RemoteLogits
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_MB * 2**20),
@@ -102,7 +103,7 @@ class ClientBase:
     @staticmethod
     def _everything_request(image, options: Options | None, image_format: str) -> pb.SegmentEverythingRequest:
         request = pb.SegmentEverythingRequest(options=everything.options_to_proto(options or Options()))
-        if isinstance(image, str):
+        if is_image_id(image) and not os.path.exists(image):
             request.image_id = image
         else:
             request.image.CopyFrom(image_message(image, image_format))

@@ -29,12 +29,14 @@ class Client(ClientBase):
         return reply.image_id
 
     def set_image(self, image, image_format: str = "RGB") -> None:
+        """As `SamPredictor.set_image`; `image` is an (H, W, 3) uint8 array (RGB, or BGR with image_format),
+        an image file's bytes or its path (JPEG, PNG, WebP: decoded by the service, upright by EXIF)."""
         self.image_id = self.encode(image, image_format)
 
     @typed
     def segment_everything(self, image, options: Options | None = None, *, image_format: str = "RGB",
                            progress=None, timeout: float = 3600.0) -> MaskSet:
-        """The automatic generator on the service for an image (array or file bytes) or an image_id (str);
+        """The automatic generator on the service for an image (array, file bytes or path) or an image_id;
         `progress(stage, done, total)` is called as the service reports it. A full-size model with crops
         takes minutes on a CPU, hence its own, longer timeout."""
         request = self._everything_request(image, options, image_format)
