@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # the local disk on our CI machines (a CPU run of the CUDA build).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl chromium web-runtime proto clean gpu-check
+.PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl chromium web-runtime docker-compose proto clean gpu-check
 
 $(VENV)/.serve: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ kubectl: $(VENV)/.dev
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
+# docker-compose (Debian's), to validate compose.yaml (tests/test_compose.py) where Docker's own plugin is absent.
+docker-compose:
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
+
 # ONNX Runtime Web (15 MB, from the npm registry, checksum verified), for the annotator's hover preview.
 web-runtime: setup-serve
 	$(VENV)/bin/maskserve web pull --quiet >/dev/null
@@ -49,10 +53,10 @@ proto: setup
 demo: setup-serve redis
 	$(VENV)/bin/maskserve demo --out out/
 
-test: setup redis promtool kubectl chromium web-runtime
+test: setup redis promtool kubectl chromium web-runtime docker-compose
 	$(PY) -m pytest -ra
 
-test-fast: setup redis promtool kubectl chromium web-runtime
+test-fast: setup redis promtool kubectl chromium web-runtime docker-compose
 	$(PY) -m pytest -ra -m "not slow"
 
 # Retrain the tiny model (about 7 hours on two cores), rebuild its model directory, measure it. Each stage

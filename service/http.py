@@ -437,7 +437,8 @@ async def start(service, concerns: list, settings) -> web.AppRunner:
     runner = web.AppRunner(Gateway(service, concerns, settings).app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     context, _ = ssl_context(settings)
-    host = settings.grpc_host.strip("[]")
+    # gRPC's "[::]" is every interface, IPv4 too; aiohttp's is None (an IPv6-only "::" fails where IPv6 is off)
+    host = None if settings.grpc_host in ("[::]", "::", "0.0.0.0", "") else settings.grpc_host.strip("[]")
     try:
         await web.TCPSite(runner, host, settings.http_port, ssl_context=context, reuse_port=False).start()
     except OSError as exc:
