@@ -39,7 +39,7 @@ def _comments(proto: descriptor_pb2.FileDescriptorProto) -> dict[tuple, str]:
 
 def document(files: descriptor_pb2.FileDescriptorSet) -> dict:
     """The OpenAPI document for the maskserve.v1 file in `files` (a descriptor set with source info)."""
-    proto = next(f for f in files.file if f.package == PACKAGE)
+    proto = next(f for f in files.file if f.name == "maskserve/v1/maskserve.proto")
     doc_of = _comments(proto)
     schemas: dict[str, dict] = {}
     maps = {}

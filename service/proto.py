@@ -19,24 +19,25 @@ __all__ = ["pb", "pb_grpc"]
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"  # in the source tree
 PROTO = PROTO_ROOT / "maskserve" / "v1" / "maskserve.proto"
+INTERNAL = PROTO_ROOT / "maskserve" / "v1" / "internal.proto"  # the service's own messages (logits handles)
 
 
 def generate(out: Path) -> None:
-    """protoc (from grpcio-tools) on the .proto: maskserve/v1/maskserve_pb2{,_grpc}.py and .pyi, and the HTTP
-    API's openapi.json, under `out`."""
-    import google.api.annotations_pb2
+    """protoc (from grpcio-tools) on the .protos: maskserve/v1/maskserve_pb2{,_grpc}.py, internal_pb2.py and
+    their .pyi, and the HTTP API's openapi.json, under `out`. The imports (google/api, google/rpc) are in
+    proto/; their Python modules come from googleapis-common-protos."""
     from grpc_tools import protoc
 
-    googleapis = Path(google.api.annotations_pb2.__file__).parent.parent.parent  # googleapis-common-protos' .proto
     well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
     descriptors = out / "maskserve" / "v1" / "descriptors.pb"
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{googleapis}", f"-I{well_known}", f"--python_out={out}",
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={out}",
             f"--pyi_out={out}", f"--grpc_python_out={out}", f"--descriptor_set_out={descriptors}",
-            "--include_source_info", str(PROTO)]
+            "--include_source_info", str(PROTO), str(INTERNAL)]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {PROTO}")
     (descriptors.parent / openapi.FILE).write_text(openapi.generate(descriptors.read_bytes()))
     descriptors.unlink()
+    (descriptors.parent / "internal_pb2_grpc.py").unlink()  # it declares no service
 
 
 if __name__ == "__main__":

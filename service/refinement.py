@@ -22,6 +22,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from maskserve.engines.prompts import PromptError
+from maskserve.v1 import internal_pb2
 
 from . import keys, metrics, store
 from .proto import pb
@@ -66,12 +67,12 @@ class Refinements:
                 prompt.mask_from.handle = CUT + hashlib.sha256(prompt.mask_from.handle).digest()
         elif prompt.HasField("mask_input"):
             return b""
-        recipe = pb.LogitsRecipe(image_id=image_id, prompt=prompt, single_mask=single_mask).SerializeToString()
+        recipe = internal_pb2.LogitsRecipe(image_id=image_id, prompt=prompt, single_mask=single_mask).SerializeToString()
         return recipe + self._mac(await self._signing_key(), ref, recipe)
 
     @staticmethod
-    def _recipe(handle_: bytes) -> pb.LogitsRecipe:
-        return pb.LogitsRecipe.FromString(handle_[:-MAC_BYTES])
+    def _recipe(handle_: bytes) -> internal_pb2.LogitsRecipe:
+        return internal_pb2.LogitsRecipe.FromString(handle_[:-MAC_BYTES])
 
     @classmethod
     def levels(cls, handle_: bytes) -> int:
@@ -87,7 +88,7 @@ class Refinements:
             if handle_.startswith(CUT):
                 return MAX_REMAKE + 1
 
-    async def verify(self, ref: str, image_id: str, handle_: bytes) -> pb.LogitsRecipe:
+    async def verify(self, ref: str, image_id: str, handle_: bytes) -> internal_pb2.LogitsRecipe:
         """The handle's recipe, if this service gave the handle to this tenant for this image."""
         if len(handle_) <= MAC_BYTES or not hmac.compare_digest(
                 handle_[-MAC_BYTES:], self._mac(await self._signing_key(), ref, handle_[:-MAC_BYTES])):
@@ -128,7 +129,7 @@ class Refinements:
                               "mask_from.output_index")
         return logits[mask_from.output_index][None]
 
-    async def _remake(self, ref: str, recipe: pb.LogitsRecipe, make, to_prompt, budget: list[int]) -> np.ndarray:
+    async def _remake(self, ref: str, recipe: internal_pb2.LogitsRecipe, make, to_prompt, budget: list[int]) -> np.ndarray:
         """The recipe's logits, its chain made from the root (inner levels are not kept: only the one asked for)."""
         prompt = to_prompt(recipe.prompt)
         if recipe.prompt.HasField("mask_from"):

@@ -9,7 +9,8 @@ import pytest
 
 from maskserve.service import proto
 
-GENERATED = ("maskserve_pb2.py", "maskserve_pb2.pyi", "maskserve_pb2_grpc.py", "openapi.json")
+GENERATED = ("maskserve_pb2.py", "maskserve_pb2.pyi", "maskserve_pb2_grpc.py", "internal_pb2.py", "internal_pb2.pyi",
+             "openapi.json")
 
 
 def test_committed_code_is_generated_from_the_proto(tmp_path):

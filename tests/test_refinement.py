@@ -17,6 +17,7 @@ from test_parity import IOU_MIN, SCORE_TOL, _iou, _prompt_cases
 from maskserve.engines.prompts import PromptError
 from maskserve.service import refinement
 from maskserve.client import AsyncClient, Client, image_message, prompt_message
+from maskserve.v1 import internal_pb2
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.client import RemoteLogits
 from maskserve.service.stack import LocalStack, start_role, stop, wait_serving, free_port
@@ -285,7 +286,7 @@ def test_handles_are_signed_remade_within_a_budget_and_cut_when_too_long():
             await resolve(other, long)
         assert not made
         # forged, altered, or another tenant's handles are not ours
-        recipe = pb.LogitsRecipe(image_id=image, prompt=pb.Prompt(points=[pb.Point(x=1, y=1, label=1)]),
+        recipe = internal_pb2.LogitsRecipe(image_id=image, prompt=pb.Prompt(points=[pb.Point(x=1, y=1, label=1)]),
                                  single_mask=True).SerializeToString()
         tampered = bytearray(handle)
         tampered[3] ^= 1

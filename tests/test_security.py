@@ -24,6 +24,7 @@ from google.rpc import error_details_pb2
 from conftest import metric
 from maskserve.service import access, keys
 from maskserve.client import Client
+from maskserve.v1 import internal_pb2
 from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack, free_port, start_redis, start_role, stop, wait_listening, wait_serving
 
@@ -449,7 +450,7 @@ def forged_chain(image_id: str, depth: int) -> bytes:
         p = pb.Prompt(points=[pb.Point(x=5 + i % 50, y=5, label=1)])
         if handle:
             p.mask_from.handle = handle
-        handle = pb.LogitsRecipe(image_id=image_id, prompt=p, single_mask=False).SerializeToString()
+        handle = internal_pb2.LogitsRecipe(image_id=image_id, prompt=p, single_mask=False).SerializeToString()
     return handle
 
 

@@ -16,6 +16,11 @@ class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PIXEL_FORMAT_RGBA8: _ClassVar[PixelFormat]
     PIXEL_FORMAT_GRAY8: _ClassVar[PixelFormat]
 
+class PointLabel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POINT_LABEL_BACKGROUND: _ClassVar[PointLabel]
+    POINT_LABEL_FOREGROUND: _ClassVar[PointLabel]
+
 class MaskFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MASK_FORMAT_UNSPECIFIED: _ClassVar[MaskFormat]
@@ -28,6 +33,8 @@ PIXEL_FORMAT_RGB8: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
 PIXEL_FORMAT_RGBA8: PixelFormat
 PIXEL_FORMAT_GRAY8: PixelFormat
+POINT_LABEL_BACKGROUND: PointLabel
+POINT_LABEL_FOREGROUND: PointLabel
 MASK_FORMAT_UNSPECIFIED: MaskFormat
 MASK_FORMAT_COCO_RLE: MaskFormat
 MASK_FORMAT_PNG: MaskFormat
@@ -85,8 +92,8 @@ class Point(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     x: float
     y: float
-    label: int
-    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., label: _Optional[int] = ...) -> None: ...
+    label: PointLabel
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., label: _Optional[_Union[PointLabel, str]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x0", "y0", "x1", "y1")
@@ -127,16 +134,6 @@ class MaskFrom(_message.Message):
     handle: bytes
     output_index: int
     def __init__(self, handle: _Optional[bytes] = ..., output_index: _Optional[int] = ...) -> None: ...
-
-class LogitsRecipe(_message.Message):
-    __slots__ = ("image_id", "prompt", "single_mask")
-    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_FIELD_NUMBER: _ClassVar[int]
-    SINGLE_MASK_FIELD_NUMBER: _ClassVar[int]
-    image_id: str
-    prompt: Prompt
-    single_mask: bool
-    def __init__(self, image_id: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., single_mask: _Optional[bool] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("single_mask", "best_mask_only", "mask_format", "return_low_res_logits")
@@ -538,10 +535,22 @@ class AutomaticMask(_message.Message):
     CROP_BOX_FIELD_NUMBER: _ClassVar[int]
     segmentation: CocoRle
     area: int
-    bbox: BoundingBox
+    bbox: ReferenceBox
     predicted_iou: float
     stability_score: float
     point_x: float
     point_y: float
-    crop_box: BoundingBox
-    def __init__(self, segmentation: _Optional[_Union[CocoRle, _Mapping]] = ..., area: _Optional[int] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ..., predicted_iou: _Optional[float] = ..., stability_score: _Optional[float] = ..., point_x: _Optional[float] = ..., point_y: _Optional[float] = ..., crop_box: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
+    crop_box: ReferenceBox
+    def __init__(self, segmentation: _Optional[_Union[CocoRle, _Mapping]] = ..., area: _Optional[int] = ..., bbox: _Optional[_Union[ReferenceBox, _Mapping]] = ..., predicted_iou: _Optional[float] = ..., stability_score: _Optional[float] = ..., point_x: _Optional[float] = ..., point_y: _Optional[float] = ..., crop_box: _Optional[_Union[ReferenceBox, _Mapping]] = ...) -> None: ...
+
+class ReferenceBox(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
