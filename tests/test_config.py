@@ -1,4 +1,4 @@
-"""One typed settings source: values parsed and checked with the variable named; the README's table is it."""
+"""One typed settings source: values parsed and checked with the variable named; docs/configuration.md's table is it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 
 from maskserve.service.config import Settings, table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
-def test_the_readme_table_is_the_settings_declaration():
-    assert table() in README.read_text(), "the README's configuration table is stale: paste `maskserve settings`"
+def test_the_docs_table_is_the_settings_declaration():
+    assert table() in DOC.read_text(), "docs/configuration.md's settings table is stale: paste `maskserve settings`"
 
 
 def test_every_setting_has_help_and_a_checked_type():

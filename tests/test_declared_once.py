@@ -1,5 +1,5 @@
 """Concepts declared once and derived elsewhere: the generator's parameters (engines/automatic.Options) are the
-CLI's flags, the proto's AutomaticOptions with the defaults its comments state, and the README's table."""
+CLI's flags, the proto's AutomaticOptions with the defaults its comments state, and the table in docs/python.md."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from maskserve.service.proto import pb
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_readme_table_is_the_options():
-    assert Options.table() in (ROOT / "README.md").read_text(), \
-        "the README's generator table is stale: paste Options.table()"
+def test_the_docs_table_is_the_options():
+    assert Options.table() in (ROOT / "docs" / "python.md").read_text(), \
+        "docs/python.md's generator table is stale: paste Options.table()"
 
 
 def test_the_proto_carries_every_option_with_its_default():

@@ -1,5 +1,5 @@
 """The ErrorInfo reasons are declared once (`service/errors.Reason`, each with its status and meaning): the
-README's table is made from it, and every reason the service gives is one of its members."""
+table in docs/api.md is made from it, and every reason the service gives is one of its members."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def called(node: ast.Call) -> str:
     return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
 
 
-def test_the_readme_table_is_the_reasons():
-    assert errors.reasons_table() in (ROOT / "README.md").read_text(), \
-        "the README's table of error reasons is stale: paste errors.reasons_table()"
+def test_the_docs_table_is_the_reasons():
+    assert errors.reasons_table() in (ROOT / "docs" / "api.md").read_text(), \
+        "docs/api.md's table of error reasons is stale: paste errors.reasons_table()"
 
 
 def test_each_reason_is_its_name_on_the_wire_with_a_status_and_a_meaning():
