@@ -84,7 +84,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache .setuptools-build out
 
-# The torch encoder's GPU figures (README, "GPU encoder"): ViT-B and ViT-H with seeded random weights made on the
+# The torch encoder's GPU figures (docs/deployment.md, "GPU encoder"): ViT-B and ViT-H with seeded random weights made on the
 # machine itself, one JSON, $$OUT/gpu_check.json (out/ here). Fits 8 minutes on an H200 (stages time-boxed,
 # the JSON rewritten after each); needs segment-anything (on the GPU machine: its wheel carried in .whl/).
 # Where there is no virtual environment (the lent GPU machine) it runs python3. GPU_CHECK_ARGS: e.g. --models vit_b.

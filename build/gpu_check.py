@@ -1,4 +1,4 @@
-"""The torch encoder backend's GPU figures in one run, written for the lent GPU machine (README, "GPU encoder").
+"""The torch encoder backend's GPU figures in one run, written for the lent GPU machine (docs/deployment.md, "GPU encoder").
 
 For each model (ViT-B and ViT-H by default; SAM 2.1's `sam2.1_hiera_*` too, given the `sam2` package) it makes
 seeded random weights in Meta's checkpoint format on the machine itself (nothing big travels; the
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict:
             __import__(package)
         except ImportError:
             report.data["errors"].append({"stage": "setup", "traceback": f"ImportError: {package} is not installed: "
-                                          "carry its wheels in .whl/ (README, GPU encoder)"})
+                                          "carry its wheels in .whl/ (docs/deployment.md)"})
     if report.data["errors"]:
         report.save()
         _print_table(report)

@@ -54,7 +54,7 @@ class Cancelled(Exception):
 
 def _option(reference, help: str, cli: bool = True, flag: str | None = None):
     """A generator parameter: the reference's default and its description, declared here once; the CLI's
-    flags, the proto's defaults check and the README's table are derived from them. Unset (None) until
+    flags, the proto's defaults check and the docs' table (docs/python.md) are derived from them. Unset (None) until
     `validate` fills it: a model directory's recommendation, else the family's default, else the reference's."""
     return field(default=None, metadata={"reference": reference, "help": help, "cli": cli, "flag": flag})
 
@@ -102,7 +102,7 @@ class Options:
 
     @staticmethod
     def table() -> str:
-        """The README's table of the generator's parameters."""
+        """The table of the generator's parameters in docs/python.md."""
         rows = ["| parameter | default | |", "|---|---|---|"]
         for f in fields(Options):
             default, help = Options.describe(f.name)

@@ -1,6 +1,6 @@
 """Settings for every process: each declared once here with its type, default, range and help; read from
 MASKSERVE_<NAME> (and a few command-line flags), checked at start with a message naming the variable. The
-README's configuration table is this list (`maskserve settings` prints it; a test compares the two)."""
+docs/configuration.md's table is this list (`maskserve settings` prints it; a test compares the two)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ class Settings:
                                             "is always allowed", shown="(none)")
     http_idle_s: float = setting(300.0, "HTTP: a WebSocket that sends nothing this long is ended (`STREAM_IDLE`)",
                                  minimum=0.001)
+    label_studio_url: str = setting("", "Label Studio ML backend (`/label-studio/` on the HTTP port): the Label "
+                                        "Studio the task images are fetched from (`https://ls.example`; relative "
+                                        "`/data/upload/…` paths resolve against it); an image at any other URL is "
+                                        "refused", shown="(none: `data:` URIs only)")
+    label_studio_token_file: str = setting("", "Label Studio: file holding its API token, sent with each image "
+                                               "fetch (`Authorization: Token …`; `Bearer` for a JWT), read at "
+                                               "each fetch")
     metrics_host: str = setting("0.0.0.0", "address `/metrics` listens on (every interface; the local stack sets "
                                            "loopback)")
     metrics_port: int = setting(9090, "Prometheus `/metrics` port (0 = off)", **PORT)
@@ -174,7 +181,7 @@ def _parse(name: str, raw: str, kind: type):
 
 
 def table() -> str:
-    """The README's configuration table."""
+    """docs/configuration.md's table of settings."""
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for f in fields(Settings):
         meta = f.metadata

@@ -5,7 +5,7 @@ apply a `BadRequest` (the field, with the prompt's index), a `ResourceInfo` (the
 `RetryInfo` (how long to wait). The Python clients read them back into typed exceptions
 (`maskserve.client.errors`).
 
-Every reason is declared once, in `Reason`, with the status it comes with and what it means; the README's
+Every reason is declared once, in `Reason`, with the status it comes with and what it means; docs/api.md's
 table of reasons is `reasons_table()`.
 """
 
@@ -107,7 +107,7 @@ del _S
 
 
 def reasons_table() -> str:
-    """The README's table of the reasons, in `Reason`'s order."""
+    """docs/api.md's table of the reasons, in `Reason`'s order."""
     rows = ["| reason | status | meaning |", "|---|---|---|"]
     rows += [f"| `{r.value}` | `{r.status.name}` | {r.meaning} |" for r in Reason]
     return "\n".join(rows) + "\n"

@@ -4,7 +4,7 @@ Key `keys.embedding_key`; value = magic, header length, JSON header, raw arrays,
 returns everything and a decoder can check it was made by its own model. SAM's embedding is one array;
 SAM 2.1's is three named arrays (the manifest's `embedding_layout`), stored one after another with their
 names and shapes in the header. Arrays are float32, or float16 where the encoders are configured so (half
-the bytes in Redis and on the wire; the README gives the measured effect on masks); readers always get
+the bytes in Redis and on the wire; docs/performance.md gives the measured effect on masks); readers always get
 float32, and always the named arrays (a one-array value, written without names, is `image_embeddings`).
 """
 

@@ -493,7 +493,7 @@ def embedding_bytes(model: str, dtype: str) -> int:
 def test_memory_size_helpers():
     assert memory_bytes("3gb") == 3 * 2**30 and memory_bytes("1536Mi") == 1536 * 2**20 and memory_bytes("2Gi") == 2**31
     assert embedding_bytes("vit_h", "float32") == 4 * 2**20 and embedding_bytes("vit_h", "float16") == 2 * 2**20
-    for model in ("sam2.1_hiera_tiny", "sam2.1_hiera_large"):  # README: 16 MiB per image at float32, 8 at float16
+    for model in ("sam2.1_hiera_tiny", "sam2.1_hiera_large"):  # docs: 16 MiB per image at float32, 8 at float16
         assert embedding_bytes(model, "float32") == 16 * 2**20 and embedding_bytes(model, "float16") == 8 * 2**20
 
 

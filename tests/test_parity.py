@@ -8,7 +8,7 @@ import pytest
 from conftest import report
 
 IOU_MIN = 0.995
-# float16 embedding storage is an opt-in with a measured loss (README): its worst case is a small mask, where
+# float16 embedding storage is an opt-in with a measured loss (docs/performance.md): its worst case is a small mask, where
 # a few boundary pixels flipped by the rounding are a percent of the area (tiny model, 25-pixel-wide image).
 FLOAT16_IOU_MIN = 0.98
 SCORE_TOL = 1e-3

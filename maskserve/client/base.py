@@ -47,7 +47,7 @@ LOOPBACK = ("127.", "localhost", "[::1]", "::1", "unix:")
 
 
 def default_mask_format(target: str) -> str:
-    """Chosen by measurement (README, Performance): packed bits decode 12-20x faster than COCO RLE and cost the
+    """Chosen by measurement (docs/performance.md): packed bits decode 12-20x faster than COCO RLE and cost the
     server less, so on this machine they win by 2-5 ms a call; but smooth masks — what trained weights give —
     are 30x smaller as RLE (9 KB against 295 KB for three 768x1024 masks), which wins on any real network."""
     return "bits" if target.startswith(LOOPBACK) else "rle"
