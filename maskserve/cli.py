@@ -2,24 +2,179 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from maskserve.limits import MAX_POINTS
 
-app = typer.Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="Published SAM checkpoints.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-keys_app = typer.Typer(help="API keys for the access file (MASKSERVE_AUTH_FILE).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-web_app = typer.Typer(help="The web annotator's in-browser runtime (ONNX Runtime Web).", no_args_is_help=True)
-app.add_typer(web_app, name="web")
+# Usage errors' base: click's, or the copy of click that newer typer carries (not exported by either name).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 console = Console(stderr=True, soft_wrap=True)
+
+
+# -- help and usage errors as a newcomer reads them -------------------------------------------------------------------
+# typer prints Python's type names (`<bool>` even for flags, `<list[str]>`), wraps a docstring where the source
+# does and reads `[...]` in help as markup; these classes, given to every command, print words instead.
+
+_TYPE_WORDS = {"int": "N", "float": "NUMBER", "str": "TEXT", "path": "PATH"}
+
+
+def _prose(text: str | None) -> str | None:
+    """A docstring's paragraphs as one line each (the terminal wraps them), markup characters shown as typed."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return escape("\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs))
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+class _Option(TyperOption):
+    def display_type_rich(self, ctx):
+        if self.is_flag or self.count:
+            return None  # a flag takes no value: nothing to show
+        if self.metavar is not None:
+            return self.metavar
+        label = (super().display_type_rich(ctx) or "").strip("<>")
+        label = re.sub(r"^list\[(\w+)\]$|^(\w+) range$", r"\1\2", label)
+        return _TYPE_WORDS.get(label, label.upper())
+
+    def _get_number_range_help_str(self):
+        low, high = self.min, self.max
+        if low is not None and high is not None:
+            return f"{_number(low)} to {_number(high)}"
+        return f"at least {_number(low)}" if low is not None else f"at most {_number(high)}" if high is not None \
+            else None
+
+    def _get_default_string(self, *, ctx, show_default_is_str, default_value):
+        if show_default_is_str:  # as the option wrote it ("512 / 1500"), not wrapped in parentheses
+            return str(self.show_default)
+        if isinstance(default_value, float):
+            return _number(default_value)
+        return super()._get_default_string(ctx=ctx, show_default_is_str=show_default_is_str,
+                                           default_value=default_value)
+
+
+class _Argument(TyperArgument):
+    def display_type_rich(self, ctx):
+        return None  # its name (IMAGE, VIDEO) and help say what it is
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+def _readable(param) -> None:
+    if getattr(param, "_readable", False):
+        return
+    param._readable = True
+    if type(param) is TyperOption:
+        param.__class__ = _Option
+    elif type(param) is TyperArgument:
+        param.__class__ = _Argument
+        if param.metavar is None:
+            param.metavar = param.name.upper()
+    if getattr(param, "help", None):
+        param.help = escape(param.help)
+
+
+class _Readable:
+    def _make_readable(self) -> None:
+        self.help, self.short_help = _prose(self.help), _prose(self.short_help)
+        for param in self.params:
+            _readable(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _readable(option)
+        return option
+
+
+class _Command(_Readable, TyperCommand):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._make_readable()
+
+
+class _Group(_Readable, TyperGroup):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._make_readable()
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Usage errors as one line, like the commands' own errors (typer draws a box with the usage above)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                _usage_error(exc)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            console.print("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc) -> None:
+    message = exc.format_message()
+    extra = re.search(r"unexpected extra arguments?(?:\(s\))? \((.*)\)", message)
+    if extra and all(re.fullmatch(r"-?[\d.,]+", v) for v in extra.group(1).split()):
+        message += ": numbers of one point or box go together, comma-separated, without spaces (--point 250,200)"
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    console.print(f"[bold red]error:[/] {escape(message + where)}")
+
+
+class _Typer(typer.Typer):
+    """A Typer whose groups and commands all get the readable help (typer takes the class per command)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, name: str | None = None, *, cls=None, **kwargs):
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(help="Segment Anything as a service.", no_args_is_help=True, add_completion=False)
+models_app = _Typer(help="Published SAM checkpoints.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+keys_app = _Typer(help="API keys for the access file (MASKSERVE_AUTH_FILE).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+web_app = _Typer(help="The web annotator's in-browser runtime (ONNX Runtime Web).", no_args_is_help=True)
+app.add_typer(web_app, name="web")
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from maskserve import __version__
+    from maskserve.v1 import maskserve_pb2
+
+    print(f"maskserve {__version__} (API {maskserve_pb2.DESCRIPTOR.package}, Python "
+          f"{sys.version_info.major}.{sys.version_info.minor})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version (package, gRPC API) and exit.")) -> None:
+    """Segment Anything as a service."""
 
 
 def _fail(message: str) -> None:
@@ -40,8 +195,10 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(
     model_type: str = typer.Argument(..., help="vit_b, vit_l, vit_h, or SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus, _large"),
-    cache_dir: Optional[Path] = typer.Option(None, help="Where checkpoints are kept (default ~/.cache/maskserve/checkpoints, or $MASKSERVE_CACHE/checkpoints)."),
-    base_url: Optional[str] = typer.Option(None, envvar="MASKSERVE_CHECKPOINT_URL", help="A mirror of Meta's checkpoint folder."),
+    cache_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where checkpoints are kept (default "
+                                             "~/.cache/maskserve/checkpoints, or $MASKSERVE_CACHE/checkpoints)."),
+    base_url: Optional[str] = typer.Option(None, envvar="MASKSERVE_CHECKPOINT_URL", metavar="URL",
+                                           help="A mirror of Meta's checkpoint folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download a published checkpoint, verifying size and md5 (SAM) or sha256 (SAM 2.1); an interrupted download resumes."""
@@ -57,8 +214,9 @@ def models_pull(
 
 @web_app.command("pull")
 def web_pull(
-    registry: Optional[str] = typer.Option(None, help="An npm registry mirror (default $npm_config_registry, else "
-                                                      "registry.npmjs.org)."),
+    registry: Optional[str] = typer.Option(None, metavar="URL",
+                                           help="An npm registry mirror (default $npm_config_registry, else "
+                                                "registry.npmjs.org)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download ONNX Runtime Web (15 MB, checksum verified) for the web annotator's hover preview, into
@@ -73,11 +231,14 @@ def web_pull(
 
 @app.command()
 def build(
-    out: Path = typer.Option(..., help="The model directory to write."),
-    model_type: str = typer.Option("vit_b", help="vit_b, vit_l, vit_h or tiny; SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus or _large."),
-    checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint in Meta's format; default: pull the published one."),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime (CPU), tensorrt (NVIDIA GPU) or torch (PyTorch encoder: CUDA, else CPU)."),
-    precision: str = typer.Option("fp32", help="fp32; fp16 for TensorRT; bf16 or fp16 for torch."),
+    out: Path = typer.Option(..., metavar="DIR", help="The model directory to write."),
+    model_type: str = typer.Option("vit_b", metavar="TYPE", help="vit_b, vit_l, vit_h or tiny; SAM 2.1: "
+                                   "sam2.1_hiera_tiny, _small, _base_plus or _large."),
+    checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="A checkpoint in Meta's format; default: "
+                                              "pull the published one."),
+    backend: str = typer.Option("onnxruntime", metavar="BACKEND", help="onnxruntime (CPU), tensorrt (NVIDIA GPU) or "
+                                "torch (PyTorch encoder: CUDA, else CPU)."),
+    precision: str = typer.Option("fp32", metavar="PRECISION", help="fp32; fp16 for TensorRT; bf16 or fp16 for torch."),
     max_encoder_batch: int = typer.Option(8, help="TensorRT, torch: largest encoder batch (one run)."),
     max_decoder_batch: int = typer.Option(64, help="TensorRT: largest batch of prompts."),
     max_points: int = typer.Option(MAX_POINTS, help="TensorRT: most points (boxes count two) in one prompt."),
@@ -101,13 +262,16 @@ def build(
 
 @app.command()
 def compile(
-    model_dir: Path = typer.Option(..., help="An ONNX Runtime model directory made by `maskserve build`."),
-    out: Optional[Path] = typer.Option(None, help="Write the TensorRT model directory here..."),
-    cache: Optional[Path] = typer.Option(None, help="...or into this engine cache, keyed by model version, GPU "
-                                                    "architecture and TensorRT version (skipped if already there)."),
-    precision: str = typer.Option("fp16", help="fp16 or fp32."),
-    max_encoder_batch: int = typer.Option(8), max_decoder_batch: int = typer.Option(64),
-    max_points: int = typer.Option(MAX_POINTS),
+    model_dir: Path = typer.Option(..., metavar="DIR", help="An ONNX Runtime model directory made by "
+                                                            "`maskserve build`."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="Write the TensorRT model directory here..."),
+    cache: Optional[Path] = typer.Option(None, metavar="DIR",
+                                         help="...or into this engine cache, keyed by model version, GPU "
+                                              "architecture and TensorRT version (skipped if already there)."),
+    precision: str = typer.Option("fp16", metavar="PRECISION", help="fp16 or fp32."),
+    max_encoder_batch: int = typer.Option(8, help="Largest encoder batch (one run)."),
+    max_decoder_batch: int = typer.Option(64, help="Largest batch of prompts."),
+    max_points: int = typer.Option(MAX_POINTS, help="Most points (boxes count two) in one prompt."),
 ) -> None:
     """Compile TensorRT engines for this GPU from an exported model (no torch needed: runs in the cluster)."""
     from maskserve.build.tensorrt_engines import compile_model_dir
@@ -144,15 +308,29 @@ def settings() -> None:
     print(table())
 
 
-RedisOpt = typer.Option(None, "--redis-url", help="[env MASKSERVE_REDIS_URL]")
-ModelOpt = typer.Option(None, "--model-dir", help="Model directory; default the shipped tiny model. [env MASKSERVE_MODEL_DIR]")
-MetricsOpt = typer.Option(None, "--metrics-port", help="Port of /metrics, 0 for none. [env MASKSERVE_METRICS_PORT]")
+def _overrides(flag: str, name: str, what: str, metavar: str):
+    """An option for one MASKSERVE_* setting, naming it and its default as Settings declares them (once)."""
+    from dataclasses import fields
+
+    from maskserve.service.config import Settings
+
+    f = next(f for f in fields(Settings) if f.name == name)
+    default = f.metadata["shown"] or f.default
+    return typer.Option(None, flag, metavar=metavar, show_default=False,
+                        help=f"{what}; overrides MASKSERVE_{name.upper()} (default {default}).")
+
+
+RedisOpt = _overrides("--redis-url", "redis_url", "Redis holding the embeddings and the job queue", "URL")
+ModelOpt = _overrides("--model-dir", "model_dir", "Model directory (`maskserve build` makes one)", "DIR")
+MetricsOpt = _overrides("--metrics-port", "metrics_port", "Prometheus /metrics port, 0 for none", "PORT")
 
 
 @app.command()
 def encoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = ModelOpt,
             metrics_port: Optional[int] = MetricsOpt) -> None:
-    """Run an encoder worker: images from the Redis job stream → embeddings in Redis."""
+    """Run an encoder worker: images from the Redis job stream → embeddings in Redis.
+
+    Every other setting is a MASKSERVE_* variable: `maskserve settings` lists them."""
     from maskserve.service import encoder_worker
 
     encoder_worker.main(_settings(redis_url=redis_url, model_dir=model_dir, metrics_port=metrics_port))
@@ -160,59 +338,205 @@ def encoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = Mode
 
 @app.command()
 def decoder(redis_url: Optional[str] = RedisOpt, model_dir: Optional[str] = ModelOpt,
-            port: Optional[int] = typer.Option(None, "--port", help="gRPC port. [env MASKSERVE_GRPC_PORT]"),
+            port: Optional[int] = _overrides("--port", "grpc_port", "gRPC port", "PORT"),
             metrics_port: Optional[int] = MetricsOpt) -> None:
-    """Run the decoder service (gRPC): prompts answered from the embedding store."""
+    """Run the decoder service (gRPC): prompts answered from the embedding store.
+
+    Every other setting is a MASKSERVE_* variable: `maskserve settings` lists them."""
     from maskserve.service import decoder_server
 
     decoder_server.main(_settings(redis_url=redis_url, model_dir=model_dir, grpc_port=port, metrics_port=metrics_port))
 
 
+class _StackDied(Exception):
+    """A process of a running local stack failed: its logs are worth keeping and pointing at."""
+
+
+@contextlib.contextmanager
+def _local_stack(**stack_args):
+    """A started LocalStack in a log folder this command owns. LocalStack's own temporary folder outlives a
+    refused start (a port in use): one more empty /tmp/maskserve-* per try. This one is removed unless a
+    process failed and left logs, which the error line then names."""
+    import shutil
+    import tempfile
+
+    from maskserve.service.stack import LocalStack
+
+    log_dir = Path(tempfile.mkdtemp(prefix="maskserve-"))
+    keep = False
+    try:
+        stack = LocalStack(log_dir=log_dir, **stack_args)
+        try:
+            stack.__enter__()  # stops what it started when it fails
+        except RuntimeError as exc:
+            keep = any(p.stat().st_size for p in log_dir.iterdir())
+            _fail(f"{exc}{_log_hint(log_dir, str(exc)) if keep else ''}")
+        failure = None
+        try:
+            yield stack
+        except _StackDied as exc:
+            failure = str(exc)
+        finally:
+            stack.__exit__(None, None, None)
+        if failure:
+            keep = True
+            _fail(failure + _log_hint(log_dir, failure))
+    finally:
+        if not keep:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _log_hint(log_dir: Path, message: str) -> str:
+    """The last line of the failed process's log (often the reason itself), and where the logs are."""
+    logs = sorted((p for p in log_dir.glob("*.log") if p.stat().st_size),
+                  key=lambda p: (p.stem in message, p.stat().st_mtime))
+    if not logs:
+        return f" (logs: {log_dir})"
+    lines = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()]
+    return f"; {logs[-1].name} ends: {lines[-1]} (logs: {log_dir})"
+
+
+def _local_address(host: str) -> str:
+    """Where a client on this machine reaches a service listening on `host` (every interface: loopback)."""
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def _shown_path(path) -> str:
+    """A path as a person would type it here: relative when it is under this directory."""
+    path, here = os.path.abspath(path), os.getcwd()
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+
+
+def _program() -> str:
+    """This command as it can be typed again: `maskserve` when that is the one on PATH."""
+    import shlex
+    import shutil
+
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "maskserve":
+        found = shutil.which("maskserve")
+        return "maskserve" if found and Path(found).resolve() == argv0.resolve() else shlex.quote(_shown_path(argv0))
+    return f"{shlex.quote(_shown_path(sys.executable))} -m maskserve"
+
+
+def _next_steps(host: str, port: int) -> list[str]:
+    """A first request to copy, spelled for this stack (its port) and this install (its program, its photo)."""
+    import shlex
+
+    from maskserve.service.segment_file import BUNDLED_PHOTO
+
+    target = f"{_local_address(host)}:{port}"
+    photo = _shown_path(BUNDLED_PHOTO)
+    flag = "" if port == 50051 else f" --target {target}"
+    python = (f"{shlex.quote(_shown_path(sys.executable))} -c \"import maskserve; c = maskserve.Client('{target}'); "
+              f"c.set_image(open({photo!r}, 'rb').read()); masks, scores, _ = c.predict([[256, 140]], [1]); "
+              f"print(masks.shape, scores)\"")
+    return [f"next: {_program()} segment {shlex.quote(photo)} --point 256,140{flag}   "
+            "(→ out/mask.png, out/overlay.png, out/summary.json)",
+            f"  or: {python}"]
+
+
+def _check_port(host: str, port: int, what: str, flag: str) -> None:
+    """LocalStack checks too, but its message cannot name the flag to change, nor tell a port in use from an
+    address this machine does not have."""
+    import errno
+    import socket
+
+    bare = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET) as s:
+        try:
+            s.bind((bare, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"port {port} ({what}) is already in use on {bare}: is another `maskserve up` running? Stop "
+                      f"it, or choose another port with {flag}")
+            _fail(f"cannot listen on {bare} port {port} ({what}): {exc.strerror or exc}")
+
+
 @app.command()
-def up(redis_url: Optional[str] = typer.Option(None, help="Use this Redis instead of starting one."),
-       model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
-       port: int = typer.Option(50051, help="gRPC port of the decoder."),
-       metrics_port: int = typer.Option(9090, help="Decoder /metrics port; the encoder's is the next one."),
-       http_port: int = typer.Option(8080, help="HTTP/JSON API and the web annotator."),
-       host: str = typer.Option("127.0.0.1", help="Address gRPC, HTTP and /metrics listen on (0.0.0.0: every "
-                                                  "interface).")) -> None:
+def up(redis_url: Optional[str] = typer.Option(None, metavar="URL", help="Use this Redis instead of starting one."),
+       model_dir: str = typer.Option("", metavar="DIR", show_default=False,
+                                     help="Model directory; default the shipped tiny model."),
+       model: str = typer.Option("", metavar="TYPE", show_default=False,
+                                 help="Serve Meta's model of this type (vit_b, vit_l, vit_h, sam2.1_hiera_tiny, ...): "
+                                      "pulled and built once into the cache (needs the export extra), then reused."),
+       checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="With --model: build from this "
+                                                 "checkpoint in Meta's format instead of pulling the published one."),
+       port: int = typer.Option(50051, metavar="PORT", help="gRPC port of the decoder."),
+       metrics_port: int = typer.Option(9090, metavar="PORT",
+                                        help="Decoder /metrics port; the encoder's is the next one."),
+       http_port: int = typer.Option(8080, metavar="PORT", help="HTTP/JSON API and the web annotator; 0: off."),
+       host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="Address gRPC, HTTP and /metrics listen on "
+                                                                     "(0.0.0.0: every interface).")) -> None:
     """Start a local stack on this machine (Redis, one encoder, one decoder) until Ctrl-C."""
     import signal as _signal
     import time as _time
 
-    from maskserve.service.stack import LocalStack
+    # Before anything is downloaded or started, so that a refusal is at once and leaves nothing behind.
+    for number, what, flag in ((port, "decoder gRPC", "--port"), (http_port, "decoder HTTP", "--http-port"),
+                               (metrics_port, "decoder metrics", "--metrics-port"),
+                               (metrics_port + 1, "encoder metrics", "--metrics-port")):
+        if number:
+            _check_port(host, number, what, flag)
+    if model and model_dir:
+        _fail("give --model (a model type, built for you) or --model-dir (a model directory), not both")
+    if checkpoint is not None and not model:
+        _fail("--checkpoint goes with --model (the model type it is a checkpoint of)")
+    if model:
+        from maskserve.build.download import DownloadError
+        from maskserve.build.served import CannotBuild, model_dir_for
+        from maskserve.build.specs import UnknownModelType
 
-    stack = LocalStack(model_dir, redis_url, port, (metrics_port, metrics_port + 1), host=host, http_port=http_port)
+        try:
+            console.print(f"model {model}: pulling and building once, if not in the cache (minutes)")
+            model_dir = str(model_dir_for(model, checkpoint))
+        except (CannotBuild, UnknownModelType, DownloadError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        console.print(f"model {model}: {model_dir}")
+    if model_dir and not (Path(model_dir) / "manifest.json").is_file():
+        _fail(f"--model-dir {model_dir}: " + ("no such directory" if not Path(model_dir).is_dir() else
+                                              "not a model directory (no manifest.json; `maskserve build` makes one)"))
     try:  # the annotator's in-browser decoder, once (the page works without it, minus the hover preview)
         from maskserve.build.download import DownloadError, pull_web_runtime
 
         pull_web_runtime(progress=False)
     except (DownloadError, OSError) as exc:
-        console.print(f"[yellow]no ONNX Runtime Web ({exc}); the annotator works without its hover preview; "
-                      "`maskserve web pull` to add it")
-    try:
-        stack.__enter__()
-    except RuntimeError as exc:
-        _fail(str(exc))
-    try:
-        console.print(f"[green]maskserve is up[/]  gRPC {host}:{port}  HTTP http://{host}:{http_port}  metrics "
-                      f":{metrics_port} (decoder) :{metrics_port + 1} (encoder)  redis {stack.redis_url}  logs "
-                      f"{stack.log_dir}")
-        console.print(f"annotate in a browser: http://{host}:{http_port}/   API: http://{host}:{http_port}/openapi.json")
+        console.print(f"[yellow]no ONNX Runtime Web ({escape(str(exc))}); the annotator works without its hover "
+                      "preview; `maskserve web pull` to add it")
+    with _local_stack(model_dir=model_dir, redis_url=redis_url, grpc_port=port,
+                      metrics_ports=(metrics_port, metrics_port + 1), host=host, http_port=http_port) as stack:
+        url = f"http://{_local_address(host)}:{http_port}"
+        console.print(f"[green]maskserve is up[/]  gRPC {host}:{port}  HTTP " + (url if http_port else "off") +
+                      f"  metrics :{metrics_port} (decoder) :{metrics_port + 1} (encoder)  redis {stack.redis_url}  "
+                      f"logs {stack.log_dir}")
+        if http_port:
+            console.print(f"annotate in a browser: {url}/   API: {url}/openapi.json")
+        for line in _next_steps(host, port):
+            console.print(escape(line))
+        console.print("Ctrl-C stops the stack.")
         stopping = []
         _signal.signal(_signal.SIGTERM, lambda *_: stopping.append(1))
-        while not stopping:
-            _time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stack.__exit__(None, None, None)
+        try:
+            while True:
+                _time.sleep(0.5)
+                if stopping:  # before looking at the processes: a signal to the group stops them too
+                    break
+                for role in ("decoder", "encoder", "redis"):
+                    proc = getattr(stack, role)
+                    if proc is not None and proc.poll() is not None:
+                        raise _StackDied(f"the {role} exited with code {proc.returncode}; the stack is stopped")
+        except KeyboardInterrupt:
+            pass
 
 
 @keys_app.command("new")
-def keys_new(tenant: str = typer.Option(..., help="The tenant the key acts for."),
-             name: Optional[str] = typer.Option(None, help="A name for logs (default: TENANT-key)."),
-             rpc: list[str] = typer.Option([], help="An RPC the key may call (repeatable); default all.")) -> None:
+def keys_new(tenant: str = typer.Option(..., metavar="TENANT", help="The tenant the key acts for."),
+             name: Optional[str] = typer.Option(None, metavar="NAME", help="A name for logs (default: TENANT-key)."),
+             rpc: list[str] = typer.Option([], metavar="RPC", help="An RPC the key may call (repeatable); default "
+                                                                  "all.")) -> None:
     """A new API key (printed once, on stderr) and its access-file entry (stdout, JSON): only the hash is kept."""
     from maskserve.service import access
 
@@ -228,11 +552,15 @@ def keys_new(tenant: str = typer.Option(..., help="The tenant the key acts for."
 
 
 # How a client command reaches a service with TLS and authentication on.
-ApiKeyOpt = typer.Option(None, "--api-key", envvar="MASKSERVE_API_KEY", help="Sent as `authorization: Bearer`.")
-TlsCaOpt = typer.Option(None, "--tls-ca", help="Speak TLS, trusting this CA (PEM); --tls for the system's CAs.")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="MASKSERVE_API_KEY", metavar="KEY",
+                         help="Sent as `authorization: Bearer`.")
+TlsCaOpt = typer.Option(None, "--tls-ca", metavar="FILE", help="Speak TLS, trusting this CA (PEM); --tls for the "
+                                                               "system's CAs.")
 TlsOpt = typer.Option(False, "--tls", help="Speak TLS, trusting the system's CAs.")
-TlsCertOpt = typer.Option(None, "--tls-cert", help="Client certificate (PEM), for mutual TLS.")
-TlsKeyOpt = typer.Option(None, "--tls-key", help="Its private key (PEM).")
+TlsCertOpt = typer.Option(None, "--tls-cert", metavar="FILE", help="Client certificate (PEM), for mutual TLS.")
+TlsKeyOpt = typer.Option(None, "--tls-key", metavar="FILE", help="Its private key (PEM).")
+TargetOpt = typer.Option("127.0.0.1:50051", metavar="HOST:PORT", help="The decoder service (`maskserve up` starts "
+                                                                       "one).")
 
 
 def _client_options(api_key, use_tls, tls_ca, tls_cert, tls_key) -> dict:
@@ -249,13 +577,25 @@ def _client_options(api_key, use_tls, tls_ca, tls_cert, tls_key) -> dict:
 
 @app.command()
 def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
-            point: list[str] = typer.Option([], help="X,Y of a foreground click (repeatable); X,Y,0 for background."),
-            box: Optional[str] = typer.Option(None, help="X0,Y0,X1,Y1"),
-            target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
-            out: Path = typer.Option(Path("out"), help="Folder for mask.png and overlay.png."),
+            point: list[str] = typer.Option([], metavar="X,Y[,LABEL]",
+                                            help="A click in pixels from the top-left corner (repeatable): "
+                                                 "foreground, or background with LABEL 0."),
+            box: Optional[str] = typer.Option(None, metavar="X0,Y0,X1,Y1",
+                                              help="A box around the object: its top-left and bottom-right corners."),
+            target: str = TargetOpt,
+            out: Path = typer.Option(Path("out"), metavar="DIR", help="Folder for mask.png (the best mask), "
+                                                                      "overlay.png and summary.json."),
+            all_masks: bool = typer.Option(False, "--all-masks", help="Also write every candidate mask: mask_1.png, "
+                                                                      "mask_2.png, mask_3.png."),
+            json_path: Optional[str] = typer.Option(None, "--json", metavar="FILE",
+                                                    help="Write the summary (image id, model version; each mask's "
+                                                         "predicted IoU, stability score, box, area and file) here "
+                                                         "instead of DIR/summary.json; - prints it, and the report "
+                                                         "goes to stderr."),
             api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
             tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt) -> None:
-    """Segment an image through a running service; writes the best mask and an overlay."""
+    """Segment an image through a running service: the best of the model's candidate masks, an overlay that
+    shows the prompt, and a JSON summary."""
     import grpc
 
     from maskserve.service.segment_file import segment_file
@@ -264,14 +604,24 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
     for p in points:
         if len(p) == 3 and p[2] not in (0.0, 1.0):
             _fail(f"--point {','.join(f'{v:g}' for v in p)}: the label is 1 (foreground) or 0 (background)")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; give a folder (it is made if missing)")
+    corners = _numbers(box, "--box", (4,)) if box else None
+    if corners and (corners[2] <= corners[0] or corners[3] <= corners[1]):
+        _fail(f"--box {box}: X1 must be greater than X0 and Y1 greater than Y0 (top-left corner, then bottom-right)")
     try:
-        summary = segment_file(target, image, points, _numbers(box, "--box", (4,)) if box else None, out,
-                               **_client_options(api_key, tls, tls_ca, tls_cert, tls_key))
+        report = segment_file(target, image, points, corners, out, all_masks=all_masks, summary_path=json_path,
+                              **_client_options(api_key, tls, tls_ca, tls_cert, tls_key))
     except ValueError as exc:
         _fail(str(exc))
     except grpc.RpcError as exc:
         _fail_rpc(exc, target)
-    print(summary)
+    except OSError as exc:  # --out or --json where nothing can be written
+        _fail(f"cannot write {exc.filename or out}: {exc.strerror or exc}")
+    if json_path == "-":
+        console.print(escape(report))
+    else:
+        print(report)
 
 
 _SHAPES = {2: "X,Y", 3: "X,Y,LABEL", 4: "X0,Y0,X1,Y1"}
@@ -292,17 +642,23 @@ def _fail_rpc(exc, target: str) -> None:
     """One line for a failed call; how to start a service when none answers."""
     import grpc
 
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and re.search(r"failed to connect|connection refused", details, re.I):
+        reason = "connection refused" if "refused" in details.lower() else "cannot connect"
+        _fail(f"UNAVAILABLE: no service answers at {target} ({reason}). Start one with `maskserve up`, or give "
+              "--target HOST:PORT")
     hint = (f" (is a service running at {target}? Start one with `maskserve up`)"
             if exc.code() == grpc.StatusCode.UNAVAILABLE else "")
-    _fail(f"{exc.code().name}: {exc.details()}{hint}")
+    _fail(f"{exc.code().name}: {details}{hint}")
 
 
 def segment_everything(
     image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
-    target: str = typer.Option("127.0.0.1:50051", help="The decoder service."),
+    target: str = TargetOpt,
     in_process: bool = typer.Option(False, "--in-process", help="Run here on --model-dir instead of the service."),
-    model_dir: Optional[Path] = typer.Option(None, help="With --in-process: a model directory (default the tiny model)."),
-    out: Path = typer.Option(Path("out"), help="Folder for IMAGE.json and IMAGE_overlay.png."),
+    model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="With --in-process: a model directory "
+                                                                       "(default the tiny model)."),
+    out: Path = typer.Option(Path("out"), metavar="DIR", help="Folder for IMAGE.json and IMAGE_overlay.png."),
     api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
     tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt,
     **options,
@@ -315,8 +671,9 @@ def segment_everything(
     from maskserve.engines.automatic import Options, ParameterError
     from maskserve.service.segment_file import segment_everything_file
 
+    options = Options(**options)  # the unset ones stay unset: the model's recommended defaults fill them
     try:
-        options = Options(**options).validate(max_crop_layers=8, max_points=2**24)
+        options.validate(max_crop_layers=8, max_points=2**24)  # a mistake here is one line, before any work
     except ParameterError as exc:
         _fail(str(exc))
     with Progress(console=console, transient=True) as bar:
@@ -352,9 +709,12 @@ def _with_generator_options(command):
         if not f.metadata["cli"]:
             continue
         kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        default, help = Options.describe(f.name)
+        default, help = Options.describe(f.name)  # as people write it: "512 / 1500", not 0.3413333333333333
         flag = (f.metadata["flag"],) if f.metadata["flag"] else ()
-        option = typer.Option(f.default, *flag, help=f"{help}.", show_default=default if f.default is None else True)
+        if kind is bool and not default.startswith("the model family's"):  # a flag: named when on, else nothing
+            on = f.metadata.get("reference", f.default)
+            default = (f.metadata["flag"] or "--" + f.name.replace("_", "-")).split("/")[0] if on else False
+        option = typer.Option(f.default, *flag, help=f"{help}.", show_default=default)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=Optional[kind] if f.default is None else kind))
     command.__signature__ = inspect.Signature(params)
@@ -367,18 +727,23 @@ app.command("segment-everything")(_with_generator_options(segment_everything))
 @app.command()
 def track(video: Path = typer.Argument(..., help="A video file (what OpenCV reads: .mp4, .avi, .mov, ...) or a folder "
                                                  "of frames (JPEG, PNG, WebP or BMP, in name order)."),
-          point: list[str] = typer.Option([], help="X,Y of a click on the first frame: one object per --point "
-                                                   "(repeatable); objects are numbered 1, 2, ... points first."),
-          box: list[str] = typer.Option([], help="X0,Y0,X1,Y1 on the first frame: one object per --box "
-                                                 "(repeatable), numbered after the points."),
-          out: Optional[str] = typer.Option(None, help="An .mp4 or .avi overlay video, or a folder (an existing one, "
-                                                       "a path ending in / or one without a suffix) for PNG frames "
-                                                       "00000.png, ...; default VIDEO_tracked.mp4 in this directory."),
-          model_dir: Optional[Path] = typer.Option(None, help="Track in this process on this SAM 2.1 model directory "
-                                                              "(default the shipped tiny model: a SAM model, which "
-                                                              "cannot track)."),
-          target: Optional[str] = typer.Option(None, help="Track through the service at HOST:PORT instead."),
-          max_frames: Optional[int] = typer.Option(None, min=1, help="Stop after N frames."),
+          point: list[str] = typer.Option([], metavar="X,Y",
+                                          help="X,Y of a click on the first frame: one object per --point "
+                                               "(repeatable); objects are numbered 1, 2, ... points first."),
+          box: list[str] = typer.Option([], metavar="X0,Y0,X1,Y1",
+                                        help="X0,Y0,X1,Y1 on the first frame: one object per --box "
+                                             "(repeatable), numbered after the points."),
+          out: Optional[str] = typer.Option(None, metavar="FILE|DIR",
+                                            help="An .mp4 or .avi overlay video, or a folder (an existing one, "
+                                                 "a path ending in / or one without a suffix) for PNG frames "
+                                                 "00000.png, ...; default VIDEO_tracked.mp4 in this directory."),
+          model_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                                   help="Track in this process on this SAM 2.1 model directory "
+                                                        "(default the shipped tiny model: a SAM model, which "
+                                                        "cannot track)."),
+          target: Optional[str] = typer.Option(None, metavar="HOST:PORT", help="Track through the service at "
+                                                                               "HOST:PORT instead."),
+          max_frames: Optional[int] = typer.Option(None, min=1, metavar="N", help="Stop after N frames."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
           api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
           tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt) -> None:
@@ -553,31 +918,45 @@ class _TrackOutput:
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("out"), help="Folder for the results.")) -> None:
+def demo(out: Path = typer.Option(Path("out"), metavar="DIR", help="Folder for the results.")) -> None:
     """Start the local stack, segment the bundled photo through it, write mask and overlay PNGs, stop."""
-    from maskserve.service.segment_file import BUNDLED_PHOTO, segment_file
-    from maskserve.service.stack import LocalStack, free_port
+    import grpc
 
-    with LocalStack(grpc_port=free_port()) as stack:
+    from maskserve.service.segment_file import BUNDLED_PHOTO, segment_file
+    from maskserve.service.stack import free_port
+
+    with _local_stack(grpc_port=free_port()) as stack:
         console.print(f"[green]local stack up[/] at {stack.target} (redis {stack.redis_url})")
-        print(segment_file(stack.target, BUNDLED_PHOTO, [(256.0, 140.0)], None, out))
+        try:
+            print(segment_file(stack.target, BUNDLED_PHOTO, [(256.0, 140.0)], None, out))
+        except grpc.RpcError as exc:  # the stack's own fault: its logs say why
+            raise _StackDied(f"{exc.code().name}: {exc.details()}") from None
+        except OSError as exc:
+            _fail(f"cannot write {exc.filename or out}: {exc.strerror or exc}")
 
 
 @app.command()
-def bench(model_dir: Optional[Path] = typer.Option(None, help="Model directory; default the shipped tiny model."),
-          checkpoint: Optional[Path] = typer.Option(None, help="The same weights for the reference SamPredictor "
+def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Model directory; default the shipped "
+                                                                            "tiny model."),
+          checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="The same weights for the reference "
+                                                                               "SamPredictor "
                                                                 "(default: the tiny model's checkpoint)."),
-          model_type: Optional[str] = typer.Option(None),
-          requests: int = typer.Option(200), clients: int = typer.Option(4),
-          rate: float = typer.Option(10.0, help="Open-loop request rate."), seconds: float = typer.Option(10.0),
-          encode_images: int = typer.Option(8),
+          model_type: Optional[str] = typer.Option(None, metavar="TYPE", help="The checkpoint's model type "
+                                                                              "(default: the model directory's)."),
+          requests: int = typer.Option(200, help="Requests timed per scenario (the closed loop shares them out "
+                                                "between its clients)."),
+          clients: int = typer.Option(4, help="Clients of the closed-loop scenario."),
+          rate: float = typer.Option(10.0, help="Open-loop request rate, per second."),
+          seconds: float = typer.Option(10.0, help="Length of the open-loop run."),
+          encode_images: int = typer.Option(8, help="Distinct images for the encoder pool's throughput."),
           everything_reps: int = typer.Option(3, help="SegmentEverything runs against the reference generator "
                                                       "per setting (0: skip)."),
-          sam2_model_dir: Optional[Path] = typer.Option(None, help="Also a SAM 2.1 model directory, against the "
-                                                                   "official SAM2ImagePredictor (and its video "
-                                                                   "tracking against SAM2VideoPredictor)."),
-          sam2_checkpoint: Optional[Path] = typer.Option(None, help="Its weights, in Meta's format."),
-          out: Path = typer.Option(Path("bench"))) -> None:
+          sam2_model_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                                        help="Also a SAM 2.1 model directory, against the "
+                                                             "official SAM2ImagePredictor (and its video "
+                                                             "tracking against SAM2VideoPredictor)."),
+          sam2_checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="Its weights, in Meta's format."),
+          out: Path = typer.Option(Path("bench"), metavar="DIR", help="Folder for bench.json and bench.png.")) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
     from maskserve import bench as bench_lib
     from maskserve.engines import default_model_dir
@@ -601,8 +980,9 @@ def soak(seconds: float = typer.Option(300, help="How long (the documented long 
          rate: float = typer.Option(20, help="Requests per second, open loop."),
          new_image_every: int = typer.Option(10, help="Every Nth request encodes a new distinct image."),
          window: float = typer.Option(60, help="Seconds per reported window."),
-         model_dir: str = typer.Option("", help="Model directory; default the shipped tiny model."),
-         out: Path = typer.Option(Path("out/soak"))) -> None:
+         model_dir: str = typer.Option("", metavar="DIR", show_default=False,
+                                       help="Model directory; default the shipped tiny model."),
+         out: Path = typer.Option(Path("out/soak"), metavar="DIR", help="Folder for soak.json.")) -> None:
     """A local stack under a fixed request rate (loopback only): latency, errors, memory and the decoder's
     bookkeeping per window → soak.json."""
     from maskserve import soak as soak_lib
@@ -612,10 +992,11 @@ def soak(seconds: float = typer.Option(300, help="How long (the documented long 
 
 
 @app.command("soak-track")
-def soak_track(model_dir: Path = typer.Option(..., help="A SAM 2.1 model directory."),
+def soak_track(model_dir: Path = typer.Option(..., metavar="DIR", help="A SAM 2.1 model directory."),
                frames: int = typer.Option(2000, min=2, help="Frames to track (the CI form: 24)."),
-               objects: int = typer.Option(2, min=1), window: int = typer.Option(100, min=1),
-               out: Path = typer.Option(Path("out/soak-track"))) -> None:
+               objects: int = typer.Option(2, min=1, help="Objects tracked in the session."),
+               window: int = typer.Option(100, min=1, help="Frames per reported window."),
+               out: Path = typer.Option(Path("out/soak-track"), metavar="DIR", help="Folder for soak.json.")) -> None:
     """One tracking session through many frames, in this process: its state and RSS per window → soak.json."""
     from maskserve import soak as soak_lib
 
