@@ -205,6 +205,8 @@ class Gateway:
         app.router.add_get("/", lambda request: web.FileResponse(WEB / "index.html"))
         app.router.add_get("/static/ort/{name}", self._web_runtime)
         app.router.add_static("/static/", Path(str(WEB)), append_version=True)
+        from . import label_studio  # Label Studio's ML backend protocol, under /label-studio/
+        label_studio.add_routes(app, self)
         return app
 
     # -- cross-cutting --------------------------------------------------------------------------------------
