@@ -217,7 +217,7 @@ class Gateway:
             return await handler(request)
         except Aborted as exc:
             return error_response(exc.status)
-        except ServiceError as exc:  # failed before a call started (its body, its headers)
+        except ServiceError as exc:  # failed before a call started (its headers)
             return error_response(failure(exc.code, exc.reason, str(exc), *exc.details))
         except web.HTTPRequestEntityTooLarge:
             message = f"the request body is over {self.max_body} bytes (MASKSERVE_MAX_MESSAGE_MB, in base64)"
@@ -337,7 +337,10 @@ class Gateway:
                     await send(to_json(response))
         except Aborted as exc:
             text = json_format.MessageToJson(exc.status, indent=None)
-            await send(text, "error") if events else await send(f'{{"error": {text}}}')
+            if events:
+                await send(text, "error")
+            else:
+                await send(f'{{"error": {text}}}')
         await out.write_eof()
         return out
 
@@ -384,7 +387,8 @@ class Gateway:
         except Aborted as exc:  # the call's status as a last text frame, and in the close code: 4000 + code
             if not ws.closed:
                 await ws.send_str(json.dumps({"error": json_format.MessageToDict(exc.status)}))
-            close, reason = 4000 + exc.status.code, exc.status.message.encode()[:120]
+            # a close reason is at most 123 bytes of UTF-8
+            close, reason = 4000 + exc.status.code, exc.status.message.encode()[:120].decode(errors="ignore").encode()
         except ConnectionResetError:
             pass
         if not ws.closed:
