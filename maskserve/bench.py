@@ -358,7 +358,8 @@ def _everything(stack, stub, image_id: str, image: np.ndarray, sam, reps: int, g
     features = (sam.features, sam.original_size, sam.input_size)
     for case, (name, kwargs) in enumerate(EVERYTHING_CASES.items()):
         kwargs = dict(kwargs, points_per_side=grid)
-        options = Options(**kwargs)
+        # every parameter sent, at the reference's defaults: a model directory's recommendations must not apply
+        options = Options(**kwargs).validate(max_crop_layers=8, max_points=2**24, family=families.get("sam"))
         reference = SamAutomaticMaskGenerator(sam.model, **kwargs)
         cached_reference = SamAutomaticMaskGenerator(sam.model, **kwargs)
 

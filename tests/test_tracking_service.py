@@ -39,7 +39,7 @@ def stack(sam2_tiny_random, tmp_path_factory):
 def second_replica(stack):
     """Another decoder on the same Redis: where a session resumes."""
     port = free_port()
-    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0"}
+    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HTTP_PORT": "0"}
     proc = start_role("decoder", env, stack.log_dir / "decoder-2.log")
     target = f"127.0.0.1:{port}"
     wait_serving(target, proc=proc)
@@ -192,7 +192,7 @@ def test_a_draining_replica_checkpoints_its_open_sessions(stack, video_frames):
     import signal
 
     port = free_port()
-    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0",
+    env = {**stack.env("decoder"), "MASKSERVE_GRPC_PORT": str(port), "MASKSERVE_METRICS_PORT": "0", "MASKSERVE_HTTP_PORT": "0",
            "MASKSERVE_TRACK_CHECKPOINT_S": "3600", "MASKSERVE_TRACK_IDLE_S": "300"}
     proc = start_role("decoder", env, stack.log_dir / "decoder-drain.log")
     target = f"127.0.0.1:{port}"
