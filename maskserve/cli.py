@@ -962,7 +962,10 @@ def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Mo
     from maskserve.engines import default_model_dir
 
     if checkpoint is None and model_dir is None:
-        checkpoint = default_model_dir().parent / "sam_tiny.pth"
+        checkpoint = default_model_dir().parent / "sam_tiny.pth"  # in the source tree, not in the wheel
+        if not checkpoint.is_file():
+            _fail("the reference side needs the tiny model's checkpoint, which is in the source tree only; "
+                  "give --checkpoint (and --model-dir built from it)")
     if (sam2_model_dir is None) != (sam2_checkpoint is None):
         _fail("--sam2-model-dir and --sam2-checkpoint go together (the reference needs the same weights)")
     result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out,
