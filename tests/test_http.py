@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import ssl
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import json_format
+from PIL import Image
 
 from conftest import metric
 from maskserve.engines import families, model_dir as model_dirs
@@ -204,6 +206,17 @@ def test_errors_are_google_rpc_statuses_with_googles_http_mapping(web_stack, enc
     assert metric(web_stack.metrics_ports[0], 'maskserve_requests_total{code="UNAUTHENTICATED",rpc="GetModelInfo",'
                                               'tenant=""}') >= 2
     ok(web_stack, "GET", "/v1/model")  # unharmed
+
+
+def test_a_requests_deadline_is_its_x_server_timeout(web_stack):
+    """As a gRPC deadline: an image not encoded in time is 504 (its job stays queued); a malformed one is 400."""
+    fresh = io.BytesIO()
+    Image.fromarray(np.random.default_rng(11).integers(0, 255, (96, 128, 3), np.uint8)).save(fresh, "PNG")
+    body = {"image": {"encoded": base64.b64encode(fresh.getvalue()).decode()}, "prompts": [POINT]}
+    error(web_stack, "POST", "/v1/images:segment", 504, "NOT_ENCODED_IN_TIME", body=body,
+          headers={"X-Server-Timeout": "0.001"})
+    error(web_stack, "POST", "/v1/images:segment", 400, "MALFORMED_REQUEST", body=body,
+          headers={"X-Server-Timeout": "soon"})
 
 
 def test_cross_origin_calls_only_from_allowed_origins(web_stack):
