@@ -4,27 +4,18 @@ and serves it from there after."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from pathlib import Path
 
 from maskserve.engines import families
 from maskserve.engines.model_dir import MANIFEST
 
-from .download import cache_root, pull
+from .download import _digest, cache_root, pull
 from .specs import get_spec
 
 
 class CannotBuild(RuntimeError):
     """Building needs what this install lacks (the export extra)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_dir_for(model: str, checkpoint: str | Path | None = None, cache: Path | None = None,
@@ -43,7 +34,7 @@ def model_dir_for(model: str, checkpoint: str | Path | None = None, cache: Path 
                           f"(`maskserve build --model-type {model} --out DIR`) and serve it with --model-dir DIR"
                           ) from None
     checkpoint = Path(checkpoint) if checkpoint else pull(model, progress=progress)
-    out = (cache or cache_root()) / "models" / f"{model}-{_sha256(checkpoint)[:12]}"
+    out = (cache or cache_root()) / "models" / f"{model}-{_digest(checkpoint, 'sha256')[:12]}"
     if not (out / MANIFEST).is_file():
         from .builder import build_model_dir
 

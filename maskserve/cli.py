@@ -440,20 +440,13 @@ def _next_steps(host: str, port: int) -> list[str]:
 
 
 def _check_port(host: str, port: int, what: str, flag: str) -> None:
-    """LocalStack checks too, but its message cannot name the flag to change, nor tell a port in use from an
-    address this machine does not have."""
-    import errno
-    import socket
+    """Before anything starts, naming the flag that chooses the port."""
+    from maskserve.service.stack import check_free
 
-    bare = host.strip("[]")
-    with socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET) as s:
-        try:
-            s.bind((bare, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                _fail(f"port {port} ({what}) is already in use on {bare}: is another `maskserve up` running? Stop "
-                      f"it, or choose another port with {flag}")
-            _fail(f"cannot listen on {bare} port {port} ({what}): {exc.strerror or exc}")
+    try:
+        check_free(host, port, what, flag)
+    except RuntimeError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -189,4 +189,3 @@ def invoker(service, concerns: list, method):
             async with chain(concerns, call):
                 return await impl(service, request(), call)
     return run
-

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
 
-from . import access, allocator, calls, http, logs, metrics, quotas, redis_clients, refinement, rpcs, tls, tracing, tracking
+from . import access, allocator, calls, http, logs, metrics, quotas, redis_clients, refinement, tls, tracing, tracking
 from .calls import SERVICE_NAME
 from .config import Settings
 from .decoding import Decoding

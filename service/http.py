@@ -150,7 +150,7 @@ def error_response(status: status_pb2.Status, http_status: int | None = None) ->
     return response
 
 
-def _malformed(message: str, field: str = "body") -> ServiceError:
+def malformed(message: str, field: str = "body") -> ServiceError:
     return ServiceError(Reason.MALFORMED_REQUEST, message, errors.bad_request(field, message))
 
 
@@ -168,7 +168,7 @@ def _check_base64(value, descriptor, where: str = "") -> None:
         for i, item in enumerate(v if isinstance(v, list) else [v]):
             path = f"{where}{name}" + (f"[{i}]" if isinstance(v, list) else "")
             if field.type == field.TYPE_BYTES and isinstance(item, str) and not BASE64.match(item):
-                raise _malformed(f"{path} is not base64", path)
+                raise malformed(f"{path} is not base64", path)
             if field.message_type is not None:
                 _check_base64(item, field.message_type, path + ".")
 
@@ -180,7 +180,7 @@ def parse_json(text: str | bytes, message) -> None:
         _check_base64(doc, message.DESCRIPTOR)
         json_format.ParseDict(doc, message)
     except (json_format.ParseError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise _malformed(f"not a valid {message.DESCRIPTOR.name} in JSON: {exc}") from None
+        raise malformed(f"not a valid {message.DESCRIPTOR.name} in JSON: {exc}") from None
 
 
 class Gateway:
@@ -282,13 +282,13 @@ class Gateway:
             elif form is not None:
                 self._multipart(form, message)
             elif route.body:
-                raise _malformed(f"Content-Type {kind!r}: send {JSON} (the request in protobuf's JSON mapping) or "
+                raise malformed(f"Content-Type {kind!r}: send {JSON} (the request in protobuf's JSON mapping) or "
                                  "multipart/form-data (an image file and the request)", "Content-Type")
             elif request.query:
                 try:
                     json_format.ParseDict(dict(request.query), message)
                 except json_format.ParseError as exc:
-                    raise _malformed(f"query: {exc}", "query") from None
+                    raise malformed(f"query: {exc}", "query") from None
             for name, value in request.match_info.items():
                 setattr(message, name, value)
             return message
@@ -300,7 +300,7 @@ class Gateway:
         images = {f.name for f in message.DESCRIPTOR.fields if f.message_type is pb.Image.DESCRIPTOR}
         unknown = set(form) - images - {"request"}
         if unknown:
-            raise _malformed(f"unknown form parts {sorted(unknown)}: send `request` (JSON) and an image as "
+            raise malformed(f"unknown form parts {sorted(unknown)}: send `request` (JSON) and an image as "
                              f"{' or '.join(sorted(images)) or 'no image part'}")
         if "request" in form:
             text = form["request"]
@@ -370,7 +370,7 @@ class Gateway:
                     try:
                         message = parse.FromString(msg.data)
                     except DecodeError:
-                        raise _malformed(f"a binary message is not a valid {parse.DESCRIPTOR.name}") from None
+                        raise malformed(f"a binary message is not a valid {parse.DESCRIPTOR.name}") from None
                 else:  # an error or a close
                     return
                 yield message

@@ -47,7 +47,7 @@ from yarl import URL
 from . import calls, errors, rpcs
 from .errors import Reason
 from .failures import ServiceError
-from .http import HttpContext, error_response, failure
+from .http import HttpContext, error_response, failure, malformed
 from .proto import pb
 
 log = logging.getLogger("maskserve.label_studio")
@@ -106,27 +106,23 @@ class Config:
     labels: tuple[str, ...]  # the BrushLabels' labels
 
 
-def _malformed(message: str, field: str = "body") -> ServiceError:
-    return ServiceError(Reason.MALFORMED_REQUEST, message, errors.bad_request(field, message))
-
-
 @lru_cache(maxsize=64)
 def parse_config(text: str, field: str = "label_config") -> Config:
     """The first BrushLabels control of a labeling config and the Image it names."""
     if "<!DOCTYPE" in text.upper() or "<!ENTITY" in text.upper():
-        raise _malformed("the label config must not declare a DOCTYPE or entities", field)
+        raise malformed("the label config must not declare a DOCTYPE or entities", field)
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
-        raise _malformed(f"the label config is not valid XML: {exc}", field) from None
+        raise malformed(f"the label config is not valid XML: {exc}", field) from None
     brush = next((e for e in root.iter() if e.tag.lower() == "brushlabels"), None)
     if brush is None or not brush.get("name") or not brush.get("toName"):
-        raise _malformed("the label config has no BrushLabels control (with `name` and `toName`): maskserve "
+        raise malformed("the label config has no BrushLabels control (with `name` and `toName`): maskserve "
                          "answers with brush masks", field)
     to_name = brush.get("toName").split(",")[0].strip()
     image = next((e for e in root.iter() if e.tag.lower() == "image" and e.get("name") == to_name), None)
     if image is None:
-        raise _malformed(f"the BrushLabels' toName {to_name!r} names no Image in the label config", field)
+        raise malformed(f"the BrushLabels' toName {to_name!r} names no Image in the label config", field)
     labels = tuple(e.get("value") for e in brush.iter() if e.tag.lower() == "label" and e.get("value"))
     key = (image.get("value") or "$image").lstrip("$")
     return Config(brush.get("name"), to_name, key, labels)
@@ -169,7 +165,7 @@ def _clamp(v: float, side: int) -> float:
 
 def _number(value, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _malformed(f"{field} must be a number (percent of the image)", field)
+        raise malformed(f"{field} must be a number (percent of the image)", field)
     return float(value)
 
 
@@ -178,24 +174,24 @@ def parse_clicks(context) -> Clicks | None:
     if context is None:
         return None
     if not isinstance(context, dict):
-        raise _malformed("params.context must be an object", "params.context")
+        raise malformed("params.context must be an object", "params.context")
     results = context.get("result")
     if results is None:
         return None
     if not isinstance(results, list):
-        raise _malformed("params.context.result must be a list of results", "params.context.result")
+        raise malformed("params.context.result must be a list of results", "params.context.result")
     clicks = Clicks([], None, [])
     for i, item in enumerate(results):
         where = f"params.context.result[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
-            raise _malformed(f"{where} must be a result with a `value` object", where)
+            raise malformed(f"{where} must be a result with a `value` object", where)
         kind, value = str(item.get("type", "")).lower(), item["value"]
         if kind not in ("keypointlabels", "rectanglelabels"):
             continue  # other tools' results: nothing to prompt with
         x, y = _number(value.get("x"), f"{where}.value.x"), _number(value.get("y"), f"{where}.value.y")
         labels = value.get(kind) or value.get("labels") or []
         if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
-            raise _malformed(f"{where}.value.{kind} must be a list of labels", f"{where}.value.{kind}")
+            raise malformed(f"{where}.value.{kind} must be a list of labels", f"{where}.value.{kind}")
         clicks.labels += labels[:1]
         if kind == "keypointlabels":
             positive = item.get("is_positive")
@@ -213,9 +209,9 @@ def _object(body: bytes) -> dict:
     try:
         doc = json.loads(body or b"{}")
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise _malformed(f"the body is not JSON: {exc}") from None
+        raise malformed(f"the body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise _malformed("the body must be a JSON object")
+        raise malformed("the body must be a JSON object")
     return doc
 
 
@@ -421,7 +417,7 @@ class LabelStudio:
             doc = _object(body)
             schema = doc.get("schema")
             if schema is not None and not isinstance(schema, str):
-                raise _malformed("schema must be the label config (XML text)", "schema")
+                raise malformed("schema must be the label config (XML text)", "schema")
             if schema:
                 parse_config(schema, "schema")  # a project this backend cannot serve is told so on connecting
         return web.json_response({"model_version": self.service.version})
@@ -433,15 +429,15 @@ class LabelStudio:
             doc = _object(body)
             tasks, params = doc.get("tasks"), doc.get("params") or {}
             if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-                raise _malformed("tasks must be a list of tasks (objects with `data`)", "tasks")
+                raise malformed("tasks must be a list of tasks (objects with `data`)", "tasks")
             if not isinstance(params, dict):
-                raise _malformed("params must be an object", "params")
+                raise malformed("params must be an object", "params")
             clicks = parse_clicks(params.get("context"))
             if clicks is None:  # pre-annotation without clicks: SAM needs a prompt, so no prediction
                 return web.json_response({"results": []})
             config = doc.get("label_config")
             if not isinstance(config, str) or not config:
-                raise _malformed("label_config (the project's labeling config) is required", "label_config")
+                raise malformed("label_config (the project's labeling config) is required", "label_config")
             config = parse_config(config)
             results = [await self._task(call, config, clicks, i, task) for i, task in enumerate(tasks)]
         return web.json_response({"results": results})
@@ -451,7 +447,7 @@ class LabelStudio:
         data = task.get("data")
         url = data.get(config.image_key) if isinstance(data, dict) else None
         if not isinstance(url, str) or not url:
-            raise _malformed(f"{field} must be the image's URL (the Image {config.to_name!r} shows "
+            raise malformed(f"{field} must be the image's URL (the Image {config.to_name!r} shows "
                              f"${config.image_key})", field)
         for attempt in range(2):
             image_id, (height, width), cached = await self._image(call, url, field)

@@ -56,7 +56,7 @@ def document(files: descriptor_pb2.FileDescriptorSet) -> dict:
             return ref(field.type_name)
         return dict(SCALARS[field.type])
 
-    for i, message in enumerate(proto.message_type):
+    for message in proto.message_type:
         for nested in message.nested_type:
             if nested.options.map_entry:
                 maps[f".{PACKAGE}.{message.name}.{nested.name}"] = nested.field[1]

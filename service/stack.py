@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -22,15 +23,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_free(host: str, port: int, what: str) -> None:
+def check_free(host: str, port: int, what: str, flag: str | None = None) -> None:
     """Refuse to start on a port that something already listens on (another local stack, say): otherwise a
-    readiness check would find that one and report this stack up while its processes died."""
-    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+    readiness check would find that one and report this stack up while its processes died. `flag`: the option
+    that chooses this port, for the message."""
+    bare = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET) as s:
         try:
-            s.bind((host.strip("[]"), port))
-        except OSError:
-            raise RuntimeError(f"port {port} ({what}) is already in use on {host.strip('[]')}: is another "
-                               "`maskserve up` running? Stop it, or choose other ports (--port, --metrics-port)") from None
+            s.bind((bare, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise RuntimeError(f"cannot listen on {bare} port {port} ({what}): {exc.strerror or exc}") from None
+            choose = f"another port with {flag}" if flag else "other ports (--port, --metrics-port)"
+            raise RuntimeError(f"port {port} ({what}) is already in use on {bare}: is another `maskserve up` "
+                               f"running? Stop it, or choose {choose}") from None
 
 
 def start_redis(port: int, directory: str | Path, *args: str) -> subprocess.Popen:
