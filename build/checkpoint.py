@@ -1,4 +1,4 @@
-"""Meta's SAM checkpoints: construct the architecture for a model type and load a state dict into it.
+"""SAM checkpoints: construct the architecture for a model type and load a state dict into it.
 
 Checkpoints are raw state dicts (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`) exactly as Meta
 publishes them. Anything else is refused with a message that names what is wrong. SAM 2.1's checkpoints
@@ -105,6 +105,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
     """The published model type whose encoder width and depth match this state dict, if any."""
+    if any(k.startswith("image_encoder.layers.") for k in state):
+        return "vit_t"  # TinyViT's stages: MobileSAM
     weight = state.get("image_encoder.patch_embed.proj.weight")
     if weight is None:
         return None

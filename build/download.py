@@ -68,7 +68,11 @@ def pull_web_runtime(cache: Path | None = None, registry: str | None = None, pro
 
 
 def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
+    """The file's hex digest; "git-blob": its git object id (sha1 over a "blob <size>\\0" header and the content)."""
+    if algorithm == "git-blob":
+        h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    else:
+        h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
@@ -79,23 +83,24 @@ def _md5(path: Path) -> str:
     return _digest(path, "md5")
 
 
-def _mismatch(path: Path, md5: str | None, sha256: str | None) -> str | None:
+def _mismatch(path: Path, md5: str | None, sha256: str | None, git_blob: str | None = None) -> str | None:
     """What is wrong with the file's content, or None when every digest given matches."""
-    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+    for algorithm, expected in (("md5", md5), ("sha256", sha256), ("git-blob", git_blob)):
         if expected is not None and (digest := _digest(path, algorithm)) != expected:
             return f"{algorithm} {digest}, expected {expected}"
     return None
 
 
 def download(url: str, dest: Path, md5: str | None = None, size: int | None = None,
-             progress: bool = True, timeout: float = 60.0, attempts: int = 5, sha256: str | None = None) -> Path:
+             progress: bool = True, timeout: float = 60.0, attempts: int = 5, sha256: str | None = None,
+             git_blob: str | None = None) -> Path:
     """Download `url` to `dest` through `dest.part`, resuming with HTTP Range after a broken transfer.
 
-    The file is moved into place only when its size and digests (md5 and/or sha256, those given) match;
-    a corrupt download is deleted.
+    The file is moved into place only when its size and digests (md5, sha256, git object id: those given)
+    match; a corrupt download is deleted.
     """
     dest = Path(dest)
-    if dest.is_file() and _mismatch(dest, md5, sha256) is None:
+    if dest.is_file() and _mismatch(dest, md5, sha256, git_blob) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -115,7 +120,7 @@ def download(url: str, dest: Path, md5: str | None = None, size: int | None = No
     if size is not None and got != size:
         part.unlink()
         raise DownloadError(f"{url}: expected {size} bytes, got {got}; the partial file was removed")
-    if (wrong := _mismatch(part, md5, sha256)) is not None:
+    if (wrong := _mismatch(part, md5, sha256, git_blob)) is not None:
         part.unlink()
         raise DownloadError(f"{url}: checksum mismatch ({wrong}); the file was removed")
     part.replace(dest)
@@ -166,10 +171,12 @@ class _progress:
 
 def pull(model_type: str, cache_dir: Path | None = None, base_url: str | None = None, progress: bool = True) -> Path:
     """Download the published checkpoint of `model_type` (verified by size and by the digests known for it:
-    md5 for SAM, sha256 for SAM 2.1) and return its path. `base_url`: a mirror of Meta's folder for it."""
+    md5 for SAM, sha256 for SAM 2.1, the git object id for MobileSAM) and return its path. `base_url`: a mirror
+    of the publisher's folder for it."""
     spec = get_spec(model_type)
     if not spec.checkpoint_file:
         raise DownloadError(f"{model_type} has no published checkpoint; it is built from this repository")
     url = (base_url.rstrip("/") + "/" + spec.checkpoint_file) if base_url else spec.checkpoint_url
     return download(url, (cache_dir or default_cache_dir()) / spec.checkpoint_file, spec.checkpoint_md5,
-                    spec.checkpoint_bytes, progress=progress, sha256=spec.checkpoint_sha256)
+                    spec.checkpoint_bytes, progress=progress, sha256=spec.checkpoint_sha256,
+                    git_blob=getattr(spec, "checkpoint_git_blob", None))

@@ -1,5 +1,5 @@
-"""The SAM and SAM 2.1 model families as data: architecture sizes, embedding layouts and where Meta publishes
-each checkpoint.
+"""The model types as data (SAM, MobileSAM, SAM 2.1): architecture sizes, embedding layouts and where their
+publishers put each checkpoint.
 
 Kept free of torch so that `maskserve models pull` and the serving side can read it.
 """
@@ -62,6 +62,26 @@ class ModelSpec:
         return CHECKPOINT_BASE_URL + self.checkpoint_file if self.checkpoint_file else None
 
 
+# MobileSAM's authors publish one checkpoint, in their repository's git tree; this commit pins it.
+MOBILE_SAM_BASE_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/34bbbfdface3c18e5221aa7de6032d7220c6c6a1/weights/"
+
+
+@dataclass(frozen=True)
+class MobileSamSpec(ModelSpec):
+    """MobileSAM: SAM's prompt encoder and mask decoder (ViT-B's sizes, unchanged) behind TinyViT, a 5.7 M-parameter
+    image encoder distilled to reproduce SAM's embedding. The architecture is `mobile_sam`'s `vit_t`; the
+    encoder_* fields describe TinyViT's last stage (width, heads) and its depth over all stages."""
+
+    family: str = "mobile_sam"
+    # The file's git object id in the authors' repository (sha1 of "blob <size>\0" + content): the one digest
+    # they publish, in effect.
+    checkpoint_git_blob: str | None = None
+
+    @property
+    def checkpoint_url(self) -> str:
+        return MOBILE_SAM_BASE_URL + self.checkpoint_file
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "vit_b": ModelSpec(
         "vit_b", 768, 12, 12, (2, 5, 8, 11),
@@ -77,6 +97,11 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "vit_h", 1280, 32, 16, (7, 15, 23, 31),
         checkpoint_file="sam_vit_h_4b8939.pth", checkpoint_bytes=2_564_550_879,
         checkpoint_md5="4b8939a88964f0f4ff5f5b2642c598a6",
+    ),
+    "vit_t": MobileSamSpec(
+        "vit_t", 320, 12, 10, (),
+        checkpoint_file="mobile_sam.pt", checkpoint_bytes=40_728_226,
+        checkpoint_git_blob="7ef2d090979fd9853adf17b7a99c8b94a1c5a6a7",
     ),
     # SAM's architecture shrunk to train on two CPU cores: 256-pixel input, 8-pixel patches, 64-wide prompts.
     # It ships with the repository as the offline default (see build/tiny/).
@@ -179,13 +204,18 @@ SAM2_SPECS: dict[str, Sam2Spec] = {
 ALL_SPECS: dict[str, ModelSpec | Sam2Spec] = {**MODEL_SPECS, **SAM2_SPECS}
 
 
+# Other names a model type is known by: its publisher's.
+ALIASES = {"mobile_sam": "vit_t"}
+
+
 class UnknownModelType(ValueError):
     pass
 
 
 def get_spec(model_type: str) -> ModelSpec | Sam2Spec:
+    """The spec of a model type or of one of its `ALIASES`; its `name` is the model type."""
     try:
-        return ALL_SPECS[model_type]
+        return ALL_SPECS[ALIASES.get(model_type, model_type)]
     except KeyError:
         raise UnknownModelType(
             f"unknown model type {model_type!r}; known types: {', '.join(ALL_SPECS)}"

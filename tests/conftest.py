@@ -1,4 +1,5 @@
-"""Shared, expensive fixtures: the shipped tiny model, a seeded random full-size vit_b in Meta's format."""
+"""Shared, expensive fixtures: the shipped tiny model; seeded random full-size vit_b, vit_t and SAM 2.1 in their
+publishers' formats."""
 
 from __future__ import annotations
 
@@ -59,6 +60,44 @@ def vit_b_random(tmp_path_factory) -> tuple[Path, Path]:
     torch.save(build_model(get_spec("vit_b")).state_dict(), checkpoint)
     model_dir = root / "model"
     build_model_dir(checkpoint, "vit_b", model_dir)
+    return checkpoint, model_dir
+
+
+@pytest.fixture(scope="session")
+def vit_t_random(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, ONNX model directory) of MobileSAM's vit_t with seeded random weights in its authors' format
+    (a whole-model state dict), built with `maskserve build`. At init TinyViT's attention biases are zero and
+    the last BatchNorm of each MBConv scales by zero (each conv block an identity); both are drawn at random, with
+    every BatchNorm's statistics, so that the encoder graph's every path carries signal."""
+    import subprocess
+    import sys
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's deprecation and registry warnings on mobile_sam's import
+        from mobile_sam.build_sam import build_sam_vit_t
+
+    root = tmp_path_factory.mktemp("vit_t")
+    torch.manual_seed(0)
+    state = build_sam_vit_t().state_dict()
+    g = torch.Generator().manual_seed(1)
+    for key, value in state.items():
+        if not key.startswith("image_encoder."):
+            continue
+        if key.endswith("attention_biases"):
+            state[key] = torch.randn(value.shape, generator=g)
+        elif ".bn." in key and key.endswith(("weight", "running_var")):
+            state[key] = 0.5 + torch.rand(value.shape, generator=g)
+        elif ".bn." in key and key.endswith(("bias", "running_mean")):
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+    checkpoint = root / "mobile_sam_random.pt"
+    torch.save(state, checkpoint)
+    model_dir = root / "model"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "vit_t",
+                          "--checkpoint", str(checkpoint), "--out", str(model_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     return checkpoint, model_dir
 
 

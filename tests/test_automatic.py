@@ -102,8 +102,13 @@ def match(reference: list[dict], ours: list[dict]) -> dict:
 
 
 def check_parity(name: str, reference_model, ours_predictor, image: np.ndarray, base: dict,
-                 grid_points: int = 600, only: tuple[str, ...] | None = None) -> None:
-    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+                 grid_points: int = 600, only: tuple[str, ...] | None = None, package: str = "segment_anything"
+                 ) -> None:
+    """`package`: the reference's (segment_anything, or mobile_sam: the same generator and predictor)."""
+    import importlib
+
+    reference = importlib.import_module(package)
+    SamAutomaticMaskGenerator, SamPredictor = reference.SamAutomaticMaskGenerator, reference.SamPredictor
 
     reference_predictor = _memoise_set_image(SamPredictor(reference_model),
                                              ("features", "original_size", "input_size", "is_image_set"))

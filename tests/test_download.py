@@ -119,3 +119,31 @@ def test_cli_pull_of_a_sam2_name_checks_its_published_size(server, tmp_path):
     assert out.returncode == 2
     assert "sam2.1_hiera_tiny.pt: expected 156008466 bytes" in out.stderr.replace("\n", "")
     assert server.requests and not list(tmp_path.iterdir())
+
+
+def test_git_object_id_is_verified(server, tmp_path):
+    """MobileSAM's one published digest is its checkpoint's git object id: sha1 over "blob <size>\\0" + content,
+    as `git hash-object` computes it."""
+    blob = subprocess.run(["git", "hash-object", "--stdin"], input=PAYLOAD, capture_output=True, check=True)
+    git_blob = blob.stdout.decode().strip()
+    path = download(_url(server), tmp_path / "mobile_sam.pt", size=len(PAYLOAD), progress=False, git_blob=git_blob)
+    assert path.read_bytes() == PAYLOAD
+    with pytest.raises(DownloadError, match=f"checksum mismatch \\(git-blob {git_blob}, expected 0+\\)"):
+        download(_url(server), tmp_path / "other.pt", size=len(PAYLOAD), progress=False, git_blob="0" * 40)
+    assert not (tmp_path / "other.pt").exists()
+
+
+def test_cli_pull_of_mobile_sam_checks_its_published_size(server, tmp_path):
+    """`mobile_sam` is the publisher's name for model type vit_t; its checkpoint comes from the authors' repository
+    at a pinned commit, or from a mirror."""
+    from maskserve.build.specs import get_spec
+
+    spec = get_spec("mobile_sam")
+    assert spec.name == "vit_t" and spec.family == "mobile_sam"
+    assert spec.checkpoint_url.startswith("https://github.com/ChaoningZhang/MobileSAM/raw/")
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "models", "pull", "mobile_sam", "--quiet",
+                          "--cache-dir", str(tmp_path), "--base-url", base], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "mobile_sam.pt: expected 40728226 bytes" in out.stderr.replace("\n", "")
+    assert server.requests and not list(tmp_path.iterdir())

@@ -37,13 +37,16 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def check_parity(model_name, checkpoint, model_type, model_dir, images):
-    from segment_anything import SamPredictor
-
+def check_parity(model_name, checkpoint, model_type, model_dir, images, reference=None):
+    """`reference`: a SamPredictor on the same weights; default segment_anything's."""
     from maskserve import Predictor
-    from maskserve.build.checkpoint import load_model
 
-    reference = SamPredictor(load_model(checkpoint, model_type))
+    if reference is None:
+        from segment_anything import SamPredictor
+
+        from maskserve.build.checkpoint import load_model
+
+        reference = SamPredictor(load_model(checkpoint, model_type))
     ours = Predictor(model_dir)
     half = Predictor(model_dir)  # with the embedding as MASKSERVE_EMBEDDING_DTYPE=float16 stores it
     worst_iou, worst_score, worst_half = (1.0, ""), (0.0, ""), (1.0, "")

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-_MODULES = ("sam", "sam2")  # the families' modules, in this package
+_MODULES = ("sam", "mobile_sam", "sam2")  # the families' modules, in this package
 FORMAT = 1  # model directory format, part of every model version
 
 
