@@ -27,6 +27,7 @@ def build_model_dir(
         raise ValueError(f"the {backend} backend runs {' or '.join(PRECISIONS[backend])}, not {precision!r} "
                          "(fp16: TensorRT or torch; bf16: torch)")
     spec = get_spec(model_type)
+    model_type = spec.name  # a publisher's alias (mobile_sam) builds its model type (vit_t)
     exporter = importlib.import_module(families.get(spec.family).export_module)  # the family's graphs and manifest
     model = load_model(checkpoint, model_type)
     with staged(out) as staging:

@@ -1,6 +1,7 @@
 """The torch encoder backend's GPU figures in one run, written for the lent GPU machine (docs/deployment.md, "GPU encoder").
 
-For each model (ViT-B and ViT-H by default; SAM 2.1's `sam2.1_hiera_*` too, given the `sam2` package) it makes
+For each model (ViT-B and ViT-H by default; MobileSAM's `vit_t` given `mobile_sam`, SAM 2.1's `sam2.1_hiera_*` given
+the `sam2` package) it makes
 seeded random weights in Meta's checkpoint format on the machine itself (nothing big travels; the
 zero-initialised position tables are filled too, so that the position paths are exercised), builds a torch
 model directory from them the way `maskserve build --backend torch` does, and measures, each stage time-boxed
@@ -280,10 +281,18 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     few = 1 if quick else max(3, reps // 2)
 
     sam2 = model_type.startswith("sam2")
+    from maskserve.build.specs import get_spec
 
     def weights():
         start = time.monotonic()
-        sam = random_sam2(model_type) if sam2 else random_sam(model_type)
+        if sam2:
+            sam = random_sam2(model_type)
+        elif get_spec(model_type).family == "mobile_sam":
+            from maskserve.build.mobile_sam_export import seeded_random_model
+
+            sam = seeded_random_model()
+        else:
+            sam = random_sam(model_type)
         checkpoint = work / f"{model_type}_random.pt"
         # Meta's formats: SAM's flat state dict, SAM 2.1's {"model": state dict}
         torch.save({"model": sam.state_dict()} if sam2 else sam.state_dict(), checkpoint)
@@ -320,7 +329,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         state["ref_masks"] = [masks(state["decoder"], manifest, one_image(ref, i), im.shape[:2],
                                     point_grid(*im.shape[:2], grid)) for i, (_, im) in enumerate(images)]
         what = "sam2 image encoder + no_mem_embed + conv_s0/conv_s1 (set_image's features)" if sam2 \
-            else "segment_anything ImageEncoderViT"
+            else f"{type(state['sam'].image_encoder).__module__}.{type(state['sam'].image_encoder).__name__}"
         out = {"what": f"{what}, fp32, TF32 off, same device",
                "images": [name for name, _ in images], "points_per_image": grid * grid}
         with torch.inference_mode():
@@ -666,6 +675,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"gpu_check: {report.data['machine']}", flush=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     needs = {"segment_anything": any(not m.startswith("sam2") for m in models),
+             "mobile_sam": "vit_t" in models, "timm": "vit_t" in models,
              "sam2": any(m.startswith("sam2") for m in models)}  # the references, and the checkpoints' builders
     for package in (p for p, needed in needs.items() if needed):
         try:

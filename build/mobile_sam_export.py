@@ -49,3 +49,27 @@ def write_model_dir(sam, spec, checkpoint, model_type, staging, backend, precisi
         torch.save(state, staging / torch_backend.ENCODER_FILE)
         torch_encoder(manifest, precision, max_encoder_batch, {"network": "mobile_sam vit_t (TinyViT)"})
     return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
+
+
+def seeded_random_model(seed: int = 0):
+    """`vit_t` with seeded random weights, for tests and the GPU check: PyTorch's initialisation, then what TinyViT
+    initialises to constants drawn too — its attention biases (zero) and every BatchNorm's scale, shift and
+    statistics (the last one of each conv block scales by zero: the block an identity) — so that every path of
+    the encoder carries signal."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = families.get("mobile_sam").network()
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(seed + 1)
+    for key, value in state.items():
+        if not key.startswith("image_encoder."):
+            continue
+        if key.endswith("attention_biases"):
+            state[key] = torch.randn(value.shape, generator=g)
+        elif ".bn." in key and key.endswith(("weight", "running_var")):
+            state[key] = 0.5 + torch.rand(value.shape, generator=g)
+        elif ".bn." in key and key.endswith(("bias", "running_mean")):
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+    model.load_state_dict(state)
+    return model.eval()

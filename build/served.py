@@ -25,6 +25,7 @@ def model_dir_for(model: str, checkpoint: str | Path | None = None, cache: Path 
     if (Path(model) / MANIFEST).is_file():
         return Path(model)
     spec = get_spec(model)  # an unknown name: UnknownModelType, naming the known ones
+    model = spec.name  # a publisher's alias (mobile_sam) is its model type (vit_t)
     try:  # before a download of hundreds of MB: can this install build at all?
         importlib.import_module("maskserve.build.builder")
         importlib.import_module(families.get(spec.family).export_module)

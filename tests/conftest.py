@@ -65,35 +65,19 @@ def vit_b_random(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def vit_t_random(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, ONNX model directory) of MobileSAM's vit_t with seeded random weights in its authors' format
-    (a whole-model state dict), built with `maskserve build`. At init TinyViT's attention biases are zero and
-    the last BatchNorm of each MBConv scales by zero (each conv block an identity); both are drawn at random, with
-    every BatchNorm's statistics, so that the encoder graph's every path carries signal."""
+    """(checkpoint, ONNX model directory) of MobileSAM's vit_t with seeded random weights
+    (`mobile_sam_export.seeded_random_model`) in its authors' format, a whole-model state dict, built with
+    `maskserve build`."""
     import subprocess
     import sys
-    import warnings
 
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # timm's deprecation and registry warnings on mobile_sam's import
-        from mobile_sam.build_sam import build_sam_vit_t
+    from maskserve.build.mobile_sam_export import seeded_random_model
 
     root = tmp_path_factory.mktemp("vit_t")
-    torch.manual_seed(0)
-    state = build_sam_vit_t().state_dict()
-    g = torch.Generator().manual_seed(1)
-    for key, value in state.items():
-        if not key.startswith("image_encoder."):
-            continue
-        if key.endswith("attention_biases"):
-            state[key] = torch.randn(value.shape, generator=g)
-        elif ".bn." in key and key.endswith(("weight", "running_var")):
-            state[key] = 0.5 + torch.rand(value.shape, generator=g)
-        elif ".bn." in key and key.endswith(("bias", "running_mean")):
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
     checkpoint = root / "mobile_sam_random.pt"
-    torch.save(state, checkpoint)
+    torch.save(seeded_random_model().state_dict(), checkpoint)
     model_dir = root / "model"
     out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "vit_t",
                           "--checkpoint", str(checkpoint), "--out", str(model_dir)], capture_output=True, text=True)

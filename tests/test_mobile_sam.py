@@ -64,6 +64,23 @@ def test_encoder_graph_computes_tinyvit(vit_t_random, reference_model, photos):
     assert error < 1e-3
 
 
+def test_the_torch_backend_runs_tinyvit(vit_t_random, reference_model, photos, tmp_path):
+    """`--backend torch`: the checkpoint's TinyViT weights run by mobile_sam's own module (on the CPU here), the
+    same model version as the ONNX Runtime directory, so the two share one embedding store."""
+    import torch
+
+    from maskserve.build.builder import build_model_dir
+    from maskserve.engines.torch_backend import TorchEncoder
+
+    manifest = build_model_dir(vit_t_random[0], "vit_t", tmp_path / "torch", backend="torch")
+    assert manifest.model_version == Manifest.load(vit_t_random[1]).model_version
+    x = transforms.preprocess(photos["chelsea_300x451"], SPEC.image_size, SPEC.pixel_mean, SPEC.pixel_std)[0][None]
+    got = TorchEncoder(tmp_path / "torch", manifest, device="cpu").encode(x)
+    with torch.inference_mode():
+        expected = reference_model.image_encoder(torch.from_numpy(x)).numpy()
+    assert float(np.abs(got - expected).max()) < 1e-4
+
+
 def test_a_mobile_sam_checkpoint_given_as_vit_b_is_named(vit_t_random):
     with pytest.raises(CheckpointError, match="looks like a vit_t checkpoint"):
         load_model(vit_t_random[0], "vit_b")
@@ -158,3 +175,14 @@ def test_a_camera_stream_of_frames_and_gaze_points(stack, reference, video_frame
     report(f"vit_t camera stream ({len(frames)} frames): worst best-mask IoU vs set_image + predict {worst:.5f}")
     assert worst >= test_parity.IOU_MIN
 
+
+
+def test_served_by_its_publishers_name(vit_t_random, tmp_path):
+    """`maskserve up --model mobile_sam [--checkpoint FILE]`: built once into the cache as model type vit_t."""
+    from maskserve.build.served import model_dir_for
+
+    out = model_dir_for("mobile_sam", vit_t_random[0], cache=tmp_path, progress=False)
+    assert out.parent == tmp_path / "models" and out.name.startswith("vit_t-")
+    manifest = Manifest.load(out)
+    assert (manifest.model_type, manifest.family) == ("vit_t", "mobile_sam")
+    assert manifest.model_version == Manifest.load(vit_t_random[1]).model_version
