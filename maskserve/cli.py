@@ -184,24 +184,29 @@ def _fail(message: str) -> None:
 
 @models_app.command("list")
 def models_list() -> None:
-    """Model types, their checkpoints and sizes."""
-    from maskserve.build.specs import MODEL_SPECS
+    """Model types, their families, checkpoints and sizes."""
+    from maskserve.build.specs import ALIASES, ALL_SPECS
 
-    for name, spec in MODEL_SPECS.items():
+    aliases = {v: k for k, v in ALIASES.items()}
+    for name, spec in ALL_SPECS.items():
         source = spec.checkpoint_url or "trained in this repository (ships with maskserve)"
-        print(f"{name:6} {spec.encoder_depth:2} blocks × {spec.encoder_embed_dim:4}  {source}")
+        size = f"{spec.checkpoint_bytes / 1e6:6.0f} MB" if spec.checkpoint_bytes else " " * 9
+        also = f" (also: {aliases[name]})" if name in aliases else ""
+        print(f"{name + also:24} {spec.family:10} {size}  {source}")
 
 
 @models_app.command("pull")
 def models_pull(
-    model_type: str = typer.Argument(..., help="vit_b, vit_l, vit_h, or SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus, _large"),
+    model_type: str = typer.Argument(..., help="vit_b, vit_l, vit_h; MobileSAM: mobile_sam (= vit_t); SAM 2.1: "
+                                    "sam2.1_hiera_tiny, _small, _base_plus, _large (`maskserve models list`)"),
     cache_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where checkpoints are kept (default "
                                              "~/.cache/maskserve/checkpoints, or $MASKSERVE_CACHE/checkpoints)."),
     base_url: Optional[str] = typer.Option(None, envvar="MASKSERVE_CHECKPOINT_URL", metavar="URL",
-                                           help="A mirror of Meta's checkpoint folder."),
+                                           help="A mirror of the publisher's checkpoint folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Download a published checkpoint, verifying size and md5 (SAM) or sha256 (SAM 2.1); an interrupted download resumes."""
+    """Download a published checkpoint, verifying its size and digest (SAM: md5; SAM 2.1: sha256; MobileSAM: its git
+    object id); an interrupted download resumes."""
     from maskserve.build.download import DownloadError, pull
     from maskserve.build.specs import UnknownModelType
 
@@ -232,8 +237,8 @@ def web_pull(
 @app.command()
 def build(
     out: Path = typer.Option(..., metavar="DIR", help="The model directory to write."),
-    model_type: str = typer.Option("vit_b", metavar="TYPE", help="vit_b, vit_l, vit_h or tiny; SAM 2.1: "
-                                   "sam2.1_hiera_tiny, _small, _base_plus or _large."),
+    model_type: str = typer.Option("vit_b", metavar="TYPE", help="vit_b, vit_l, vit_h or tiny; MobileSAM: vit_t; "
+                                   "SAM 2.1: sam2.1_hiera_tiny, _small, _base_plus or _large."),
     checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="A checkpoint in Meta's format; default: "
                                               "pull the published one."),
     backend: str = typer.Option("onnxruntime", metavar="BACKEND", help="onnxruntime (CPU), tensorrt (NVIDIA GPU) or "
@@ -243,7 +248,7 @@ def build(
     max_decoder_batch: int = typer.Option(64, help="TensorRT: largest batch of prompts."),
     max_points: int = typer.Option(MAX_POINTS, help="TensorRT: most points (boxes count two) in one prompt."),
 ) -> None:
-    """Turn a SAM or SAM 2.1 checkpoint into a model directory (encoder, decoder, manifest)."""
+    """Turn a SAM, MobileSAM or SAM 2.1 checkpoint into a model directory (encoder, decoder, manifest)."""
     from maskserve.build.builder import build_model_dir
     from maskserve.build.checkpoint import CheckpointError
     from maskserve.build.download import DownloadError, pull
