@@ -8,10 +8,14 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup setup-serve demo test test-fast tiny-model bench redis promtool kubectl chromium web-runtime docker-compose proto clean gpu-check
 
-$(VENV)/.serve: pyproject.toml setup.cfg
+# The `server` extra needs maskserve-tiny (the tiny model and demo photo, packages/maskserve-tiny), which is in
+# this repository and not on the package index: one pip command with both paths takes it from here.
+TINY := packages/maskserve-tiny
+
+$(VENV)/.serve: pyproject.toml setup.cfg $(TINY)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server]'
+	$(PY) -m pip install -q -e $(TINY) -e '.[server]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.serve

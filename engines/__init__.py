@@ -12,10 +12,11 @@ from .model_dir import Manifest, ModelDirError
 
 
 def default_model_dir() -> Path:
-    """The tiny model that ships with the package: the offline default."""
-    import importlib.resources
+    """The shipped tiny model, the offline default: the source tree's, else the `maskserve-tiny` distribution's
+    (maskserve/bundled.py)."""
+    from maskserve.bundled import tiny_model_dir
 
-    return Path(str(importlib.resources.files("maskserve") / "models" / "tiny"))
+    return tiny_model_dir()
 
 
 def engine_dir(cache: str | Path, model_dir: str | Path | None = None) -> Path:

@@ -16,7 +16,8 @@ __all__ = ["Predictor", "Client", "AsyncClient", "RemoteLogits", "errors", "Mask
 _CLIENT = ("Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError")
 
 
-SERVER_PACKAGES = ("onnxruntime", "cv2", "PIL")  # what running a model in this process needs
+# What running a model in this process needs (maskserve_tiny: the default model, packages/maskserve-tiny).
+SERVER_PACKAGES = ("onnxruntime", "cv2", "PIL", "maskserve_tiny")
 
 
 def needs_server(what: str) -> ImportError:

@@ -3,7 +3,6 @@ the prompt, optionally every candidate mask, and a JSON summary, written to a fo
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 from pathlib import Path
@@ -11,12 +10,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from maskserve.bundled import demo_photo
 from maskserve.client import Client, decode_mask, prompt_message
 from maskserve.v1 import maskserve_pb2 as pb
 
-# Eileen Collins, NASA portrait (public domain), as bundled with scikit-image.
-# Package data, found as the installed package has it (a wheel, an editable install or the source tree).
-BUNDLED_PHOTO = Path(str(importlib.resources.files("maskserve") / "data" / "astronaut.jpg"))
+# Eileen Collins, NASA portrait (public domain), as bundled with scikit-image: the source tree's, else the
+# `maskserve-tiny` distribution's that the `server` extra installs (maskserve/bundled.py).
+BUNDLED_PHOTO = demo_photo()
 
 # The overlay's colours (RGB), as SAM's notebooks draw prompts: foreground clicks and the box green,
 # background clicks red; the mask blue at half opacity.

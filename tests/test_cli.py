@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -313,25 +312,3 @@ def test_up_with_a_missing_model_dir_is_one_line(tmp_path):
     line = one_error_line(cli("up", "--model-dir", tmp_path / "nope", "--port", free_port(), "--metrics-port",
                               _free_pair(), "--http-port", free_port(), env={"TMPDIR": str(tmp_path)}))
     assert "nope: no such directory" in line and _leftovers(tmp_path) == []
-
-
-# -- packaging -------------------------------------------------------------------------------------------------------
-
-def test_the_wheel_builds_without_warnings_and_carries_the_data(tmp_path):
-    """Data folders absent from `packages` cost ~40 lines of setuptools warnings each in every install."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                            str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, build.stdout + build.stderr
-    warnings = [line for line in (build.stdout + build.stderr).splitlines() if "warning" in line.lower()]
-    assert not warnings, "\n".join(warnings)
-    (wheel,) = tmp_path.glob("maskserve-*.whl")
-    shipped = set(zipfile.ZipFile(wheel).namelist())
-    expected = {"maskserve/v1/openapi.json", "maskserve/data/astronaut.jpg", "maskserve/service/web/index.html"}
-    for folder, inside in ((REPO / "maskserve" / "data", "maskserve/data"),
-                           (REPO / "maskserve" / "models" / "tiny", "maskserve/models/tiny"),
-                           (REPO / "service" / "web", "maskserve/service/web")):
-        expected |= {f"{inside}/{p.name}" for p in folder.iterdir() if p.is_file()}
-    assert not expected - shipped, sorted(expected - shipped)
-    # The tiny model's training checkpoint (2.9 MB) is the trainer's and the reference tests' input, in the
-    # source tree: an install serves the ONNX model directory.
-    assert "maskserve/models/sam_tiny.pth" not in shipped

@@ -299,6 +299,8 @@ def test_images():
     for name in ("decoder", "encoder-tensorrt", "export"):
         text = (K8S / "images" / f"{name}.Dockerfile").read_text()
         assert "USER 10001" in text and 'ENTRYPOINT ["maskserve"]' in text
+        # the extras bring maskserve-tiny, which is in this repository and not on the package index
+        assert "./packages/maskserve-tiny" in text, name
     assert "FROM nvcr.io/nvidia/tensorrt" in (K8S / "images" / "encoder-tensorrt.Dockerfile").read_text()
 
 

@@ -8,8 +8,13 @@
   `maskserve.service` module, no backend, no server package — checked there, and here, where all of them are
   installed and importable.
 - `pip install 'maskserve[server]'` runs the demo (the local stack and the client) from a read-only install
-  with nothing from the source tree. That environment borrows this one's third-party packages through a path
-  file (so no download), which does not bring this tree's editable install with it.
+  with nothing from the source tree: the tiny model and the demo photo come from the `maskserve-tiny`
+  distribution (packages/maskserve-tiny) that the extra requires. That environment borrows this one's
+  third-party packages through a path file (so no download), which does not bring this tree's editable
+  installs with it.
+- The base wheel is small and code only (CLIENT_WHEEL_BOUND; no model weights, photos or trainer), and both
+  wheels build without a setuptools warning. They are built from a copy of the source tree: an in-place build
+  reuses setuptools' build folder (.setuptools-build), whose files from earlier builds it would pack again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import textwrap
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +43,12 @@ SERVER_MODULES = ("maskserve.service", "maskserve.build", "maskserve.cli", "mask
                   "maskserve.engines.predictor", "maskserve.engines.onnxruntime_backend",
                   "maskserve.engines.tensorrt_backend", "maskserve.engines.torch_backend",
                   "maskserve.engines.torch_hiera")
+# The base wheel (the client, and the server's code): 300,582 bytes when the tiny model and the demo photo
+# moved to maskserve-tiny (6,666,068 before); 23 kB of it the annotator and the OpenAPI document, compressed.
+CLIENT_WHEEL_BOUND = 400_000
+# What only a data distribution ships: model weights, compiled engines, arrays, images.
+DATA_SUFFIXES = (".onnx", ".pth", ".pt", ".ckpt", ".safetensors", ".engine", ".plan", ".npy", ".npz", ".bin",
+                 ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="the local stack starts redis-server")
 
 # Imports the client by every name it is exported under, then fails naming any server module it brought in.
@@ -110,13 +122,90 @@ print("client-only OK")
 """
 
 
+def _source_copy(dest: Path) -> Path:
+    """The source tree as a clone has it (links kept: packages/maskserve-tiny links to the model and photo)."""
+    top = {".git", ".venv", "out", "site", ".whl", ".setuptools-build", ".pytest_cache", ".hypothesis"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        if Path(folder) == REPO:
+            skip |= top & set(names)
+        if Path(folder) == REPO / "packages" / "maskserve-tiny":
+            skip |= {"build"} & set(names)  # its setuptools scratch folder
+        return skip
+
+    shutil.copytree(REPO, dest, symlinks=True, ignore=ignore)
+    return dest
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> dict[str, object]:
+    """Both wheels, built as a release builds them, and what each build printed."""
+    src = _source_copy(tmp_path_factory.mktemp("source") / "maskserve")
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
-                   check=True, cwd=wheels, timeout=600)
-    (found,) = wheels.glob("maskserve-*.whl")
-    return found
+    logs = {}
+    for name, project in (("maskserve", src), ("maskserve_tiny", src / "packages" / "maskserve-tiny")):
+        build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                                str(wheels), str(project)], capture_output=True, text=True, timeout=600, cwd=wheels)
+        assert build.returncode == 0, build.stdout + build.stderr
+        logs[name] = build.stdout + build.stderr
+    (client,) = wheels.glob("maskserve-*.whl")
+    (tiny,) = wheels.glob("maskserve_tiny-*.whl")
+    return {"wheel": client, "tiny": tiny, "logs": logs}
+
+
+@pytest.fixture(scope="module")
+def wheel(built) -> Path:
+    return built["wheel"]
+
+
+def _metadata(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        (name,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        return z.read(name).decode().splitlines()
+
+
+def test_both_wheels_build_without_warnings(built):
+    """A shipped folder absent from `packages` costs ~40 lines of setuptools warnings in every install."""
+    for name, log in built["logs"].items():
+        warnings = [line for line in log.splitlines() if "warning" in line.lower()]
+        assert not warnings, f"{name}:\n" + "\n".join(warnings)
+
+
+def test_the_client_wheel_is_small_and_code_only(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        shipped = z.namelist()
+    size = wheel.stat().st_size
+    data = sorted(n for n in shipped if n.lower().endswith(DATA_SUFFIXES))
+    assert not data, f"model weights or images in the base wheel: {data}"
+    assert not [n for n in shipped if n.startswith(("maskserve/models/", "maskserve/data/", "maskserve/build/tiny/"))]
+    # The service's own small files stay: the annotator and the HTTP API's document, served from the package.
+    web = {p.name for p in (REPO / "service" / "web").iterdir() if p.is_file()}
+    assert {"maskserve/v1/openapi.json"} | {f"maskserve/service/web/{n}" for n in web} <= set(shipped)
+    other = sorted(n for n in shipped if not n.endswith((".py", ".pyi")) and ".dist-info/" not in n)
+    report(f"the base (client) wheel: {size:,} bytes, {len(shipped)} files; besides code: {', '.join(other)}")
+    assert size < CLIENT_WHEEL_BOUND, f"the base wheel is {size:,} bytes, over {CLIENT_WHEEL_BOUND:,}"
+
+
+def test_the_server_extra_requires_the_tiny_wheel(built):
+    """maskserve-tiny carries the whole model directory and the photo, never the training checkpoint, and the
+    `server` extra asks for it by name and version (a published wheel may not name a path or URL)."""
+    from packaging.requirements import Requirement
+
+    tiny = built["tiny"]
+    with zipfile.ZipFile(tiny) as z:
+        shipped = set(z.namelist())
+    model = {f"maskserve_tiny/model/{p.name}" for p in (REPO / "maskserve" / "models" / "tiny").iterdir()}
+    assert model | {"maskserve_tiny/__init__.py", "maskserve_tiny/astronaut.jpg"} <= shipped
+    assert not [n for n in shipped if n.endswith(".pth")]
+    version = next(line.split(": ", 1)[1] for line in _metadata(tiny) if line.startswith("Version: "))
+    requires = [Requirement(line.split(": ", 1)[1]) for line in _metadata(built["wheel"])
+                if line.startswith("Requires-Dist: ")]
+    assert not [r for r in requires if r.url], "a path or URL in the published metadata"
+    (needs,) = [r for r in requires if r.name == "maskserve-tiny"]
+    assert needs.marker and needs.marker.evaluate({"extra": "server"}) and not needs.marker.evaluate({"extra": ""})
+    assert needs.specifier.contains(version), (str(needs), version)
+    report(f"maskserve-tiny wheel: {tiny.stat().st_size:,} bytes ({len(shipped)} files), {needs} in [server]")
 
 
 def _site_packages(python: Path) -> Path:
@@ -142,7 +231,8 @@ def test_plain_install_is_the_client(wheel, tmp_path):
     subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], check=True,
                                capture_output=True, text=True).stdout.lower()
-    assert not [p for p in ("onnxruntime", "opencv", "redis", "typer", "pillow", "prometheus") if p in installed]
+    assert not [p for p in ("onnxruntime", "opencv", "redis", "typer", "pillow", "prometheus", "maskserve-tiny")
+                if p in installed]
     (tmp_path / "logs").mkdir()
     with LocalStack(log_dir=tmp_path / "logs") as stack:
         script = textwrap.dedent(SCRIPT).format(blocked=SERVER_ONLY, server=SERVER_MODULES, target=stack.target)
@@ -154,22 +244,26 @@ def test_plain_install_is_the_client(wheel, tmp_path):
 
 
 @needs_redis
-def test_server_install_runs_the_demo_read_only(wheel, tmp_path):
+def test_server_install_runs_the_demo_read_only(built, tmp_path):
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     own = _site_packages(python)
     (own / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, timeout=600)
+                    str(built["wheel"]), str(built["tiny"])], check=True, timeout=600)
     package = own / "maskserve"
-    for path in [package, *package.rglob("*")]:  # nothing may write into the installed package
+    installed = [package, *package.rglob("*"), own / "maskserve_tiny", *(own / "maskserve_tiny").rglob("*")]
+    for path in installed:  # nothing may write into the installed packages
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
         where = subprocess.run([str(python), "-c", "import maskserve, maskserve.service.proto; "
-                                "print(maskserve.__file__)"], check=True, capture_output=True, text=True,
-                               cwd=tmp_path).stdout.strip()
-        assert where.startswith(str(own)), where
+                                "from maskserve.engines import default_model_dir; "
+                                "from maskserve.service.segment_file import BUNDLED_PHOTO; "
+                                "print(maskserve.__file__, default_model_dir(), BUNDLED_PHOTO, sep='\\n')"],
+                               check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split("\n")
+        assert where[0].startswith(str(own)), where  # the installed packages, not the source tree's files
+        assert where[1:3] == [str(own / "maskserve_tiny" / "model"), str(own / "maskserve_tiny" / "astronaut.jpg")]
         web = [p for p in (package / "service" / "web").iterdir() if p.is_file()]  # the annotator, and the
         assert {"index.html", "app.js"} <= {p.name for p in web} and (package / "v1" / "openapi.json").is_file()  # API
         report(f"the web annotator's files in the wheel: {sum(p.stat().st_size for p in web)} bytes "
@@ -181,5 +275,5 @@ def test_server_install_runs_the_demo_read_only(wheel, tmp_path):
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert (out / "mask.png").stat().st_size > 0 and (out / "overlay.png").stat().st_size > 0
     finally:
-        for path in [package, *package.rglob("*")]:
+        for path in installed:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)

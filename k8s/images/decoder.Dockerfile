@@ -3,7 +3,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir --prefix=/install ".[server]"
+RUN pip install --no-cache-dir --prefix=/install ./packages/maskserve-tiny ".[server]"
 # ONNX Runtime Web for the annotator's in-browser decoder (15 MB from the npm registry, checksum verified)
 RUN PYTHONPATH=/install/lib/python3.11/site-packages MASKSERVE_CACHE=/opt/maskserve /install/bin/maskserve web pull --quiet
 

@@ -3,7 +3,7 @@
 FROM nvcr.io/nvidia/tensorrt:24.08-py3
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir ".[server]" "cuda-python>=12" \
+RUN pip install --no-cache-dir ./packages/maskserve-tiny ".[server]" "cuda-python>=12" \
  && cd / && python -c "import maskserve.service.proto, tensorrt" && rm -rf /src
 RUN useradd --uid 10001 --no-create-home maskserve
 USER 10001

@@ -8,7 +8,7 @@
 FROM python:3.11-slim
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu torch torchvision ".[export]" \
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu torch torchvision ./packages/maskserve-tiny ".[export]" \
  && pip install --no-cache-dir "setuptools>=61" wheel \
  && SAM2_BUILD_CUDA=0 pip install --no-cache-dir --no-build-isolation sam2==1.1.0 hydra-core iopath \
  && cd / && python -c "import maskserve.service.proto, segment_anything, sam2.build_sam; from hydra import compose; \
