@@ -1,5 +1,5 @@
 """`maskserve bench`: the real stack over gRPC against the reference `SamPredictor` (and a SAM 2.1 model's
-against `SAM2ImagePredictor`), in one run.
+against `SAM2ImagePredictor`, a MobileSAM model's against `mobile_sam`'s), in one run.
 
 Every headline figure is also given as a ratio to the reference measured in the same run on the same
 machine, so it survives a noisy machine: `SegmentPrompt` and the reference's `predict` are timed in
@@ -447,11 +447,130 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
     return result
 
 
+def _camera_loop(stub, frames: list[np.ndarray], gaze: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The robotics loop on one StreamSegment: each frame, then a gaze point on it, best mask only; per frame
+    (seconds until the frame is encoded, seconds until its mask)."""
+    import queue
+
+    outbox: queue.Queue = queue.Queue()
+
+    def requests():
+        while (item := outbox.get()) is not None:
+            yield item
+
+    replies = stub.StreamSegment(requests(), timeout=3600)
+    stages = []
+    for i, (frame, point) in enumerate(zip(frames, gaze)):
+        start = time.perf_counter()
+        outbox.put(pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame)))
+        encoded = next(replies)
+        mid = time.perf_counter()
+        outbox.put(pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
+                                           options=pb.OutputOptions(best_mask_only=True)))
+        answer = next(replies)
+        for reply in (encoded, answer):
+            if reply.HasField("error"):
+                raise RuntimeError(f"camera loop frame {i}: {reply.error.message}")
+        stages.append((mid - start, time.perf_counter() - mid))
+    outbox.put(None)
+    return stages
+
+
+def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5, compare_model_dir=None,
+                   series: dict | None = None) -> dict:
+    """The CPU tier: a MobileSAM model against the official `mobile_sam` on the same weights, in the same run —
+    the encoder alone on the same input (ONNX Runtime against mobile_sam's TinyViT in PyTorch, alternating; and
+    against `compare_model_dir`'s encoder, e.g. ViT-B); a new image's first mask end to end (`SegmentPrompt`
+    with the image inline against `set_image` + `predict`); and the camera loop (`StreamSegment`, a new frame
+    then a gaze point each, best mask) against `set_image` + `predict` per frame, frames/s and per stage."""
+    import torch
+    from mobile_sam import SamPredictor
+
+    from maskserve.build.checkpoint import load_model
+
+    series = series if series is not None else {}
+    model = load(model_dir, decoder=False)
+    m = model.manifest
+    reference_model = load_model(checkpoint, m.model_type)
+    reference = SamPredictor(reference_model)
+    clip = _clip(2 * frames + 2)
+    h, w = clip[0].shape[:2]
+    gaze = [(w * (0.5 + 0.3 * np.sin(i / 3)), h * (0.5 + 0.2 * np.cos(i / 4))) for i in range(frames)]
+    result: dict = {"model": {"type": m.model_type, "version": m.model_version, "backend": m.backend},
+                    "frame": [h, w], "torch_threads": torch.get_num_threads()}
+
+    x = prompts.prepare_image(clip[0], m)[None]
+    ours, theirs = [], []
+    with torch.inference_mode():
+        def tinyvit():
+            return reference_model.image_encoder(torch.from_numpy(x))
+
+        for _ in range(encoder_reps):  # one call each in turn, each side warmed up first
+            ours += _timed(lambda: model.encoder.encode(x), 1, warmup=0 if ours else 1)
+            theirs += _timed(tinyvit, 1, warmup=0 if theirs else 1)
+    series["MobileSAM encoder (ONNX Runtime)"], series["reference mobile_sam TinyViT (PyTorch)"] = ours, theirs
+    encoder = {"ours": _stats(ours), "reference": _stats(theirs)}
+    if compare_model_dir is not None:
+        other = load(compare_model_dir, decoder=False)
+        y = prompts.prepare_image(clip[0], other.manifest)[None]
+        encoder["compared"] = {"model_type": other.manifest.model_type,
+                               **_stats(_timed(lambda: other.encoder.encode(y), max(2, encoder_reps // 2), warmup=1))}
+    result["encoder"] = encoder
+    del model
+
+    loop_frames, first_frames = clip[2:2 + frames], clip[2 + frames:]
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        _camera_loop(stub, clip[:2], gaze[:2])  # warm-up: sessions, connections, the first frame's one-off costs
+        start = time.perf_counter()
+        stages = _camera_loop(stub, loop_frames, gaze)
+        loop_s = time.perf_counter() - start
+        first = []
+        for frame, point in zip(first_frames, gaze):
+            t = time.perf_counter()
+            stub.SegmentPrompt(pb.SegmentPromptRequest(image=image_message(frame), prompts=[prompt_message([point], [1])],
+                                                       options=pb.OutputOptions(best_mask_only=True)), timeout=600)
+            first.append(time.perf_counter() - t)
+    ref_stages = []
+    reference.set_image(clip[0])  # its one-off costs
+    for frame, point in zip(loop_frames, gaze):
+        t0 = time.perf_counter()
+        reference.set_image(frame)
+        t1 = time.perf_counter()
+        masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
+        masks[int(np.argmax(scores))]  # the best mask, as the stream answers
+        ref_stages.append((t1 - t0, time.perf_counter() - t1))
+    ref_loop_s = sum(a + b for a, b in ref_stages)
+    series["first mask of a new image"] = first
+    series["reference set_image + predict"] = [a + b for a, b in ref_stages]
+    result["first_mask"] = {"ours": _stats(first), "reference": _stats(series["reference set_image + predict"])}
+    result["camera_loop"] = {
+        "frames": frames,
+        "ours": {"frames_per_s": frames / loop_s, "encode": _stats([a for a, _ in stages]),
+                 "decode": _stats([b for _, b in stages])},
+        "reference": {"frames_per_s": frames / ref_loop_s, "set_image": _stats([a for a, _ in ref_stages]),
+                      "predict": _stats([b for _, b in ref_stages])},
+    }
+    result["ratios"] = {
+        "encoder_p50_vs_reference_tinyvit": encoder["ours"]["p50_ms"] / encoder["reference"]["p50_ms"],
+        "first_mask_p50_vs_reference_set_image_predict":
+            result["first_mask"]["ours"]["p50_ms"] / result["first_mask"]["reference"]["p50_ms"],
+        "camera_loop_fps_vs_reference": result["camera_loop"]["ours"]["frames_per_s"]
+            / result["camera_loop"]["reference"]["frames_per_s"],
+    }
+    if "compared" in encoder:
+        result["ratios"][f"encoder_p50_vs_{encoder['compared']['model_type']}_encoder"] = \
+            encoder["ours"]["p50_ms"] / encoder["compared"]["p50_ms"]
+    return result
+
+
 def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, clients: int = 4,
         rate: float = 10.0, seconds: float = 5.0, encode_images: int = 8, out: Path = Path("bench"),
         reference: bool = True, everything_reps: int = 3, everything_grid: int = 32,
-        sam2_model_dir=None, sam2_checkpoint=None) -> dict:
-    """The SAM bench; with `sam2_model_dir` and `sam2_checkpoint` also `run_sam2`'s, under "sam2.1"."""
+        sam2_model_dir=None, sam2_checkpoint=None, mobile_sam_model_dir=None, mobile_sam_checkpoint=None) -> dict:
+    """The SAM bench; with `sam2_model_dir` and `sam2_checkpoint` also `run_sam2`'s, under "sam2.1"; with
+    `mobile_sam_model_dir` and `mobile_sam_checkpoint` `run_mobile_sam`'s (its encoder against this model's too),
+    under "mobile_sam"."""
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     model = load(model_dir, encoder=False)
     m = model.manifest
@@ -562,6 +681,10 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
                                     series=series)
         if load(sam2_model_dir, encoder=False).manifest.tracking:
             result["tracking"] = run_tracking(sam2_model_dir, sam2_checkpoint)
+
+    if mobile_sam_model_dir is not None:
+        result["mobile_sam"] = run_mobile_sam(mobile_sam_model_dir, mobile_sam_checkpoint,
+                                              compare_model_dir=model_dir, series=series)
 
     if sam is not None:
         ref = result["reference"]

@@ -954,6 +954,13 @@ def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Mo
                                                              "official SAM2ImagePredictor (and its video "
                                                              "tracking against SAM2VideoPredictor)."),
           sam2_checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="Its weights, in Meta's format."),
+          mobile_sam_model_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                                              help="Also a MobileSAM (vit_t) model directory, the "
+                                                                   "CPU tier: its encoder, a new image's first mask "
+                                                                   "and a camera loop against the official "
+                                                                   "mobile_sam on the same weights."),
+          mobile_sam_checkpoint: Optional[Path] = typer.Option(None, metavar="FILE",
+                                                               help="Its weights (mobile_sam.pt's format)."),
           out: Path = typer.Option(Path("bench"), metavar="DIR", help="Folder for bench.json and bench.png.")) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
     from maskserve import bench as bench_lib
@@ -966,12 +973,16 @@ def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Mo
                   "give --checkpoint (and --model-dir built from it)")
     if (sam2_model_dir is None) != (sam2_checkpoint is None):
         _fail("--sam2-model-dir and --sam2-checkpoint go together (the reference needs the same weights)")
+    if (mobile_sam_model_dir is None) != (mobile_sam_checkpoint is None):
+        _fail("--mobile-sam-model-dir and --mobile-sam-checkpoint go together (the reference needs the same weights)")
     result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out,
                            everything_reps=everything_reps, sam2_model_dir=sam2_model_dir,
-                           sam2_checkpoint=sam2_checkpoint)
+                           sam2_checkpoint=sam2_checkpoint, mobile_sam_model_dir=mobile_sam_model_dir,
+                           mobile_sam_checkpoint=mobile_sam_checkpoint)
     print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"],
                       "everything": result.get("everything"),
                       "sam2.1": result.get("sam2.1", {}).get("ratios"),
+                      "mobile_sam": result.get("mobile_sam", {}).get("ratios"),
                       "tracking": result.get("tracking", {}).get("ratios")}, indent=2))
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -66,3 +66,14 @@ def test_sam2_bench_measures_against_sam2_image_predictor(sam2_tiny_random):
         stored = result["store"][dtype]
         assert nbytes < stored["value_bytes"] < nbytes + 4096  # the three arrays and a header
         assert stored["redis_bytes"] >= stored["value_bytes"] and stored["fetch"]["p50_ms"] > 0
+
+
+def test_mobile_sam_bench_measures_the_cpu_tier_against_mobile_sam(vit_t_random, tiny_model_dir):
+    result = bench.run_mobile_sam(vit_t_random[1], vit_t_random[0], frames=2, encoder_reps=1,
+                                  compare_model_dir=tiny_model_dir)
+    assert result["model"]["type"] == "vit_t"
+    assert set(result["ratios"]) == {"encoder_p50_vs_reference_tinyvit", "first_mask_p50_vs_reference_set_image_predict",
+                                     "camera_loop_fps_vs_reference", "encoder_p50_vs_tiny_encoder"}
+    assert all(v > 0 for v in result["ratios"].values())
+    loop = result["camera_loop"]
+    assert loop["frames"] == 2 and loop["ours"]["encode"]["p50_ms"] > 0 and loop["reference"]["set_image"]["p50_ms"] > 0
