@@ -1,4 +1,4 @@
-"""TensorRT engines (SAM and SAM 2.1) against the ONNX Runtime model they are compiled from. Needs an NVIDIA GPU
+"""TensorRT engines (SAM, MobileSAM and SAM 2.1) against the ONNX Runtime model they are compiled from. Needs an
 and TensorRT."""
 
 from __future__ import annotations
@@ -98,3 +98,30 @@ def test_sam2_engines_match_onnxruntime(sam2_tiny_random, photos, tmp_path, prec
         for k in range(len(c[0])):
             union = (g[0][k] | c[0][k]).sum()
             assert union == 0 or (g[0][k] & c[0][k]).sum() / union > (0.995 if precision == "fp32" else 0.97)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mobile_sam_engines_match_onnxruntime(vit_t_random, photos, tmp_path, precision):
+    """MobileSAM: TinyViT's encoder engine and SAM's decoder engine against the ONNX Runtime build of the same
+    checkpoint (same model version)."""
+    from maskserve import Predictor
+    from maskserve.build.builder import build_model_dir
+    from maskserve.engines.model_dir import Manifest
+
+    checkpoint, onnx_dir = vit_t_random
+    manifest = build_model_dir(checkpoint, "vit_t", tmp_path / "trt", backend="tensorrt", precision=precision,
+                               max_encoder_batch=4, max_decoder_batch=16, max_points=8)
+    assert manifest.family == "mobile_sam" and manifest.encoder["file"] == "encoder.plan"
+    assert manifest.model_version == Manifest.load(onnx_dir).model_version
+    gpu, cpu = Predictor(tmp_path / "trt"), Predictor(onnx_dir)
+    image = photos["chelsea_300x451"]
+    gpu.set_image(image)
+    cpu.set_image(image)
+    tol = 1e-3 if precision == "fp32" else 5e-2
+    g_emb, c_emb = gpu.get_image_embedding(), cpu.get_image_embedding()
+    assert np.abs(g_emb - c_emb).max() < tol * max(1.0, float(np.abs(c_emb).max()))
+    point = np.array([[220, 150]])
+    g, c = gpu.predict(point, np.array([1])), cpu.predict(point, np.array([1]))
+    for k in range(3):
+        union = (g[0][k] | c[0][k]).sum()
+        assert union == 0 or (g[0][k] & c[0][k]).sum() / union > (0.995 if precision == "fp32" else 0.97)
