@@ -1,5 +1,5 @@
 """TensorRT engines (SAM, MobileSAM and SAM 2.1) against the ONNX Runtime model they are compiled from. Needs an
-and TensorRT."""
+NVIDIA GPU and TensorRT."""
 
 from __future__ import annotations
 
