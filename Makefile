@@ -58,7 +58,7 @@ demo: setup-serve redis
 	$(VENV)/bin/maskserve demo --out out/
 
 test: setup redis promtool kubectl chromium web-runtime docker-compose
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 test-fast: setup redis promtool kubectl chromium web-runtime docker-compose
 	$(PY) -m pytest -ra -m "not slow"
