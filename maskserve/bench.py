@@ -516,7 +516,7 @@ def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5
         encoder["compared"] = {"model_type": other.manifest.model_type,
                                **_stats(_timed(lambda: other.encoder.encode(y), max(2, encoder_reps // 2), warmup=1))}
     result["encoder"] = encoder
-    del model
+    model = other = None  # this process's sessions released before the stack's processes start
 
     loop_frames, first_frames = clip[2:2 + frames], clip[2 + frames:]
     with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
