@@ -447,42 +447,42 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
     return result
 
 
-def _camera_loop(stub, frames: list[np.ndarray], gaze: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The robotics loop on one StreamSegment: each frame, then a gaze point on it, best mask only; per frame
-    (seconds until the frame is encoded, seconds until its mask)."""
-    import queue
+class _CameraStream:
+    """The robotics loop on one open StreamSegment: `step(frame, point)` sends the frame, then a gaze point on it
+    (best mask only), and returns (seconds until the frame is encoded, seconds until its mask)."""
 
-    outbox: queue.Queue = queue.Queue()
+    def __init__(self, stub) -> None:
+        import queue
 
-    def requests():
-        while (item := outbox.get()) is not None:
-            yield item
+        self.outbox: queue.Queue = queue.Queue()
+        self.replies = stub.StreamSegment(iter(self.outbox.get, None), timeout=3600)
+        self.sequence = 0
 
-    replies = stub.StreamSegment(requests(), timeout=3600)
-    stages = []
-    for i, (frame, point) in enumerate(zip(frames, gaze)):
+    def _send(self, **item) -> float:
         start = time.perf_counter()
-        outbox.put(pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame)))
-        encoded = next(replies)
-        mid = time.perf_counter()
-        outbox.put(pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
-                                           options=pb.OutputOptions(best_mask_only=True)))
-        answer = next(replies)
-        for reply in (encoded, answer):
-            if reply.HasField("error"):
-                raise RuntimeError(f"camera loop frame {i}: {reply.error.message}")
-        stages.append((mid - start, time.perf_counter() - mid))
-    outbox.put(None)
-    return stages
+        self.outbox.put(pb.StreamSegmentRequest(sequence=self.sequence, **item))
+        self.sequence += 1
+        reply = next(self.replies)
+        if reply.HasField("error"):
+            raise RuntimeError(f"camera loop message {reply.sequence}: {reply.error.message}")
+        return time.perf_counter() - start
+
+    def step(self, frame: np.ndarray, point) -> tuple[float, float]:
+        return (self._send(frame=image_message(frame)),
+                self._send(prompt=prompt_message([point], [1]), options=pb.OutputOptions(best_mask_only=True)))
+
+    def close(self) -> None:
+        self.outbox.put(None)
 
 
 def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5, compare_model_dir=None,
                    series: dict | None = None) -> dict:
     """The CPU tier: a MobileSAM model against the official `mobile_sam` on the same weights, in the same run —
-    the encoder alone on the same input (ONNX Runtime against mobile_sam's TinyViT in PyTorch, alternating; and
-    against `compare_model_dir`'s encoder, e.g. ViT-B); a new image's first mask end to end (`SegmentPrompt`
-    with the image inline against `set_image` + `predict`); and the camera loop (`StreamSegment`, a new frame
-    then a gaze point each, best mask) against `set_image` + `predict` per frame, frames/s and per stage."""
+    the encoder alone on the same input (ONNX Runtime against mobile_sam's TinyViT in PyTorch; and against
+    `compare_model_dir`'s encoder, e.g. ViT-B); a new image's first mask end to end (`SegmentPrompt` with the
+    image inline against `set_image` + `predict`); and the camera loop (`StreamSegment`, a new frame then a gaze
+    point each, best mask) against `set_image` + `predict` per frame, frames/s and per stage. Each pair is
+    timed call by call in turn."""
     import torch
     from mobile_sam import SamPredictor
 
@@ -518,37 +518,40 @@ def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5
     result["encoder"] = encoder
     model = other = None  # this process's sessions released before the stack's processes start
 
-    loop_frames, first_frames = clip[2:2 + frames], clip[2 + frames:]
-    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
-        stub = pb_grpc.SegmenterStub(channel)
-        _camera_loop(stub, clip[:2], gaze[:2])  # warm-up: sessions, connections, the first frame's one-off costs
-        start = time.perf_counter()
-        stages = _camera_loop(stub, loop_frames, gaze)
-        loop_s = time.perf_counter() - start
-        first = []
-        for frame, point in zip(first_frames, gaze):
-            t = time.perf_counter()
-            stub.SegmentPrompt(pb.SegmentPromptRequest(image=image_message(frame), prompts=[prompt_message([point], [1])],
-                                                       options=pb.OutputOptions(best_mask_only=True)), timeout=600)
-            first.append(time.perf_counter() - t)
-    ref_stages = []
-    reference.set_image(clip[0])  # its one-off costs
-    for frame, point in zip(loop_frames, gaze):
+    def reference_step(frame, point) -> tuple[float, float]:
         t0 = time.perf_counter()
         reference.set_image(frame)
         t1 = time.perf_counter()
-        reference.predict(np.array([point]), np.array([1]))  # the stream answers its best mask of these three
-        ref_stages.append((t1 - t0, time.perf_counter() - t1))
-    ref_loop_s = sum(a + b for a, b in ref_stages)
-    series["first mask of a new image"] = first
-    series["reference set_image + predict"] = [a + b for a, b in ref_stages]
-    result["first_mask"] = {"ours": _stats(first), "reference": _stats(series["reference set_image + predict"])}
+        reference.predict(np.array([point]), np.array([1]))  # the stream answers the best of these three
+        return t1 - t0, time.perf_counter() - t1
+
+    # Both sides frame by frame in turn (the stack idles while the reference runs), so that a drifting machine
+    # reaches both alike.
+    loop_frames, first_frames = clip[2:2 + frames], clip[2 + frames:]
+    stages, ref_stages, first, ref_first = [], [], [], []
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        camera = _CameraStream(stub)
+        for frame, point in zip(clip[:2], gaze):  # warm-up: sessions, connections, one-off costs on both sides
+            camera.step(frame, point)
+            reference_step(frame, point)
+        for frame, point in zip(loop_frames, gaze):
+            stages.append(camera.step(frame, point))
+            ref_stages.append(reference_step(frame, point))
+        camera.close()
+        for frame, point in zip(first_frames, gaze):
+            request = pb.SegmentPromptRequest(image=image_message(frame), prompts=[prompt_message([point], [1])],
+                                              options=pb.OutputOptions(best_mask_only=True))
+            first += _timed(lambda: stub.SegmentPrompt(request, timeout=600), 1, warmup=0)
+            ref_first.append(sum(reference_step(frame, point)))
+    series["first mask of a new image"], series["reference set_image + predict"] = first, ref_first
+    result["first_mask"] = {"ours": _stats(first), "reference": _stats(ref_first)}
     result["camera_loop"] = {
         "frames": frames,
-        "ours": {"frames_per_s": frames / loop_s, "encode": _stats([a for a, _ in stages]),
+        "ours": {"frames_per_s": frames / sum(a + b for a, b in stages), "encode": _stats([a for a, _ in stages]),
                  "decode": _stats([b for _, b in stages])},
-        "reference": {"frames_per_s": frames / ref_loop_s, "set_image": _stats([a for a, _ in ref_stages]),
-                      "predict": _stats([b for _, b in ref_stages])},
+        "reference": {"frames_per_s": frames / sum(a + b for a, b in ref_stages),
+                      "set_image": _stats([a for a, _ in ref_stages]), "predict": _stats([b for _, b in ref_stages])},
     }
     result["ratios"] = {
         "encoder_p50_vs_reference_tinyvit": encoder["ours"]["p50_ms"] / encoder["reference"]["p50_ms"],
