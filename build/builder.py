@@ -45,10 +45,9 @@ def torch_encoder(manifest: Manifest, precision: str, max_batch: int, architectu
                         "cuda_graphs": "auto", "compile": False, "architecture": architecture}
 
 
-def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list | None = None) -> Manifest:
-    """The manifest of an ONNX Runtime model directory (`encoder.onnx` and `decoder`'s files); with `layout`, a
-    family of several embedding arrays (SAM 2.1), whose model version covers the layout."""
-    family = {} if layout is None else {"family": spec.family, "embedding_layout": layout}
+def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict) -> Manifest:
+    """The manifest of an ONNX Runtime model directory (`encoder.onnx` and `decoder`'s files), with what it
+    records of the spec's family."""
     manifest = Manifest(
         model_type=model_type,
         backend="onnxruntime",
@@ -65,7 +64,7 @@ def onnx_manifest(spec, model_type: str, checkpoint, decoder: dict, layout: list
         encoder={"file": "encoder.onnx"},
         decoder=decoder,
         generator=dict(spec.generator),
-        **family,
+        **families.get(spec.family).manifest_fields(spec.embedding_layout),
     )
     manifest.model_version = manifest.derive_model_version()
     return manifest

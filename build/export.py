@@ -323,10 +323,19 @@ def reference_image_encoder(model) -> nn.Module:
     return model.image_encoder
 
 
+def save_torch_encoder(sam, path: Path) -> tuple[dict, dict]:
+    """The image encoder's weights for the torch backend → (its architecture, the manifest's encoder options)."""
+    from maskserve.engines import torch_backend
+
+    return torch_backend.save_encoder(sam.image_encoder.state_dict(), path), {"attention": "bias"}
+
+
 def write_model_dir(sam, spec, checkpoint, model_type, staging, backend, precision,
-                    max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
+                    max_encoder_batch, max_decoder_batch, max_points, save_torch_encoder=save_torch_encoder
+                    ) -> Manifest:
     """A SAM model directory in `staging`: the general and split decoder graphs, the encoder (a graph, or for the
-    torch backend the checkpoint's encoder weights), the manifest, then TensorRT engines if asked."""
+    torch backend the checkpoint's encoder weights, as `save_torch_encoder` writes them), the manifest, then
+    TensorRT engines if asked."""
     from .builder import onnx_manifest, save_and_compile, torch_encoder
 
     if backend != "torch":  # the torch backend runs the checkpoint's own encoder weights, not a graph
@@ -336,8 +345,8 @@ def write_model_dir(sam, spec, checkpoint, model_type, staging, backend, precisi
     manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx", "image_file": "decoder_image.onnx",
                                                            "points_file": "decoder_points.onnx"})
     if backend == "torch":
-        from maskserve.engines import torch_backend
+        from maskserve.engines.torch_backend import ENCODER_FILE
 
-        architecture = torch_backend.save_encoder(sam.image_encoder.state_dict(), staging / torch_backend.ENCODER_FILE)
-        torch_encoder(manifest, precision, max_encoder_batch, architecture, attention="bias")
+        architecture, options = save_torch_encoder(sam, staging / ENCODER_FILE)
+        torch_encoder(manifest, precision, max_encoder_batch, architecture, **options)
     return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from maskserve.engines import families
+from maskserve.engines.model_dir import Manifest
 
 from . import export
 from .checkpoint import guess_model_type, load_strictly, read_state_dict
@@ -27,28 +28,18 @@ def load_model(path: str | Path, model_type: str):
 reference_image_encoder = export.reference_image_encoder
 
 
-def write_model_dir(sam, spec, checkpoint, model_type, staging, backend, precision,
-                    max_encoder_batch, max_decoder_batch, max_points):
-    """SAM's decoder graphs and TinyViT's encoder graph (or, for the torch backend, its weights), the manifest
-    naming the family, then TensorRT engines if asked."""
-    from .builder import onnx_manifest, save_and_compile, torch_encoder
+def save_torch_encoder(sam, path: Path) -> tuple[dict, dict]:
+    """TinyViT's weights as they are: the torch backend runs mobile_sam's own module on them."""
+    import torch
 
-    if backend != "torch":
-        export.export_encoder(sam, staging / "encoder.onnx")
-    export.export_decoder(sam, staging / "decoder.onnx")
-    export.export_points_decoder(sam, staging / "decoder_image.onnx", staging / "decoder_points.onnx")
-    layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
-    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx", "image_file": "decoder_image.onnx",
-                                                           "points_file": "decoder_points.onnx"}, layout)
-    if backend == "torch":
-        import torch
+    torch.save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sam.image_encoder.state_dict().items()},
+               path)
+    return {"network": "mobile_sam vit_t (TinyViT)"}, {}
 
-        from maskserve.engines import torch_backend
 
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sam.image_encoder.state_dict().items()}
-        torch.save(state, staging / torch_backend.ENCODER_FILE)
-        torch_encoder(manifest, precision, max_encoder_batch, {"network": "mobile_sam vit_t (TinyViT)"})
-    return save_and_compile(staging, manifest, backend, precision, max_encoder_batch, max_decoder_batch, max_points)
+def write_model_dir(*args) -> Manifest:
+    """SAM's model directory (decoder graphs, encoder graph, manifest, engines) with TinyViT as its encoder."""
+    return export.write_model_dir(*args, save_torch_encoder=save_torch_encoder)
 
 
 def seeded_random_model(seed: int = 0):

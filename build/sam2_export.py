@@ -172,8 +172,7 @@ def write_model_dir(model, spec, checkpoint, model_type, staging, backend, preci
         export_encoder(model, staging / "encoder.onnx")
     export_decoder(model, staging / "decoder.onnx")
     tracking = export_tracking(model, staging)
-    layout = [{"name": n, "shape": list(s), "dtype": d} for n, s, d in spec.embedding_layout]
-    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx"}, layout)
+    manifest = onnx_manifest(spec, model_type, checkpoint, {"file": "decoder.onnx"})
     manifest.tracking = tracking
     if backend == "torch":
         from maskserve.engines import torch_backend, torch_hiera

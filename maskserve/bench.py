@@ -112,29 +112,42 @@ async def _open_loop(target: str, request, rate: float, seconds: float) -> list[
         return latencies
 
 
+class _Stream:
+    """One open StreamSegment, one message in flight at a time: `send` returns the seconds until its answer."""
+
+    def __init__(self, stub) -> None:
+        import queue
+
+        self.outbox: queue.Queue = queue.Queue()
+        self.replies = stub.StreamSegment(iter(self.outbox.get, None), timeout=3600)
+        self.sequence = 0
+
+    def send(self, **item) -> float:
+        start = time.perf_counter()
+        self.outbox.put(pb.StreamSegmentRequest(sequence=self.sequence, **item))
+        self.sequence += 1
+        reply = next(self.replies)
+        if reply.HasField("error"):
+            raise RuntimeError(f"stream message {reply.sequence} failed: {reply.error.message}")
+        return time.perf_counter() - start
+
+    def frame_then_gaze(self, frame: np.ndarray, point) -> tuple[float, float]:
+        """The robotics loop's step: a new frame, then a gaze point on it (best mask only) → (seconds until the
+        frame is encoded, seconds until its mask)."""
+        return (self.send(frame=image_message(frame)),
+                self.send(prompt=prompt_message([point], [1]), options=pb.OutputOptions(best_mask_only=True)))
+
+    def close(self) -> None:
+        self.outbox.put(None)
+
+
 def _stream(stub, image_id: str, points: list) -> list[float]:
     """Gaze-like: one prompt in flight at a time on one stream; latency per message."""
-    import queue
-
-    outbox: queue.Queue = queue.Queue()
-    latencies = []
-
-    def requests():
-        yield pb.StreamSegmentRequest(sequence=0, image_id=image_id)
-        while (item := outbox.get()) is not None:
-            yield item
-
-    replies = stub.StreamSegment(requests(), timeout=120)
-    next(replies)
-    for i, (x, y) in enumerate(points, 1):
-        t = time.perf_counter()
-        outbox.put(pb.StreamSegmentRequest(sequence=i, prompt=prompt_message([[x, y]], [1]),
-                                           options=pb.OutputOptions(best_mask_only=True)))
-        reply = next(replies)
-        latencies.append(time.perf_counter() - t)
-        if reply.HasField("error"):
-            raise RuntimeError(f"stream message {i} failed: {reply.error.message}")
-    outbox.put(None)
+    stream = _Stream(stub)
+    stream.send(image_id=image_id)
+    latencies = [stream.send(prompt=prompt_message([[x, y]], [1]), options=pb.OutputOptions(best_mask_only=True))
+                 for x, y in points]
+    stream.close()
     return latencies
 
 
@@ -447,34 +460,6 @@ def run_sam2(model_dir, checkpoint, requests: int = 100, encode_images: int = 4,
     return result
 
 
-class _CameraStream:
-    """The robotics loop on one open StreamSegment: `step(frame, point)` sends the frame, then a gaze point on it
-    (best mask only), and returns (seconds until the frame is encoded, seconds until its mask)."""
-
-    def __init__(self, stub) -> None:
-        import queue
-
-        self.outbox: queue.Queue = queue.Queue()
-        self.replies = stub.StreamSegment(iter(self.outbox.get, None), timeout=3600)
-        self.sequence = 0
-
-    def _send(self, **item) -> float:
-        start = time.perf_counter()
-        self.outbox.put(pb.StreamSegmentRequest(sequence=self.sequence, **item))
-        self.sequence += 1
-        reply = next(self.replies)
-        if reply.HasField("error"):
-            raise RuntimeError(f"camera loop message {reply.sequence}: {reply.error.message}")
-        return time.perf_counter() - start
-
-    def step(self, frame: np.ndarray, point) -> tuple[float, float]:
-        return (self._send(frame=image_message(frame)),
-                self._send(prompt=prompt_message([point], [1]), options=pb.OutputOptions(best_mask_only=True)))
-
-    def close(self) -> None:
-        self.outbox.put(None)
-
-
 def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5, compare_model_dir=None,
                    series: dict | None = None) -> dict:
     """The CPU tier: a MobileSAM model against the official `mobile_sam` on the same weights, in the same run —
@@ -531,12 +516,12 @@ def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5
     stages, ref_stages, first, ref_first = [], [], [], []
     with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(stack.target) as channel:
         stub = pb_grpc.SegmenterStub(channel)
-        camera = _CameraStream(stub)
+        camera = _Stream(stub)
         for frame, point in zip(clip[:2], gaze):  # warm-up: sessions, connections, one-off costs on both sides
-            camera.step(frame, point)
+            camera.frame_then_gaze(frame, point)
             reference_step(frame, point)
         for frame, point in zip(loop_frames, gaze):
-            stages.append(camera.step(frame, point))
+            stages.append(camera.frame_then_gaze(frame, point))
             ref_stages.append(reference_step(frame, point))
         camera.close()
         for frame, point in zip(first_frames, gaze):

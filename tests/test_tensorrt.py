@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_reason() is not None, rea
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engines_match_onnxruntime(tiny_checkpoint, tiny_model_dir, photos, tmp_path, precision):
-    from maskserve import Predictor
     from maskserve.build.builder import build_model_dir
     from maskserve.engines.model_dir import Manifest
 
@@ -38,14 +37,21 @@ def test_engines_match_onnxruntime(tiny_checkpoint, tiny_model_dir, photos, tmp_
                                max_encoder_batch=4, max_decoder_batch=16, max_points=8)
     assert manifest.extra["gpu"]["compute_capability"] and manifest.encoder["file"] == "encoder.plan"
     assert manifest.model_version == Manifest.load(tiny_model_dir).model_version
-    gpu, cpu = Predictor(tmp_path / "trt"), Predictor(tiny_model_dir)
-    image = photos["coffee_400x600"]
+    _embedding_and_masks_match(tmp_path / "trt", tiny_model_dir, photos["coffee_400x600"], [300, 200], precision)
+
+
+def _embedding_and_masks_match(trt_dir, onnx_dir, image, point, precision) -> None:
+    """One image's embedding (within the precision's tolerance) and one point's three masks (IoU), engines
+    against ONNX Runtime."""
+    from maskserve import Predictor
+
+    gpu, cpu = Predictor(trt_dir), Predictor(onnx_dir)
     gpu.set_image(image)
     cpu.set_image(image)
     tol = 1e-3 if precision == "fp32" else 5e-2
     g_emb, c_emb = gpu.get_image_embedding(), cpu.get_image_embedding()
     assert np.abs(g_emb - c_emb).max() < tol * max(1.0, float(np.abs(c_emb).max()))
-    point = np.array([[300, 200]])
+    point = np.array([point])
     g, c = gpu.predict(point, np.array([1])), cpu.predict(point, np.array([1]))
     for k in range(3):
         union = (g[0][k] | c[0][k]).sum()
@@ -104,7 +110,6 @@ def test_sam2_engines_match_onnxruntime(sam2_tiny_random, photos, tmp_path, prec
 def test_mobile_sam_engines_match_onnxruntime(vit_t_random, photos, tmp_path, precision):
     """MobileSAM: TinyViT's encoder engine and SAM's decoder engine against the ONNX Runtime build of the same
     checkpoint (same model version)."""
-    from maskserve import Predictor
     from maskserve.build.builder import build_model_dir
     from maskserve.engines.model_dir import Manifest
 
@@ -113,15 +118,4 @@ def test_mobile_sam_engines_match_onnxruntime(vit_t_random, photos, tmp_path, pr
                                max_encoder_batch=4, max_decoder_batch=16, max_points=8)
     assert manifest.family == "mobile_sam" and manifest.encoder["file"] == "encoder.plan"
     assert manifest.model_version == Manifest.load(onnx_dir).model_version
-    gpu, cpu = Predictor(tmp_path / "trt"), Predictor(onnx_dir)
-    image = photos["chelsea_300x451"]
-    gpu.set_image(image)
-    cpu.set_image(image)
-    tol = 1e-3 if precision == "fp32" else 5e-2
-    g_emb, c_emb = gpu.get_image_embedding(), cpu.get_image_embedding()
-    assert np.abs(g_emb - c_emb).max() < tol * max(1.0, float(np.abs(c_emb).max()))
-    point = np.array([[220, 150]])
-    g, c = gpu.predict(point, np.array([1])), cpu.predict(point, np.array([1]))
-    for k in range(3):
-        union = (g[0][k] | c[0][k]).sum()
-        assert union == 0 or (g[0][k] & c[0][k]).sum() / union > (0.995 if precision == "fp32" else 0.97)
+    _embedding_and_masks_match(tmp_path / "trt", onnx_dir, photos["chelsea_300x451"], [220, 150], precision)

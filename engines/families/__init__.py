@@ -92,6 +92,12 @@ class Family:
         raise NotImplementedError(f"no PyTorch encoder for the {self.name} family")
 
     # -- identity -----------------------------------------------------------------------------------------
+    def manifest_fields(self, layout) -> dict:
+        """What a model directory's manifest records of the family: its name and the embedding layout
+        ((name, shape, dtype) arrays), which the model version covers."""
+        return {"family": self.name,
+                "embedding_layout": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in layout]}
+
     def model_version(self, model_type: str, checkpoint_sha256: str, layout: list) -> str:
         """`{model_type}-{12 hex}` from the checkpoint's content and the embedding layout (never the backend)."""
         shapes = ";".join(f"{a['name']}{tuple(int(n) for n in a['shape'])}{a['dtype']}" for a in layout)

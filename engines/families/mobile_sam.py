@@ -1,6 +1,6 @@
 """MobileSAM: SAM with TinyViT, a distilled image encoder, in place of its ViT. Everything served — image
 preparation, prompts, the decoder's graphs, mask choice, the generator — is SAM's; what differs is the encoder
-network, so its export module and PyTorch encoder, and its model version's key (the general one)."""
+network, so its export module and PyTorch encoder, and its manifest and model version's key (the general ones)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from .sam import Sam
 class MobileSam(Sam):
     name = "mobile_sam"
     export_module = "maskserve.build.mobile_sam_export"
-    model_version = Family.model_version  # SAM's own predates families; this one names the family
+    # SAM's own predate families; these name the family
+    manifest_fields, model_version = Family.manifest_fields, Family.model_version
 
     @staticmethod
     def network():

@@ -46,6 +46,10 @@ class Sam(Family):
         net = SamViT.from_state_dict(state, dtype, attention, device)
         return net, tuple(net.config[k] for k in ("image_size", "out_chans", "grid"))
 
+    def manifest_fields(self, layout):
+        """Nothing: SAM's manifests predate families (no family means SAM), and its model version keeps its key."""
+        return {}
+
     def model_version(self, model_type, checkpoint_sha256, layout):
         """SAM's key predates layouts and other families: its one array's shape (kept, so that embeddings
         stored before stay readable)."""
