@@ -1,4 +1,4 @@
-"""The model types as data (SAM, MobileSAM, SAM 2.1): architecture sizes, embedding layouts and where their
+"""The model types as data (SAM, MobileSAM, SAM 2.1, SAM 3): architecture sizes, embedding layouts and where their
 publishers put each checkpoint.
 
 Kept free of torch so that `maskserve models pull` and the serving side can read it.
@@ -201,7 +201,62 @@ SAM2_SPECS: dict[str, Sam2Spec] = {
     ),
 }
 
-ALL_SPECS: dict[str, ModelSpec | Sam2Spec] = {**MODEL_SPECS, **SAM2_SPECS}
+@dataclass(frozen=True)
+class Sam3Spec:
+    """SAM 3's image model: a 1008-px Perception Encoder ViT shared by a concept detector (phrases and exemplar
+    boxes → every instance) and an interactive head with SAM 2.1's prompt decoder. Meta's weights are gated on
+    Hugging Face under the SAM License: `maskserve models pull sam3` sends $HF_TOKEN, of an account that has
+    accepted it. The architecture is read from the checkpoint (build/sam3_export.Sam3Architecture)."""
+
+    name: str = "sam3"
+    checkpoint_file: str = "sam3.pt"
+    # As pinned by third parties for this URL (Meta publishes neither); a file that differs is refused.
+    checkpoint_bytes: int | None = 3_450_062_241
+    checkpoint_sha256: str | None = "9999e2341ceef5e136daa386eecb55cb414446a00ac2b55eb2dfd2f7c3cf8c9e"
+    checkpoint_md5: str | None = None
+    checkpoint_token_env: str = "HF_TOKEN"  # the gated download's bearer token
+    family: str = "sam3"
+    image_size: int = 1008  # stretched to this square, 14-px patches: a 72² grid
+    prompt_embed_dim: int = 256
+    pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)  # Sam3Processor: (x/255 − 0.5) / 0.5
+    pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    generator: tuple[tuple[str, float], ...] = ()
+    context_length: int = 32  # tokens per phrase
+    box_slots: int = 16  # exemplar boxes per concept prompt (the detector graph's fixed slots)
+    confidence_threshold: float = 0.5  # Sam3Processor's default
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 32
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_size // 14
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        return (self.prompt_embed_dim, self.embedding_size, self.embedding_size)
+
+    @property
+    def mask_input_size(self) -> int:
+        return 4 * self.embedding_size
+
+    @property
+    def embedding_layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """The interactive head's arrays (SAM 2.1's layout at 72²), then the detector's feature pyramid: 132.7 MB
+        an image in float32."""
+        c, e = self.prompt_embed_dim, self.embedding_size
+        return (("image_embeddings", (c, e, e), "float32"),
+                ("high_res_feats_0", (c // 8, 4 * e, 4 * e), "float32"),
+                ("high_res_feats_1", (c // 4, 2 * e, 2 * e), "float32"),
+                *((f"fpn_{i}", (c, 4 * e >> i, 4 * e >> i), "float32") for i in range(3)))
+
+    @property
+    def checkpoint_url(self) -> str:
+        return "https://huggingface.co/facebook/sam3/resolve/main/" + self.checkpoint_file
+
+
+SAM3_SPECS: dict[str, Sam3Spec] = {"sam3": Sam3Spec()}
+
+ALL_SPECS: dict[str, ModelSpec | Sam2Spec | Sam3Spec] = {**MODEL_SPECS, **SAM2_SPECS, **SAM3_SPECS}
 
 
 # Other names a model type is known by: its publisher's.
@@ -212,7 +267,7 @@ class UnknownModelType(ValueError):
     pass
 
 
-def get_spec(model_type: str) -> ModelSpec | Sam2Spec:
+def get_spec(model_type: str) -> ModelSpec | Sam2Spec | Sam3Spec:
     """The spec of a model type or of one of its `ALIASES`; its `name` is the model type."""
     try:
         return ALL_SPECS[ALIASES.get(model_type, model_type)]

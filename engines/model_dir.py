@@ -5,7 +5,7 @@ and the embedding layout, not from the backend, so an ONNX Runtime decoder can r
 TensorRT encoder of the same checkpoint, and a different checkpoint can never be decoded against them.
 
 `family` says which pre- and post-processing and which graphs the directory holds: "sam" (SAM and the tiny
-model; what a manifest without the field is) or "sam2.1". `embedding_layout` is the per-image embedding as
+model; what a manifest without the field is), "mobile_sam", "sam2.1" or "sam3". `embedding_layout` is the per-image embedding as
 named arrays, `[{"name", "shape" (without batch), "dtype"}, ...]` in the encoder graph's output order: SAM's
 one `image_embeddings` array (its `embedding_shape`), SAM 2.1's three (the family's `arrays`, engines.families).
 `embedding_shape` stays the `image_embeddings` array's.
@@ -53,6 +53,9 @@ class Manifest:
     # The automatic generator's recommended defaults for this model (engines/automatic.Options names), taken
     # where a caller leaves a parameter unset: the tiny model's predicted IoUs sit below Meta's thresholds.
     generator: dict = field(default_factory=dict)
+    # The concept head (SAM 3): its text and detector graphs, the tokenizer's vocabulary, and their sizes
+    # (engines/concepts.py); empty where the model has none.
+    concepts: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.embedding_layout:
@@ -111,9 +114,9 @@ class Manifest:
         if unknown:
             raise ModelDirError(f"{path}: malformed manifest (generator: {sorted(unknown)} are not generator "
                                 "parameters)")
-        for part in (m.encoder, m.decoder, m.tracking):
+        for part in (m.encoder, m.decoder, m.tracking, m.concepts):
             for key in ("file", "image_file", "points_file", "decoder_file", "memory_attention_file",
-                        "memory_encoder_file", "constants_file"):
+                        "memory_encoder_file", "constants_file", "text_file", "detector_file", "vocabulary_file"):
                 if key in part and not (Path(directory) / part[key]).is_file():
                     raise ModelDirError(f"{directory}: {part[key]} named by the manifest is missing")
         return m

@@ -69,7 +69,7 @@ class OnnxDecoder:
         d = manifest.decoder
         self.session = _session(Path(model_dir) / d["file"], threads)
         self.inputs = families.of(manifest).decoder_inputs
-        self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
+        self.arrays = list(families.of(manifest).decoder_arrays)  # the embedding's it reads, then the prompts'
         split = "image_file" in d and "points_file" in d
         self.image_session = _session(Path(model_dir) / d["image_file"], threads) if split else None
         self.points_session = _session(Path(model_dir) / d["points_file"], threads) if split else None

@@ -107,21 +107,24 @@ def clamp_logits(low_res: np.ndarray) -> np.ndarray:
     return np.clip(low_res, -LOGITS_LIMIT, LOGITS_LIMIT)
 
 
-def fill_holes_and_sprinkles(low_res: np.ndarray, max_area: int) -> np.ndarray:
-    """One (M, M) low-res logit map with its holes (8-connected regions ≤ 0) and sprinkles (8-connected
-    regions > 0) of at most `max_area` cells set to +10 and −10, as `SAM2Transforms.postprocess_masks` does
-    before upscaling when the predictor has `max_hole_area` / `max_sprinkle_area` (both found on the map as
-    given). Its CUDA labelling is 8-connected; without sam2's CUDA extension the reference skips this step."""
+def fill_holes_and_sprinkles(low_res: np.ndarray, max_area: int, max_sprinkle_area: int | None = None) -> np.ndarray:
+    """One (M, M) low-res logit map with its holes (8-connected regions ≤ 0) of at most `max_area` cells and
+    its sprinkles (8-connected regions > 0) of at most `max_sprinkle_area` (None: `max_area`; 0: none) set to
+    +10 and −10, as `SAM2Transforms.postprocess_masks` does before upscaling when the predictor has
+    `max_hole_area` / `max_sprinkle_area` (both found on the map as given). Its CUDA labelling is 8-connected;
+    without sam2's CUDA extension the reference skips this step."""
     import cv2
 
-    def small(region: np.ndarray) -> np.ndarray:
+    def small(region: np.ndarray, area: int) -> np.ndarray:
         _, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
-        is_small = stats[:, cv2.CC_STAT_AREA] <= max_area
+        is_small = stats[:, cv2.CC_STAT_AREA] <= area
         is_small[0] = False  # the other side
         return is_small[labels]
 
     low_res = np.asarray(low_res, np.float32)
-    holes, sprinkles = small(low_res <= 0.0), small(low_res > 0.0)
+    sprinkle_area = max_area if max_sprinkle_area is None else max_sprinkle_area
+    holes = small(low_res <= 0.0, max_area) if max_area > 0 else np.zeros(low_res.shape, bool)
+    sprinkles = small(low_res > 0.0, sprinkle_area) if sprinkle_area > 0 else np.zeros(low_res.shape, bool)
     if not holes.any() and not sprinkles.any():
         return low_res
     return np.where(holes, np.float32(10.0), np.where(sprinkles, np.float32(-10.0), low_res))

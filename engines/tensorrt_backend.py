@@ -130,7 +130,7 @@ class TensorRTDecoder:
         self.max_batch = int(manifest.decoder.get("max_batch", 1))
         self.prompt_batch = self.max_batch  # a GPU wants the largest batch its profile allows
         self.inputs = families.of(manifest).decoder_inputs
-        self.arrays = self.inputs[:len(manifest.embedding_layout)]  # the embedding's, then the prompts'
+        self.arrays = list(families.of(manifest).decoder_arrays)  # the embedding's it reads, then the prompts'
 
     def prepare(self, embedding) -> None:
         return None  # the split decoder is a CPU optimisation; on a GPU the general graph is fast enough

@@ -5,13 +5,14 @@
 asyncio twin; `maskserve.RemoteLogits`, the low-res logits they leave on the service; `maskserve.errors`, the
 typed errors they raise, `maskserve.MaskserveError` the base of them all): the `maskserve.client` package;
 `maskserve.AutomaticMaskGenerator` is the drop-in for `SamAutomaticMaskGenerator`, on either;
-`maskserve.VideoTracker` tracks objects through video with `SAM2VideoPredictor`'s verbs, on either.
+`maskserve.VideoTracker` tracks objects through video with `SAM2VideoPredictor`'s verbs, on either;
+`maskserve.ConceptSegmenter` finds every instance of a phrase (SAM 3) with `Sam3Processor`'s verbs, on either.
 """
 
 __version__ = "0.1.0"
 
 __all__ = ["Predictor", "Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError",
-           "AutomaticMaskGenerator", "VideoTracker", "__version__"]
+           "AutomaticMaskGenerator", "VideoTracker", "ConceptSegmenter", "__version__"]
 
 _CLIENT = ("Client", "AsyncClient", "RemoteLogits", "errors", "MaskserveError")
 
@@ -43,6 +44,10 @@ def __getattr__(name):  # imported lazily: `import maskserve` stays cheap for th
         from maskserve.video import VideoTracker
 
         return VideoTracker
+    if name == "ConceptSegmenter":
+        from maskserve.concepts import ConceptSegmenter
+
+        return ConceptSegmenter
     if name == "AutomaticMaskGenerator":
         from maskserve.engines.automatic import AutomaticMaskGenerator
 

@@ -76,6 +76,7 @@ class Settings:
     # -- requests ---------------------------------------------------------------------------------------------
     max_prompts: int = setting(limits.MAX_PROMPTS, "prompts per `SegmentPrompt`", minimum=1)
     max_points: int = setting(limits.MAX_POINTS, "points per prompt", minimum=1)
+    max_phrases: int = setting(limits.MAX_PHRASES, "phrases per `SegmentConcept`", minimum=1)
     max_image_pixels: int = setting(limits.MAX_IMAGE_PIXELS, "largest image accepted", minimum=1)
     everything_max_points: int = setting(16384, "`SegmentEverything`: point prompts over all crops of a request "
                                                 "(a 128×128 grid; the default 32×32 with one crop layer is 5120)",

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from maskserve import engines
-from maskserve.engines import automatic, masks, prompts as prompt_lib
+from maskserve.engines import automatic, concepts, masks, prompts as prompt_lib
 
 from . import metrics, store
 from .config import Settings
@@ -48,6 +48,11 @@ class Decoding:
             self.narrow = engines.load(model_dir, encoder=False, threads=1).decoder
         self.running = 0
         self.lock = threading.Lock()
+        self.concepts = None  # the concept head (SAM 3): phrases and exemplar boxes → instances
+        if self.manifest.concepts:
+            from maskserve.engines.concepts import ConceptModel
+
+            self.concepts = ConceptModel(model_dir, self.manifest, settings.ort_threads or None)
 
     @contextlib.contextmanager
     def decoder(self):
@@ -103,6 +108,24 @@ class Decoding:
                                  multimask_output=multimask, max_points=self.settings.max_points,
                                  prepared=self.prepared(emb), full_logits=full_logits)
 
+    def concept_results(self, emb: store.StoredEmbedding, phrases: list[str | None], exemplars: list,
+                        threshold: float | None, fmt) -> list:
+        """SegmentConcept's ConceptResults: each phrase's instances on one stored image."""
+        with tracer.start_as_current_span("concepts", attributes={"phrases": len(phrases)}):
+            start = time.perf_counter()
+            answers = self.concepts.segment(emb.arrays, emb.original_size, phrases, exemplars, threshold)
+            metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
+        results = []
+        for phrase, found in zip(phrases, answers):
+            result = pb.ConceptResult(phrase=phrase or "", presence=found.presence)
+            for i, (score, box) in enumerate(zip(found.scores, found.boxes)):
+                instance = result.instances.add(score=float(score))
+                instance.box.x0, instance.box.y0, instance.box.x1, instance.box.y1 = (float(v) for v in box)
+                logits = found.full_logits(emb.original_size, i)
+                fill_mask(instance.mask, logits, fmt, False, concepts.is_mask(logits))
+            results.append(result)
+        return results
+
     def result(self, answer: prompt_lib.Answer, original_size, options: pb.OutputOptions) -> pb.PromptResult:
         keep = range(len(answer.iou_predictions))
         if options.best_mask_only:
@@ -120,22 +143,28 @@ class Decoding:
                 full = prompt_lib.full_resolution_map(cv2.transpose(low), self.manifest, (w, h))
             else:
                 full = prompt_lib.full_resolution_map(low, self.manifest, (h, w))
-            binary = full > 0.0
-            x, y, bw, bh = masks.bbox_xywh(binary)
-            if transposed:
-                x, y, bw, bh = y, x, bh, bw
-            m = result.masks.add(width=w, height=h, predicted_iou=float(answer.iou_predictions[k]),
-                                 stability_score=masks.stability_score(full), area=int(np.count_nonzero(binary)),
-                                 output_index=k)
-            m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
-            if transposed:
-                m.rle.counts = masks.encode_rle_transposed(binary)
-            elif fmt == pb.MASK_FORMAT_PNG:
-                m.png = masks.encode_png(binary)
-            elif fmt == pb.MASK_FORMAT_BITMAP:
-                m.bitmap = masks.encode_bitmap(binary)
+            m = result.masks.add(predicted_iou=float(answer.iou_predictions[k]), output_index=k)
+            fill_mask(m, full, fmt, transposed)
             if options.return_low_res_logits:
                 side = answer.low_res_logits.shape[-1]
                 m.low_res_logits.side = side
                 m.low_res_logits.data = answer.low_res_logits[k].astype("<f4").tobytes()
         return result
+
+
+def fill_mask(m: pb.Mask, full: np.ndarray, fmt, transposed: bool, binary: np.ndarray | None = None) -> None:
+    """A Mask message's pixels (in the format asked for), size, box, area and stability from its full-size logits
+    (> 0 is the mask, unless `binary` is given), in the image's frame or, for COCO RLE, transposed (W, H), where
+    its runs lie."""
+    binary = full > 0.0 if binary is None else binary
+    x, y, bw, bh = masks.bbox_xywh(binary)
+    (w, h), (x, y, bw, bh) = (binary.shape, (y, x, bh, bw)) if transposed else (binary.shape[::-1], (x, y, bw, bh))
+    m.width, m.height, m.area = w, h, int(np.count_nonzero(binary))
+    m.stability_score = masks.stability_score(full)
+    m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height = x, y, bw, bh
+    if fmt in (pb.MASK_FORMAT_UNSPECIFIED, pb.MASK_FORMAT_COCO_RLE):
+        m.rle.counts = masks.encode_rle_transposed(binary if transposed else binary.T)
+    elif fmt == pb.MASK_FORMAT_PNG:
+        m.png = masks.encode_png(binary)
+    elif fmt == pb.MASK_FORMAT_BITMAP:
+        m.bitmap = masks.encode_bitmap(binary)

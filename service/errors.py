@@ -71,6 +71,9 @@ class Reason(str, enum.Enum):
     INVALID_TRACK_REQUEST = "INVALID_TRACK_REQUEST", _S.INVALID_ARGUMENT, \
         "a `TrackObjects` message out of place or malformed: `start` not first, an unknown or duplicate object, " \
         "a frame of another size"
+    NOT_SUPPORTED_BY_MODEL = "NOT_SUPPORTED_BY_MODEL", _S.FAILED_PRECONDITION, \
+        "the served model has no head for this call: `SegmentConcept` on SAM or SAM 2.1 (it needs SAM 3), " \
+        "`SegmentEverything` on SAM 3 (it defines no automatic generator)"
     TRACKING_NOT_SUPPORTED = "TRACKING_NOT_SUPPORTED", _S.FAILED_PRECONDITION, \
         "`TrackObjects` on a model that cannot track video (SAM; it needs SAM 2.1)"
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND", _S.NOT_FOUND, \

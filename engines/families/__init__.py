@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-_MODULES = ("sam", "mobile_sam", "sam2")  # the families' modules, in this package
+_MODULES = ("sam", "mobile_sam", "sam2", "sam3")  # the families' modules, in this package
 FORMAT = 1  # model directory format, part of every model version
 
 
@@ -29,11 +29,18 @@ class Family:
     generator_grid_dtype: ClassVar[type] = np.float64  # how the reference holds its point grid
     extra_prompt_points: ClassVar[int]  # decoder points beyond a prompt's own, at most (box corners, padding)
     export_module: ClassVar[str]  # maskserve.build module: load_model, write_model_dir, reference_image_encoder
+    no_generator: ClassVar[str | None] = None  # why the family has no automatic generator, where it has none
+    concept_arrays: ClassVar[tuple[str, ...]] = ()  # the concept detector's share of the embedding, if any
+
+    @property
+    def decoder_arrays(self) -> tuple[str, ...]:
+        """The embedding's arrays the prompt decoder reads: all of them, unless another head shares the encoder."""
+        return self.arrays
 
     @property
     def decoder_inputs(self) -> list[str]:
-        """The general decoder graph's inputs: the embedding's arrays, then the prompts'."""
-        return [*self.arrays, "point_coords", "point_labels", "mask_input", "has_mask_input"]
+        """The general decoder graph's inputs: the embedding's arrays it reads, then the prompts'."""
+        return [*self.decoder_arrays, "point_coords", "point_labels", "mask_input", "has_mask_input"]
 
     # -- images and prompts into the model's frame --------------------------------------------------------
     def prepare_image(self, image: np.ndarray, image_size: int, mean, std) -> np.ndarray:

@@ -9,7 +9,7 @@ from maskserve.v1 import maskserve_pb2 as pb
 from maskserve.v1 import maskserve_pb2_grpc as pb_grpc
 
 from . import everything
-from .base import CHANNEL_OPTIONS, ClientBase, everything_page, typed
+from .base import CHANNEL_OPTIONS, ClientBase, ConceptAnswer, everything_page, typed
 from .messages import image_message
 
 
@@ -60,6 +60,14 @@ class AsyncClient(ClientBase):
                                                 timeout=timeout, metadata=self.metadata)
         pages = [everything_page(r, progress) async for r in responses]
         return everything.from_pages(p for p in pages if p is not None)[0]
+
+    @typed
+    async def segment_concept(self, phrases, exemplars=(), *, image=None, confidence_threshold: float | None = None,
+                              image_format: str = "RGB") -> list[ConceptAnswer]:
+        """`Client.segment_concept`, awaited."""
+        request = self._concept_request(image, phrases, exemplars, confidence_threshold, image_format)
+        return self._concepts_of(await self.stub.SegmentConcept(request, timeout=self.timeout,
+                                                                metadata=self.metadata))
 
     async def close(self) -> None:
         if self._blocking is not None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
 import inspect
+import os
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -109,6 +110,34 @@ class ClientBase:
             request.image.CopyFrom(image_message(image, image_format))
         return request
 
+    def _concept_request(self, image, phrases, exemplars, confidence_threshold, image_format):
+        """`image` an image_id (the default: the image of `set_image`), an array, file bytes or path."""
+        image = self.image_id if image is None else image
+        if image is None:
+            raise RuntimeError("give an image, or set one with .set_image(...) first")
+        request = pb.SegmentConceptRequest(phrases=[phrases] if isinstance(phrases, str) else list(phrases or ()),
+                                           options=pb.OutputOptions(mask_format=self.mask_format))
+        if is_image_id(image) and not os.path.exists(image):
+            request.image_id = image
+        else:
+            request.image.CopyFrom(image_message(image, image_format))
+        for e in exemplars or ():
+            box, positive = e if len(e) == 2 else (e, True)  # (x0, y0, x1, y1), or (that box, positive)
+            x0, y0, x1, y1 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
+            request.exemplars.add(box=pb.Box(x0=x0, y0=y0, x1=x1, y1=y1), negative=not positive)
+        if confidence_threshold is not None:
+            request.confidence_threshold = confidence_threshold
+        return request
+
+    @staticmethod
+    def _concepts_of(response) -> list[ConceptAnswer]:
+        return [ConceptAnswer(r.phrase or None, r.presence,
+                              np.array([[i.box.x0, i.box.y0, i.box.x1, i.box.y1] for i in r.instances],
+                                       np.float32).reshape(-1, 4),
+                              np.array([i.score for i in r.instances], np.float32),
+                              [decode_mask(i.mask) for i in r.instances], response.image_id)
+                for r in response.results]
+
     def _unpack(self, response, return_logits, info, fetch):
         """`SamPredictor.predict`'s three arrays; `fetch()` gets the low-res logits when they were left behind."""
         result = response.results[0]
@@ -122,6 +151,24 @@ class ClientBase:
             family = families.get(info.family)  # an older service leaves it empty: SAM
             return family.upscale_logits(np.asarray(low), (h, w), info.image_size, info.low_res_side), ious, low
         return np.stack([decode_mask(m) for m in result.masks]), ious, low
+
+
+@dataclass
+class ConceptAnswer:
+    """One phrase's instances (SegmentConcept): boxes (n, 4) x0, y0, x1, y1 pixels, scores (n,), masks (n, H, W)."""
+
+    phrase: str | None  # None: the exemplars alone
+    presence: float
+    boxes: np.ndarray
+    scores: np.ndarray
+    mask_list: list
+    image_id: str
+
+    @property
+    def masks(self) -> np.ndarray:
+        if not self.mask_list:
+            return np.zeros((0, 0, 0), bool)
+        return np.stack(self.mask_list)
 
 
 def everything_page(response, progress):

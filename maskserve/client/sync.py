@@ -8,7 +8,7 @@ from maskserve.engines.automatic import MaskSet, Options
 from maskserve.v1 import maskserve_pb2 as pb
 
 from . import everything
-from .base import ClientBase, everything_page, typed
+from .base import ClientBase, ConceptAnswer, everything_page, typed
 from .messages import image_message
 
 
@@ -43,6 +43,15 @@ class Client(ClientBase):
         responses = self.stub.SegmentEverything(request, timeout=timeout, metadata=self.metadata)
         pages = (everything_page(r, progress) for r in responses)
         return everything.from_pages(p for p in pages if p is not None)[0]
+
+    @typed
+    def segment_concept(self, phrases, exemplars=(), *, image=None, confidence_threshold: float | None = None,
+                        image_format: str = "RGB") -> list[ConceptAnswer]:
+        """Every instance of each phrase (SAM 3), with the exemplar boxes — (x0, y0, x1, y1) pixels, or
+        ((x0, y0, x1, y1), positive) — on `image` (an image_id, array, file bytes or path; default the image of
+        `set_image`); one answer per phrase, or one for the exemplars alone when no phrase is given."""
+        request = self._concept_request(image, phrases, exemplars, confidence_threshold, image_format)
+        return self._concepts_of(self.stub.SegmentConcept(request, timeout=self.timeout, metadata=self.metadata))
 
     @typed
     def model_info(self) -> pb.ModelInfo:

@@ -393,6 +393,60 @@ class Tensor(_message.Message):
     float16: bytes
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., float16: _Optional[bytes] = ...) -> None: ...
 
+class Exemplar(_message.Message):
+    __slots__ = ("box", "negative")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    negative: bool
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., negative: _Optional[bool] = ...) -> None: ...
+
+class SegmentConceptRequest(_message.Message):
+    __slots__ = ("image_id", "image", "phrases", "exemplars", "confidence_threshold", "options")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PHRASES_FIELD_NUMBER: _ClassVar[int]
+    EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    image: Image
+    phrases: _containers.RepeatedScalarFieldContainer[str]
+    exemplars: _containers.RepeatedCompositeFieldContainer[Exemplar]
+    confidence_threshold: float
+    options: OutputOptions
+    def __init__(self, image_id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., phrases: _Optional[_Iterable[str]] = ..., exemplars: _Optional[_Iterable[_Union[Exemplar, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+
+class ConceptInstance(_message.Message):
+    __slots__ = ("mask", "box", "score")
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    mask: Mask
+    box: Box
+    score: float
+    def __init__(self, mask: _Optional[_Union[Mask, _Mapping]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ConceptResult(_message.Message):
+    __slots__ = ("phrase", "instances", "presence")
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_FIELD_NUMBER: _ClassVar[int]
+    phrase: str
+    instances: _containers.RepeatedCompositeFieldContainer[ConceptInstance]
+    presence: float
+    def __init__(self, phrase: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[ConceptInstance, _Mapping]]] = ..., presence: _Optional[float] = ...) -> None: ...
+
+class SegmentConceptResponse(_message.Message):
+    __slots__ = ("image_id", "results", "model_version")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    results: _containers.RepeatedCompositeFieldContainer[ConceptResult]
+    model_version: str
+    def __init__(self, image_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ConceptResult, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class SegmenterStub:
                 request_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
                 response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
                 _registered_method=True)
+        self.SegmentConcept = channel.unary_unary(
+                '/maskserve.v1.Segmenter/SegmentConcept',
+                request_serializer=maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptRequest.SerializeToString,
+                response_deserializer=maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptResponse.FromString,
+                _registered_method=True)
         self.GetEmbedding = channel.unary_unary(
                 '/maskserve.v1.Segmenter/GetEmbedding',
                 request_serializer=maskserve_dot_v1_dot_maskserve__pb2.GetEmbeddingRequest.SerializeToString,
@@ -126,6 +131,16 @@ class SegmenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SegmentConcept(self, request, context):
+        """SAM 3's concept prompts: every instance of each noun phrase ("forklift", "yellow school bus") and/or of what
+        exemplar boxes show, each with its mask, box and score, on an image by image_id or sent along. Phrases in
+        one call share the image's embedding and one text-encoder batch; a phrase's text features are cached. A
+        model without a concept head (SAM, SAM 2.1) answers FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEmbedding(self, request, context):
         """The stored embedding of one of the caller's images, float16: for a client that runs the prompt decoder
         itself (the web annotator's hover preview, as in the paper's demo); clicks still go through SegmentPrompt.
@@ -166,6 +181,11 @@ def add_SegmenterServicer_to_server(servicer, server):
                     servicer.TrackObjects,
                     request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.FromString,
                     response_serializer=maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.SerializeToString,
+            ),
+            'SegmentConcept': grpc.unary_unary_rpc_method_handler(
+                    servicer.SegmentConcept,
+                    request_deserializer=maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptRequest.FromString,
+                    response_serializer=maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptResponse.SerializeToString,
             ),
             'GetEmbedding': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEmbedding,
@@ -335,6 +355,33 @@ class Segmenter:
             '/maskserve.v1.Segmenter/TrackObjects',
             maskserve_dot_v1_dot_maskserve__pb2.TrackRequest.SerializeToString,
             maskserve_dot_v1_dot_maskserve__pb2.TrackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentConcept(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maskserve.v1.Segmenter/SegmentConcept',
+            maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptRequest.SerializeToString,
+            maskserve_dot_v1_dot_maskserve__pb2.SegmentConceptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,4 +10,5 @@ async def handle(service, request, call):
     return pb.ModelInfo(model_type=m.model_type, model_version=service.version, backend=m.backend,
                         image_size=m.image_size, low_res_side=m.mask_input_size,
                         max_points=service.settings.max_points, max_prompts=service.settings.max_prompts,
-                        family=m.family, capabilities=["track"] if m.tracking else [])
+                        family=m.family, capabilities=[*(["track"] if m.tracking else []),
+                                                                    *(["concepts"] if m.concepts else [])])

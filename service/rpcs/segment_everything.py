@@ -32,6 +32,8 @@ def _progress(stage: str, done: int, total: int) -> pb.SegmentEverythingResponse
 
 
 async def handle(service, request, call):
+    if service.family.no_generator:
+        raise ServiceError(Reason.NOT_SUPPORTED_BY_MODEL, service.family.no_generator)
     s = service.settings
     options = everything.options_from_proto(request.options).validate(
         s.everything_max_crop_layers, s.everything_max_points, family=service.family,

@@ -1,0 +1,63 @@
+"""SegmentConcept: phrases and exemplar boxes on an image named by id, or sent along (encoded first), answered
+by the model's concept head (SAM 3) on the decoder threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+
+import numpy as np
+
+from maskserve.engines import concepts, prompts as prompt_lib
+
+from ..errors import Reason
+from ..failures import ServiceError
+from ..proto import pb
+
+
+async def handle(service, request, call):
+    head = service.decoding.concepts
+    if head is None:
+        raise ServiceError(Reason.NOT_SUPPORTED_BY_MODEL, f"the served model ({service.manifest.model_type}, family "
+                           f"{service.manifest.family}) has no concept head; SegmentConcept needs a SAM 3 model")
+    phrases = _phrases(request, service.settings.max_phrases)
+    if len(request.exemplars) > head.slots:
+        raise prompt_lib.PromptError(f"{len(request.exemplars)} exemplars; the model takes at most {head.slots}",
+                                     "exemplars")
+    if request.WhichOneof("target") == "image":
+        image_id, _, _ = await service.embeddings.image_for(call.caller, request.image, call.context)
+    elif request.image_id:
+        image_id = request.image_id
+    else:
+        raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
+    _, emb = await service.embeddings.require(call.caller, image_id)
+    exemplars = [_exemplar(e, i, emb.original_size) for i, e in enumerate(request.exemplars)]
+    threshold = request.confidence_threshold if request.HasField("confidence_threshold") else None
+    results = await asyncio.get_running_loop().run_in_executor(
+        service.pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases, exemplars,
+        threshold, request.options.mask_format)
+    return pb.SegmentConceptResponse(image_id=image_id, results=results, model_version=service.version)
+
+
+def _phrases(request, limit: int) -> list[str | None]:
+    if len(request.phrases) > limit:
+        raise prompt_lib.PromptError(f"{len(request.phrases)} phrases in one call; at most {limit} are allowed",
+                                     "phrases")
+    if not request.phrases and not request.exemplars:
+        raise prompt_lib.PromptError("no phrases and no exemplars: give a noun phrase or an exemplar box",
+                                     "phrases")
+    return list(request.phrases) or [None]
+
+
+def _exemplar(e: pb.Exemplar, i: int, original_size: tuple[int, int]) -> concepts.Exemplar:
+    """An exemplar box inside the image, with an extent."""
+    h, w = original_size
+    box = (e.box.x0, e.box.y0, e.box.x1, e.box.y1)
+    if not all(map(math.isfinite, box)):
+        raise prompt_lib.PromptError("the box has a coordinate that is not a finite number", f"exemplars[{i}].box")
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise prompt_lib.PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must lie inside the {w}x{h} image "
+                                     "with x0 < x1 and y0 < y1", f"exemplars[{i}].box")
+    return concepts.Exemplar(np.array(box, np.float64), not e.negative)
