@@ -21,6 +21,7 @@ $(VENV)/.serve: pyproject.toml setup.cfg $(TINY)/pyproject.toml
 $(VENV)/.dev: $(VENV)/.serve
 	$(PY) -m pip install -q -e '.[export,test,bench]' $(TORCH)
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation sam2==1.1.0 hydra-core iopath
+	$(PY) -m pip install -q --no-deps sam3==0.1.4  # its pins clash with numpy 2.4; its needs are the export extra's
 	touch $@
 
 setup-serve: $(VENV)/.serve

@@ -66,6 +66,20 @@ def is_mask(logits: np.ndarray) -> np.ndarray:
     return probabilities(logits) > np.float32(0.5)
 
 
+def check_exemplars(exemplars: list[Exemplar], original_size: tuple[int, int], slots: int) -> None:
+    """PromptError naming the first exemplar box that is not finite, has no extent or leaves the image."""
+    if len(exemplars) > slots:
+        raise PromptError(f"{len(exemplars)} exemplars; the model takes at most {slots}", "exemplars")
+    h, w = original_size
+    for i, e in enumerate(exemplars):
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(e.box, np.float64).reshape(4))
+        if not np.isfinite([x0, y0, x1, y1]).all():
+            raise PromptError("the box has a coordinate that is not a finite number", f"exemplars[{i}].box")
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must lie inside the {w}x{h} image with "
+                              "x0 < x1 and y0 < y1", f"exemplars[{i}].box")
+
+
 def normalized_boxes(exemplars: list[Exemplar], original_size: tuple[int, int]) -> np.ndarray:
     """Pixel x0, y0, x1, y1 → cx, cy, w, h in [0, 1] of the image (the detector's, and Sam3Processor's input)."""
     h, w = original_size
@@ -131,7 +145,7 @@ class ConceptModel:
         labels (k,) bool, on the image whose embedding `arrays` holds (the fpn_* arrays are read)."""
         k = len(boxes)
         if k > self.slots:
-            raise PromptError(f"{k} exemplar boxes; the model takes at most {self.slots}", "exemplars")
+            raise PromptError(f"{k} exemplars; the model takes at most {self.slots}", "exemplars")
         slots = np.full((1, self.slots, 4), 0.5, np.float32)
         slots[0, :k] = boxes
         labels = np.zeros((1, self.slots), np.int64)
@@ -155,8 +169,9 @@ class ConceptModel:
         if not phrases:
             raise PromptError("no phrases and no exemplar boxes: give at least one", "phrases")
         threshold = self.threshold if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0 or threshold != threshold:
+        if not 0.0 <= threshold <= 1.0:
             raise PromptError(f"confidence_threshold {threshold} is not within [0, 1]", "confidence_threshold")
+        check_exemplars(list(exemplars), original_size, self.slots)
         tokens = [self.tokens(p, f"phrases[{i}]") if p is not None else self.tokens(BOX_ONLY_PHRASE)
                   for i, p in enumerate(phrases)]
         features = self.text_features(tokens)

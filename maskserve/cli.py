@@ -622,7 +622,7 @@ def segment(image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
         print(report)
 
 
-_SHAPES = {2: "X,Y", 3: "X,Y,LABEL", 4: "X0,Y0,X1,Y1"}
+_SHAPES = {2: "X,Y", 3: "X,Y,LABEL", 4: "X0,Y0,X1,Y1", 5: "X0,Y0,X1,Y1,LABEL"}
 
 
 def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
@@ -691,6 +691,47 @@ def segment_everything(
         except grpc.RpcError as exc:
             _fail_rpc(exc, target)
     print(summary)
+
+
+@app.command("segment-concept")
+def segment_concept(
+    image: Path = typer.Argument(..., help="A JPEG, PNG or WebP file."),
+    phrase: list[str] = typer.Argument(None, help="Noun phrases, each answered on its own (\"forklift\" "
+                                                  "\"yellow school bus\"); none: the --box exemplars alone."),
+    box: list[str] = typer.Option([], metavar="X0,Y0,X1,Y1[,LABEL]",
+                                  help="An exemplar box in pixels (repeatable): an example of the concept, or "
+                                       "with LABEL 0 something that is not it."),
+    threshold: Optional[float] = typer.Option(None, metavar="P", help="Confidence threshold (default the "
+                                                                      "model's: SAM 3's 0.5)."),
+    target: str = TargetOpt,
+    in_process: bool = typer.Option(False, "--in-process", help="Run here on --model-dir instead of the service."),
+    model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="With --in-process: a SAM 3 model "
+                                                                       "directory."),
+    out: Path = typer.Option(Path("out"), metavar="DIR", help="Folder for IMAGE.json and IMAGE_overlay.png."),
+    api_key: Optional[str] = ApiKeyOpt, tls: bool = TlsOpt, tls_ca: Optional[Path] = TlsCaOpt,
+    tls_cert: Optional[Path] = TlsCertOpt, tls_key: Optional[Path] = TlsKeyOpt,
+) -> None:
+    """Every instance of each phrase in an image (SAM 3's concept prompts) → COCO JSON (one category per
+    phrase, masks as RLE, scores) and an overlay PNG."""
+    import grpc
+
+    from maskserve.service.segment_file import segment_concept_file
+
+    exemplars = []
+    for b in box:
+        values = _numbers(b, "--box", (4, 5))
+        exemplars.append((values[:4], len(values) == 4 or values[4] != 0))
+    if in_process and model_dir is None:
+        _fail("--in-process needs --model-dir: a SAM 3 model directory (`maskserve build --model-type sam3`)")
+    try:
+        print(segment_concept_file(image, list(phrase or ()), exemplars, out, threshold,
+                                   target=None if in_process else target,
+                                   model_dir=str(model_dir) if model_dir else None,
+                                   **_client_options(api_key, tls, tls_ca, tls_cert, tls_key)))
+    except ValueError as exc:
+        _fail(str(exc))
+    except grpc.RpcError as exc:
+        _fail_rpc(exc, target)
 
 
 def _with_generator_options(command):

@@ -21,7 +21,8 @@ from grpc_reflection.v1alpha import reflection
 
 from maskserve import engines
 
-from . import access, allocator, calls, http, logs, metrics, quotas, redis_clients, refinement, tls, tracing, tracking
+from . import (access, allocator, calls, errors, http, logs, metrics, quotas, redis_clients, refinement, tls, tracing,
+               tracking)
 from .calls import SERVICE_NAME
 from .config import Settings
 from .decoding import Decoding
@@ -71,9 +72,56 @@ def _parser(cls):
         try:
             return cls.FromString(raw)
         except DecodeError:
+            field = _not_utf8(cls.DESCRIPTOR, raw)
+            if field:  # protobuf says only "malformed": the field is found here, so the caller knows which
+                message = f"{field} is not UTF-8 text (a protobuf string must be)"
+                raise ServiceError(Reason.MALFORMED_REQUEST, message, errors.bad_request(field, message)) from None
             raise ServiceError(Reason.MALFORMED_REQUEST, f"the request is not a valid {cls.DESCRIPTOR.full_name} "
                                "(malformed protobuf)") from None
     return parse
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _not_utf8(descriptor, raw: bytes, prefix: str = "") -> str | None:
+    """The path (`phrases[1]`, `image.encoded`...) of the first string field whose bytes are not UTF-8, walking
+    the wire format by the message's descriptor; None if there is none, or the bytes are malformed otherwise."""
+    pos, seen = 0, {}
+    try:
+        while pos < len(raw):
+            tag, pos = _varint(raw, pos)
+            wire = tag & 7
+            if wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            elif wire == 0:
+                _, pos = _varint(raw, pos)
+            elif wire == 2:
+                length, pos = _varint(raw, pos)
+                value, pos = raw[pos:pos + length], pos + length
+                field = descriptor.fields_by_number.get(tag >> 3)
+                if field is None:
+                    continue
+                index = seen[field.number] = seen.get(field.number, -1) + 1
+                path = prefix + field.name + (f"[{index}]" if field.is_repeated else "")
+                if field.type == field.TYPE_STRING:
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return path
+                elif field.type == field.TYPE_MESSAGE and (found := _not_utf8(field.message_type, value, path + ".")):
+                    return found
+            else:
+                return None
+    except IndexError:
+        return None
+    return None
 
 
 def _handlers(service: Segmenter, concerns: list) -> grpc.GenericRpcHandler:

@@ -155,3 +155,54 @@ def segment_everything_file(image_path: Path, out: Path, options, target: str | 
     Image.fromarray(overlay_masks(rgb, (decode_rle(c, h, w) for c in found.rles))).save(png_path)
     why = f" ({automatic.explain_filtered(found.filtered)})" if not records and found.filtered else ""
     return f"{image_path.name}: {len(records)} masks{why} → {json_path}, {png_path}"
+
+
+def segment_concept_file(image_path: Path, phrases: list[str], exemplars: list, out: Path, threshold=None,
+                         target: str | None = None, model_dir: str | None = None, **client_options) -> str:
+    """SegmentConcept on an image file, through the service at `target` or in process on `model_dir`; writes
+    `<name>.json` (COCO: one category per phrase, RLE masks, XYWH boxes, scores) and `<name>_overlay.png`."""
+    from maskserve.engines import masks as codec
+
+    image_path = Path(image_path)
+    rgb = _upright(image_path)
+    h, w = rgb.shape[:2]
+    if target is not None:
+        with Client(target, **client_options) as client:
+            answers = [(a.phrase, a.boxes, a.scores, a.masks) for a in client.segment_concept(
+                phrases, exemplars, image=image_path.read_bytes(), confidence_threshold=threshold)]
+    else:
+        from maskserve.concepts import ConceptSegmenter
+        from maskserve.engines.concepts import Exemplar
+
+        segmenter = ConceptSegmenter(model_dir, confidence_threshold=threshold)
+        predictor = segmenter.predictor
+        predictor.set_image(rgb)
+        found = segmenter.model.segment(predictor.get_image_arrays(), (h, w), phrases or [None],
+                                        [Exemplar(np.asarray(b, np.float64), p) for b, p in exemplars],
+                                        segmenter.confidence_threshold)
+        answers = [(p, f.boxes, f.scores, f.masks((h, w))) for p, f in zip(phrases or [None], found)]
+    categories, annotations, lines, drawn = [], [], [], []
+    for c, (phrase, boxes, scores, found_masks) in enumerate(answers, start=1):
+        name = phrase or "exemplars"
+        categories.append({"id": c, "name": name})
+        for box, score, mask in zip(boxes, scores, found_masks):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            annotations.append({"id": len(annotations) + 1, "image_id": 1, "category_id": c,
+                                "segmentation": {"size": [h, w], "counts": codec.encode_rle_transposed(
+                                    np.ascontiguousarray(mask.T)).decode()},
+                                "area": int(mask.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
+                                "iscrowd": 0})
+            drawn.append(mask)
+        lines.append(f"  {name}: {len(scores)} instances" + (f", scores {float(scores.max()):.3f} best"
+                                                               if len(scores) else ""))
+    doc = {"images": [{"id": 1, "file_name": image_path.name, "width": w, "height": h}],
+           "categories": categories, "annotations": annotations}
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / f"{image_path.stem}.json", out / f"{image_path.stem}_overlay.png"
+    json_path.write_text(json.dumps(doc))
+    overlay = Image.fromarray(overlay_masks(rgb, drawn))
+    draw = ImageDraw.Draw(overlay)
+    for box, positive in exemplars:
+        draw.rectangle([round(v) for v in box], outline=BOX_COLOUR if positive else BACKGROUND, width=2)
+    overlay.save(png_path)
+    return "\n".join([f"{image_path.name} → {json_path}, {png_path}", *lines])

@@ -85,6 +85,30 @@ def vit_t_random(tmp_path_factory) -> tuple[Path, Path]:
     return checkpoint, model_dir
 
 
+# SAM 3 scaled down for the fast suite: the package's own design with a 256-wide, 4-block ViT (every block global,
+# as the quarter rule gives: build/sam3_export.Sam3Architecture) and a 2-layer text encoder; everything after them
+# is full size (the per-prompt detector: 33 M parameters).
+SAM3_SMALL = dict(vit_dim=256, vit_depth=4, vit_mlp=1184, text_width=256, text_layers=2)
+
+
+@pytest.fixture(scope="session")
+def sam3_random(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, ONNX model directory) of a scaled-down SAM 3 with seeded random weights in Meta's format
+    (`sam3_export.seeded_random_checkpoint`), built with `maskserve build`."""
+    import subprocess
+    import sys
+
+    from maskserve.build.sam3_export import Sam3Architecture, seeded_random_checkpoint
+
+    root = tmp_path_factory.mktemp("sam3")
+    checkpoint = seeded_random_checkpoint(root / "sam3_small.pt", Sam3Architecture(**SAM3_SMALL))
+    model_dir = root / "model"
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "sam3",
+                          "--checkpoint", str(checkpoint), "--out", str(model_dir)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return checkpoint, model_dir
+
+
 # SAM 2.1's seeded random checkpoint: two mask tokens' hypernetwork outputs are scaled so that its masks' logits
 # exercise what the reference does with them. At init scale token 0's logits are all within a few tenths of
 # zero, so every single-mask answer would be unstable and fall back to a multimask token; ×30 puts its

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
-
 import numpy as np
 
 from maskserve.engines import concepts, prompts as prompt_lib
@@ -32,7 +30,9 @@ async def handle(service, request, call):
     else:
         raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
     _, emb = await service.embeddings.require(call.caller, image_id)
-    exemplars = [_exemplar(e, i, emb.original_size) for i, e in enumerate(request.exemplars)]
+    exemplars = [concepts.Exemplar(np.array([e.box.x0, e.box.y0, e.box.x1, e.box.y1], np.float64), not e.negative)
+                 for e in request.exemplars]
+    concepts.check_exemplars(exemplars, emb.original_size, head.slots)
     threshold = request.confidence_threshold if request.HasField("confidence_threshold") else None
     results = await asyncio.get_running_loop().run_in_executor(
         service.pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases, exemplars,
@@ -49,15 +49,3 @@ def _phrases(request, limit: int) -> list[str | None]:
                                      "phrases")
     return list(request.phrases) or [None]
 
-
-def _exemplar(e: pb.Exemplar, i: int, original_size: tuple[int, int]) -> concepts.Exemplar:
-    """An exemplar box inside the image, with an extent."""
-    h, w = original_size
-    box = (e.box.x0, e.box.y0, e.box.x1, e.box.y1)
-    if not all(map(math.isfinite, box)):
-        raise prompt_lib.PromptError("the box has a coordinate that is not a finite number", f"exemplars[{i}].box")
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise prompt_lib.PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) must lie inside the {w}x{h} image "
-                                     "with x0 < x1 and y0 < y1", f"exemplars[{i}].box")
-    return concepts.Exemplar(np.array(box, np.float64), not e.negative)
