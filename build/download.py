@@ -93,11 +93,12 @@ def _mismatch(path: Path, md5: str | None, sha256: str | None, git_blob: str | N
 
 def download(url: str, dest: Path, md5: str | None = None, size: int | None = None,
              progress: bool = True, timeout: float = 60.0, attempts: int = 5, sha256: str | None = None,
-             git_blob: str | None = None) -> Path:
+             git_blob: str | None = None, headers: dict | None = None, refused: str = "") -> Path:
     """Download `url` to `dest` through `dest.part`, resuming with HTTP Range after a broken transfer.
 
     The file is moved into place only when its size and digests (md5, sha256, git object id: those given)
-    match; a corrupt download is deleted.
+    match; a corrupt download is deleted. `headers` go with every request (a gated file's token); `refused` is
+    added to the message of a 401 or 403.
     """
     dest = Path(dest)
     if dest.is_file() and _mismatch(dest, md5, sha256, git_blob) is None:
@@ -107,12 +108,13 @@ def download(url: str, dest: Path, md5: str | None = None, size: int | None = No
     last_error: Exception | None = None
     for _ in range(attempts):
         try:
-            _fetch(url, part, size, progress, timeout)
+            _fetch(url, part, size, progress, timeout, headers or {})
             break
         except (urllib.error.URLError, OSError, DownloadError) as exc:
             last_error = exc
             if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
-                raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+                hint = f"; {refused}" if refused and exc.code in (401, 403) else ""
+                raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from None
     else:
         raise DownloadError(f"{url}: gave up after {attempts} attempts ({last_error}); "
                             f"{part} is kept and the next pull resumes from it")
@@ -127,11 +129,11 @@ def download(url: str, dest: Path, md5: str | None = None, size: int | None = No
     return dest
 
 
-def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
+def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float, headers: dict) -> None:
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset >= size:
         return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    request = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={offset}-"} if offset else {})})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if offset and response.status != 206:  # the server ignored Range: start again
             offset = 0
@@ -177,6 +179,15 @@ def pull(model_type: str, cache_dir: Path | None = None, base_url: str | None = 
     if not spec.checkpoint_file:
         raise DownloadError(f"{model_type} has no published checkpoint; it is built from this repository")
     url = (base_url.rstrip("/") + "/" + spec.checkpoint_file) if base_url else spec.checkpoint_url
+    headers, refused = {}, ""
+    if env := getattr(spec, "checkpoint_token_env", None):  # gated: a token of an account that accepted the licence
+        page = spec.checkpoint_url.split("/resolve/")[0]
+        refused = (f"{spec.name}'s weights are gated: accept the licence at {page} with your account, and set ${env} "
+                   "to one of its access tokens")
+        if not os.environ.get(env) and not base_url:
+            raise DownloadError(f"${env} is not set; {refused}")
+        if os.environ.get(env):
+            headers["Authorization"] = f"Bearer {os.environ[env]}"
     return download(url, (cache_dir or default_cache_dir()) / spec.checkpoint_file, spec.checkpoint_md5,
                     spec.checkpoint_bytes, progress=progress, sha256=spec.checkpoint_sha256,
-                    git_blob=getattr(spec, "checkpoint_git_blob", None))
+                    git_blob=getattr(spec, "checkpoint_git_blob", None), headers=headers, refused=refused)

@@ -198,15 +198,17 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(
     model_type: str = typer.Argument(..., help="vit_b, vit_l, vit_h; MobileSAM: mobile_sam (= vit_t); SAM 2.1: "
-                                    "sam2.1_hiera_tiny, _small, _base_plus, _large (`maskserve models list`)"),
+                                    "sam2.1_hiera_tiny, _small, _base_plus, _large; SAM 3: sam3 (gated: $HF_TOKEN) "
+                                    "(`maskserve models list`)"),
     cache_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Where checkpoints are kept (default "
                                              "~/.cache/maskserve/checkpoints, or $MASKSERVE_CACHE/checkpoints)."),
     base_url: Optional[str] = typer.Option(None, envvar="MASKSERVE_CHECKPOINT_URL", metavar="URL",
                                            help="A mirror of the publisher's checkpoint folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Download a published checkpoint, verifying its size and digest (SAM: md5; SAM 2.1: sha256; MobileSAM: its git
-    object id); an interrupted download resumes."""
+    """Download a published checkpoint, verifying its size and digest (SAM: md5; SAM 2.1 and 3: sha256; MobileSAM:
+    its git object id); an interrupted download resumes. SAM 3's is gated: $HF_TOKEN, of a Hugging Face account
+    that has accepted the SAM License, goes with the request."""
     from maskserve.build.download import DownloadError, pull
     from maskserve.build.specs import UnknownModelType
 

@@ -33,7 +33,7 @@ def test_the_proto_carries_every_option_with_its_default():
         comment = re.search(rf"\b{name} = \d+;\s*//\s*(.*)", proto).group(1)
         reference = f.metadata["reference"]
         if reference is None:  # the family's: each family's default is named
-            for family in map(families.get, families.names()):
+            for family in (f for f in map(families.get, families.names()) if not f.no_generator):
                 assert str(family.generator_defaults[name]) in comment, (name, comment)
             continue
         stated = re.split(r"[;:]", comment)[0].strip()

@@ -21,12 +21,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         server = self.server
         server.requests.append(self.headers.get("Range"))
+        server.authorizations.append(self.headers.get("Authorization"))
         body = server.payload
         start = 0
         if rng := self.headers.get("Range"):
             start = int(rng.split("=")[1].split("-")[0])
         if self.path.endswith("missing.pth"):
             self.send_error(404)
+            return
+        if self.path.endswith("sam3.pt") and self.headers.get("Authorization") != "Bearer hf_ok":
+            self.send_error(401)
             return
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body) - start))
@@ -46,7 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.payload, httpd.breaks, httpd.requests = PAYLOAD, 0, []
+    httpd.payload, httpd.breaks, httpd.requests, httpd.authorizations = PAYLOAD, 0, [], []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -147,3 +151,25 @@ def test_cli_pull_of_mobile_sam_checks_its_published_size(server, tmp_path):
     assert out.returncode == 2
     assert "mobile_sam.pt: expected 40728226 bytes" in out.stderr.replace("\n", "")
     assert server.requests and not list(tmp_path.iterdir())
+
+
+def test_cli_pull_of_sam3_sends_the_token_and_checks_its_published_size(server, tmp_path, monkeypatch):
+    """SAM 3's weights are gated on Hugging Face: the pull sends $HF_TOKEN as a bearer token, names the licence
+    page when it is missing or refused, and checks the file as for the others."""
+    from maskserve.build.specs import get_spec
+
+    spec = get_spec("sam3")
+    assert spec.checkpoint_url == "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt"
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    pull = [sys.executable, "-m", "maskserve.cli", "models", "pull", "sam3", "--quiet", "--cache-dir", str(tmp_path)]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    out = subprocess.run(pull, capture_output=True, text=True)
+    assert out.returncode == 2 and "$HF_TOKEN is not set" in out.stderr and "huggingface.co/facebook/sam3" in \
+        out.stderr.replace("\n", "")
+    out = subprocess.run(pull + ["--base-url", base], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_TOKEN": "hf_wrong"})
+    assert out.returncode == 2 and "HTTP 401" in out.stderr and "accept the licence" in out.stderr.replace("\n", " ")
+    out = subprocess.run(pull + ["--base-url", base], capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_TOKEN": "hf_ok"})
+    assert out.returncode == 2 and "sam3.pt: expected 3450062241 bytes" in out.stderr.replace("\n", "")
+    assert server.authorizations[-1] == "Bearer hf_ok" and not list(tmp_path.iterdir())

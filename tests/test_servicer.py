@@ -105,7 +105,7 @@ def test_every_rpc_of_the_proto_has_its_module_and_gets_every_concern(service):
     methods = [m.name for m in pb.DESCRIPTOR.services_by_name["Segmenter"].methods]
     assert {rpcs.module_name(m) for m in methods} == {"encode_image", "segment_prompt", "stream_segment",
                                                        "segment_everything", "get_model_info", "track_objects",
-                                                       "get_embedding"}
+                                                       "get_embedding", "segment_concept"}
     for m in methods:
         assert callable(rpcs.handler(m))
 
