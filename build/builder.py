@@ -29,6 +29,9 @@ def build_model_dir(
     spec = get_spec(model_type)
     model_type = spec.name  # a publisher's alias (mobile_sam) builds its model type (vit_t)
     exporter = importlib.import_module(families.get(spec.family).export_module)  # the family's graphs and manifest
+    if backend not in families.get(spec.family).backends:
+        raise ValueError(f"{model_type} builds for {', '.join(families.get(spec.family).backends)} only, not "
+                         f"{backend!r}")
     model = load_model(checkpoint, model_type)
     with staged(out) as staging:
         staging.mkdir()

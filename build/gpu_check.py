@@ -701,10 +701,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args, report: Report, device: torch.device, work: Path) -> dict:
+    from maskserve.build.specs import get_spec
+
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     keep = not args.no_compile and not args.quick and device.type == "cuda"
     for model_type in models:
         print(f"{model_type}:", flush=True)
+        backends = families.get(get_spec(model_type).family).backends
+        if "tensorrt" not in backends:
+            report.data["models"][model_type] = {"skipped": f"{model_type} has no GPU backend yet (it builds for "
+                                                            f"{', '.join(backends)}); `maskserve bench` measures "
+                                                            "it on the CPU"}
+            continue
         try:
             check_model(report, model_type, device, work, args.quick)
         except Exception as exc:  # noqa: BLE001 - the next model still runs

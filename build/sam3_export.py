@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ from maskserve.engines.model_dir import Manifest
 from .checkpoint import CheckpointError, key_problems, read_checkpoint_file
 from .export import PROMPT_AXES, _export
 from .sam2_export import Sam2PromptDecoder, decoder_example_inputs
+
+with warnings.catch_warnings():  # its modules warn on import where there is no CUDA (autocast), and of TorchScript
+    warnings.simplefilter("ignore")
+    import sam3.model_builder  # noqa: F401 - Meta's package beside the export extra: pip install --no-deps sam3==0.1.4
 
 FAMILY = families.get("sam3")
 TEXT_INPUTS, TEXT_OUTPUTS = ["tokens"], ["text_features"]
@@ -397,9 +402,6 @@ def write_model_dir(model, spec, checkpoint, model_type, staging, backend, preci
     """A SAM 3 model directory in `staging`: the four graphs, CLIP's vocabulary for the tokenizer, the manifest."""
     from .builder import onnx_manifest
 
-    if backend != "onnxruntime":
-        raise ValueError(f"SAM 3 builds for ONNX Runtime only, not {backend!r}: its TensorRT and torch encoders "
-                         "are not written yet")
     export_encoder(model, staging / "encoder.onnx")
     export_decoder(model, staging / "decoder.onnx")
     export_text(model, staging / "text.onnx", spec.context_length)

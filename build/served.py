@@ -30,8 +30,9 @@ def model_dir_for(model: str, checkpoint: str | Path | None = None, cache: Path 
         importlib.import_module("maskserve.build.builder")
         importlib.import_module(families.get(spec.family).export_module)
     except ModuleNotFoundError as exc:
+        extra = " (and Meta's package beside it: pip install --no-deps sam3==0.1.4)" if exc.name == "sam3" else ""
         raise CannotBuild(f"building a {model} model directory needs the export extra (missing: {exc.name}): "
-                          "pip install 'maskserve[export]' — or build it where torch is installed "
+                          f"pip install 'maskserve[export]'{extra} — or build it where torch is installed "
                           f"(`maskserve build --model-type {model} --out DIR`) and serve it with --model-dir DIR"
                           ) from None
     checkpoint = Path(checkpoint) if checkpoint else pull(model, progress=progress)

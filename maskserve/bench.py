@@ -1,5 +1,6 @@
 """`maskserve bench`: the real stack over gRPC against the reference `SamPredictor` (and a SAM 2.1 model's
-against `SAM2ImagePredictor`, a MobileSAM model's against `mobile_sam`'s), in one run.
+against `SAM2ImagePredictor`, a MobileSAM model's against `mobile_sam`'s, a SAM 3 model's against
+`Sam3Processor`), in one run.
 
 Every headline figure is also given as a ratio to the reference measured in the same run on the same
 machine, so it survives a noisy machine: `SegmentPrompt` and the reference's `predict` are timed in
@@ -551,13 +552,84 @@ def run_mobile_sam(model_dir, checkpoint, frames: int = 8, encoder_reps: int = 5
     return result
 
 
+SAM3_PHRASES = ("a cat", "a dog", "a person", "the red car", "a tree", "a window", "a wheel", "a street sign",
+                 "a yellow school bus", "a forklift")
+
+
+def run_sam3(model_dir, checkpoint, reps: int = 3, encode_images: int = 2, series: dict | None = None) -> dict:
+    """SAM 3 against the `sam3` package's `Sam3Processor` on the same weights, in the same run: `SegmentConcept`
+    with one phrase and with ten (one call) against `set_text_prompt` per phrase on a set image, each pair timed
+    call by call in turn; the vision backbone's throughput on the encoder pool (images sent at once) against
+    `set_image`; and the decoder's fetch of an image's embedding from the store (its own `embedding_fetch` stage)."""
+    import torch
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from maskserve.build.sam3_export import load_model
+    from maskserve.engines.model_dir import Manifest
+
+    series = series if series is not None else {}
+    m = Manifest.load(model_dir)
+    processor = Sam3Processor(load_model(checkpoint), device="cpu")
+    image = _clip(1)[0]
+    result: dict = {"model": {"type": m.model_type, "version": m.model_version, "backend": m.backend,
+                              "architecture": m.concepts.get("architecture")},
+                    "image": list(image.shape[:2]), "torch_threads": torch.get_num_threads(),
+                    "embedding_mb": {"float32": m.embedding_nbytes() / 1e6, "float16": m.embedding_nbytes("float16") / 1e6}}
+    with LocalStack(str(model_dir)) as stack, grpc.insecure_channel(
+            stack.target, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
+        stub = pb_grpc.SegmenterStub(channel)
+        set_image = []
+        with torch.inference_mode():
+            for i in range(max(1, encode_images // 2)):
+                start = time.perf_counter()
+                state = processor.set_image(Image.fromarray(np.roll(image, 7 * i, axis=0)))
+                set_image.append(time.perf_counter() - start)
+        images_per_s, ids = _encode_throughput(stub, image, encode_images)
+        result["encoder"] = {"images_per_s": images_per_s, "reference_set_image": _stats(set_image)}
+        fetch0 = _stage_totals(stack.metrics_ports[0])
+        one, ten, ref_one, ref_ten = [], [], [], []
+
+        def concept(phrases, image_id):
+            stub.SegmentConcept(pb.SegmentConceptRequest(image_id=image_id, phrases=phrases), timeout=3600)
+
+        def reference(phrases):
+            with torch.inference_mode():
+                for phrase in phrases:
+                    processor.set_text_prompt(phrase, state)
+
+        for image_id in ids:  # the first call on each image fetches its embedding; and warms both sides
+            concept(SAM3_PHRASES[:1], image_id)
+        fetch1 = _stage_totals(stack.metrics_ports[0])
+        reference(SAM3_PHRASES[:1])
+        for _ in range(reps):
+            one += _timed(lambda: concept(SAM3_PHRASES[:1], ids[0]), 1, warmup=0)
+            ref_one += _timed(lambda: reference(SAM3_PHRASES[:1]), 1, warmup=0)
+        ten += _timed(lambda: concept(list(SAM3_PHRASES), ids[0]), 1, warmup=0)
+        ref_ten += _timed(lambda: reference(SAM3_PHRASES), 1, warmup=0)
+    fetches = fetch1.get(("embedding_fetch", "count"), 0) - fetch0.get(("embedding_fetch", "count"), 0)
+    fetch_s = fetch1.get(("embedding_fetch", "sum"), 0) - fetch0.get(("embedding_fetch", "sum"), 0)
+    result["embedding_fetch_ms"] = 1e3 * fetch_s / fetches if fetches else None
+    series["SegmentConcept, 1 phrase"], series["reference set_text_prompt"] = one, ref_one
+    result["segment_concept"] = {"one_phrase": {"ours": _stats(one), "reference": _stats(ref_one)},
+                                 "ten_phrases": {"ours": _stats(ten), "reference": _stats(ref_ten)}}
+    c = result["segment_concept"]
+    result["ratios"] = {
+        "one_phrase_p50_vs_reference": c["one_phrase"]["ours"]["p50_ms"] / c["one_phrase"]["reference"]["p50_ms"],
+        "ten_phrases_vs_reference": c["ten_phrases"]["ours"]["p50_ms"] / c["ten_phrases"]["reference"]["p50_ms"],
+        "encoder_pool_images_per_s_vs_reference_set_image":
+            images_per_s * result["encoder"]["reference_set_image"]["p50_ms"] / 1e3,
+    }
+    return result
+
+
 def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, clients: int = 4,
         rate: float = 10.0, seconds: float = 5.0, encode_images: int = 8, out: Path = Path("bench"),
         reference: bool = True, everything_reps: int = 3, everything_grid: int = 32,
-        sam2_model_dir=None, sam2_checkpoint=None, mobile_sam_model_dir=None, mobile_sam_checkpoint=None) -> dict:
+        sam2_model_dir=None, sam2_checkpoint=None, mobile_sam_model_dir=None, mobile_sam_checkpoint=None,
+        sam3_model_dir=None, sam3_checkpoint=None) -> dict:
     """The SAM bench; with `sam2_model_dir` and `sam2_checkpoint` also `run_sam2`'s, under "sam2.1"; with
     `mobile_sam_model_dir` and `mobile_sam_checkpoint` `run_mobile_sam`'s (its encoder against this model's too),
-    under "mobile_sam"."""
+    under "mobile_sam"; with `sam3_model_dir` and `sam3_checkpoint` `run_sam3`'s, under "sam3"."""
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     model = load(model_dir, encoder=False)
     m = model.manifest
@@ -672,6 +744,8 @@ def run(model_dir=None, checkpoint=None, model_type=None, requests: int = 100, c
     if mobile_sam_model_dir is not None:
         result["mobile_sam"] = run_mobile_sam(mobile_sam_model_dir, mobile_sam_checkpoint,
                                               compare_model_dir=model_dir, series=series)
+    if sam3_model_dir is not None:
+        result["sam3"] = run_sam3(sam3_model_dir, sam3_checkpoint, series=series)
 
     if sam is not None:
         ref = result["reference"]

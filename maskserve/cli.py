@@ -1004,6 +1004,12 @@ def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Mo
                                                                    "mobile_sam on the same weights."),
           mobile_sam_checkpoint: Optional[Path] = typer.Option(None, metavar="FILE",
                                                                help="Its weights (mobile_sam.pt's format)."),
+          sam3_model_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                                        help="Also a SAM 3 model directory: SegmentConcept (one "
+                                                             "phrase, ten) and its encoder pool against the "
+                                                             "official Sam3Processor on the same weights."),
+          sam3_checkpoint: Optional[Path] = typer.Option(None, metavar="FILE", help="Its weights (sam3.pt's "
+                                                                                    "format)."),
           out: Path = typer.Option(Path("bench"), metavar="DIR", help="Folder for bench.json and bench.png.")) -> None:
     """Benchmark the real stack against the reference in the same run → bench.json, bench.png."""
     from maskserve import bench as bench_lib
@@ -1018,14 +1024,18 @@ def bench(model_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="Mo
         _fail("--sam2-model-dir and --sam2-checkpoint go together (the reference needs the same weights)")
     if (mobile_sam_model_dir is None) != (mobile_sam_checkpoint is None):
         _fail("--mobile-sam-model-dir and --mobile-sam-checkpoint go together (the reference needs the same weights)")
+    if (sam3_model_dir is None) != (sam3_checkpoint is None):
+        _fail("--sam3-model-dir and --sam3-checkpoint go together (the reference needs the same weights)")
     result = bench_lib.run(model_dir, checkpoint, model_type, requests, clients, rate, seconds, encode_images, out,
                            everything_reps=everything_reps, sam2_model_dir=sam2_model_dir,
                            sam2_checkpoint=sam2_checkpoint, mobile_sam_model_dir=mobile_sam_model_dir,
-                           mobile_sam_checkpoint=mobile_sam_checkpoint)
+                           mobile_sam_checkpoint=mobile_sam_checkpoint, sam3_model_dir=sam3_model_dir,
+                           sam3_checkpoint=sam3_checkpoint)
     print(json.dumps({"ratios": result.get("ratios"), "decoder": result["decoder"],
                       "everything": result.get("everything"),
                       "sam2.1": result.get("sam2.1", {}).get("ratios"),
                       "mobile_sam": result.get("mobile_sam", {}).get("ratios"),
+                      "sam3": result.get("sam3", {}).get("ratios"),
                       "tracking": result.get("tracking", {}).get("ratios")}, indent=2))
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -77,3 +77,11 @@ def test_mobile_sam_bench_measures_the_cpu_tier_against_mobile_sam(vit_t_random,
     assert all(v > 0 for v in result["ratios"].values())
     loop = result["camera_loop"]
     assert loop["frames"] == 2 and loop["ours"]["encode"]["p50_ms"] > 0 and loop["reference"]["set_image"]["p50_ms"] > 0
+
+
+def test_sam3_bench_measures_segment_concept_against_sam3_processor(sam3_random):
+    result = bench.run_sam3(sam3_random[1], sam3_random[0], reps=1, encode_images=1)
+    assert result["model"]["type"] == "sam3" and result["embedding_mb"]["float32"] == pytest.approx(132.7104)
+    assert set(result["ratios"]) == {"one_phrase_p50_vs_reference", "ten_phrases_vs_reference",
+                                     "encoder_pool_images_per_s_vs_reference_set_image"}
+    assert all(v > 0 for v in result["ratios"].values()) and result["embedding_fetch_ms"] > 0

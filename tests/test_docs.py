@@ -66,9 +66,19 @@ def stack(tmp_path_factory):
         yield s
 
 
+@pytest.fixture(scope="module")
+def sam3_stack(sam3_random, tmp_path_factory):
+    """A SAM 3 model served (the seeded scaled-down one), for the examples that name MASKSERVE_SAM3."""
+    d = tmp_path_factory.mktemp("docs-sam3")
+    (d / "access.json").write_text(json.dumps({"keys": [{"tenant": "docs", "sha256": access.key_hash(KEY)}]}))
+    with LocalStack(model_dir=str(sam3_random[1]), log_dir=d, http_port=free_port(),
+                    extra_env={"MASKSERVE_AUTH_FILE": str(d / "access.json")}) as s:
+        yield s
+
+
 @pytest.mark.skipif(not shutil.which("curl") or not shutil.which("jq"), reason="the examples use curl and jq")
 @pytest.mark.parametrize("doc,line,lang,code", blocks())
-def test_the_example_runs(stack, tmp_path, doc, line, lang, code):
+def test_the_example_runs(stack, tmp_path, doc, line, lang, code, request):
     work = tmp_path / "work"  # laid out like the repository root
     (work / "maskserve" / "data").mkdir(parents=True)
     shutil.copy(REPO / "maskserve" / "data" / "astronaut.jpg", work / "maskserve" / "data")
@@ -80,6 +90,9 @@ def test_the_example_runs(stack, tmp_path, doc, line, lang, code):
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
            "MASKSERVE": stack.url, "MASKSERVE_TARGET": stack.target,
            "MASKSERVE_KEY": KEY, "MASKSERVE_API_KEY": KEY}  # the docs' examples / the command line's option
+    if "MASKSERVE_SAM3" in code:
+        sam3 = request.getfixturevalue("sam3_stack")
+        env.update(MASKSERVE_SAM3=sam3.url, MASKSERVE_SAM3_TARGET=sam3.target)
     run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"{doc} line {line}:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
     for png in work.rglob("*.png"):  # what the examples wrote is an image

@@ -109,6 +109,17 @@ def test_model_directory_is_the_sam3_family(sam3_random):
     assert m.concepts["architecture"] == SAM3_SMALL and m.concepts["box_slots"] == 16
 
 
+def test_tenant_quotas_count_sam3_embeddings_at_their_size(sam3_random):
+    """A tenant's `embedding_mb` buys 8x fewer SAM 3 images than SAM 2.1 ones (float16 in the store: 63.3 MiB)."""
+    from maskserve.service import access, quotas
+
+    m = Manifest.load(sam3_random[1])
+    redis = type("Redis", (), {"register_script": lambda self, script: None})()
+    shared = quotas.Shared(redis, m.model_version, m.embedding_nbytes("float16"))
+    caller = access.Caller("acme", "key", frozenset({"*"}), access.Limits(embedding_mb=1024))
+    assert shared.held_limit(caller) == 1024 * 2**20 // 66_355_200 == 16
+
+
 def test_a_checkpoint_missing_parameters_is_refused(sam3_random, tmp_path):
     import torch
 
@@ -279,6 +290,17 @@ def test_bad_concept_prompts_are_refused_naming_the_field(stack, photos):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "phrases[0]" in caught.value.details()
 
 
+def test_get_embedding_sends_what_the_prompt_decoder_reads(stack, photos):
+    """The browser-side decoder needs the interactive head's 21 MB, not the detector's pyramid (66 MB float16
+    in all, over the 64 MB message limit)."""
+    with Client(stack.target) as client:
+        image_id = client.encode(np.ascontiguousarray(photos["small_23x41"]))
+        embedding = client.stub.GetEmbedding(pb.GetEmbeddingRequest(image_id=image_id), timeout=60)
+    assert [(a.name, list(a.shape)) for a in embedding.arrays] == [
+        ("image_embeddings", [1, 256, 72, 72]), ("high_res_feats_0", [1, 32, 288, 288]),
+        ("high_res_feats_1", [1, 64, 144, 144])]
+
+
 def test_segment_everything_is_refused_on_sam3(stack, photos):
     image = np.ascontiguousarray(photos["small_23x41"])
     request = pb.SegmentEverythingRequest(image=pb.Image(raw=pb.RawImage(
@@ -288,3 +310,48 @@ def test_segment_everything_is_refused_on_sam3(stack, photos):
             list(pb_grpc.SegmenterStub(channel).SegmentEverything(request, timeout=60))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no automatic mask generator" in caught.value.details()
+
+
+# -- full size ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_full_size_sam3_matches_the_reference(tmp_path, photos):
+    """Meta's architecture (848 M parameters with the interactive head; seeded random weights in its format):
+    built with `maskserve build`, a phrase then an exemplar, and a click, against the package."""
+    import gc
+
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from maskserve.build.sam3_export import load_model, seeded_random_checkpoint
+
+    checkpoint = seeded_random_checkpoint(tmp_path / "sam3.pt")
+    gc.collect()
+    out = subprocess.run([sys.executable, "-m", "maskserve.cli", "build", "--model-type", "sam3",
+                          "--checkpoint", str(checkpoint), "--out", str(tmp_path / "model")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    manifest = Manifest.load(tmp_path / "model")
+    assert manifest.concepts["architecture"]["vit_depth"] == 32 and not (tmp_path / "model" / "encoder.onnx.data").exists()
+    model = load_model(checkpoint)
+    processor = Sam3Processor(model, device="cpu", confidence_threshold=0.0)
+    image = _photo(photos, "chelsea_300x451")
+    ref_state = processor.set_image(image)
+    segmenter = ConceptSegmenter(tmp_path / "model")
+    state = segmenter.set_image(np.asarray(image))
+    worst = [1.0, 0.0, 0.0]
+    for step in STEPS[:2]:
+        processor.set_confidence_threshold(0.0)
+        threshold = _threshold(_apply(processor, step, ref_state)["scores"].numpy())
+        ref = processor.set_confidence_threshold(threshold, ref_state)
+        segmenter.set_confidence_threshold(threshold)
+        iou, score, box = _compare(ref, _apply(segmenter, step, state), f"full size {step}")
+        worst = [min(worst[0], iou), max(worst[1], score), max(worst[2], box)]
+    w, h = image.size
+    click = dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1]))
+    ref_masks, ref_scores, _ = model.predict_inst(ref_state, **click)
+    masks, scores, _ = segmenter.predictor.predict(**click)
+    click_iou = min(test_parity._iou(a, b) for a, b in zip(ref_masks, masks))
+    report(f"sam3 full size: concepts worst mask IoU {worst[0]:.5f}, |Δ score| {worst[1]:.1e}, |Δ box| "
+           f"{worst[2]:.1e} px; a click: mask IoU {click_iou:.5f}, |Δ predicted IoU| "
+           f"{float(np.abs(ref_scores - scores).max()):.1e}")
+    assert worst[0] >= MASK_IOU_MIN and worst[1] <= SCORE_TOL and worst[2] <= BOX_TOL_PX
+    assert click_iou >= test_parity.IOU_MIN and np.abs(ref_scores - scores).max() <= test_parity.SCORE_TOL

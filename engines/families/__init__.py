@@ -29,6 +29,7 @@ class Family:
     generator_grid_dtype: ClassVar[type] = np.float64  # how the reference holds its point grid
     extra_prompt_points: ClassVar[int]  # decoder points beyond a prompt's own, at most (box corners, padding)
     export_module: ClassVar[str]  # maskserve.build module: load_model, write_model_dir, reference_image_encoder
+    backends: ClassVar[tuple[str, ...]] = ("onnxruntime", "tensorrt", "torch")  # what `maskserve build` makes
     no_generator: ClassVar[str | None] = None  # why the family has no automatic generator, where it has none
     concept_arrays: ClassVar[tuple[str, ...]] = ()  # the concept detector's share of the embedding, if any
 

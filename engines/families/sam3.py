@@ -26,6 +26,7 @@ class Sam3(Sam2):
     no_generator = "SAM 3 has no automatic mask generator (its package defines none for images); ask SegmentConcept " \
                 "for every instance of a phrase"
     export_module = "maskserve.build.sam3_export"
+    backends = ("onnxruntime",)  # its TensorRT and PyTorch encoders are not written yet
     manifest_fields, model_version = Family.manifest_fields, Family.model_version
 
     def prepare_image(self, image, image_size, mean, std):

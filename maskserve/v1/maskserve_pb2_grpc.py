@@ -142,8 +142,9 @@ class SegmenterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEmbedding(self, request, context):
-        """The stored embedding of one of the caller's images, float16: for a client that runs the prompt decoder
-        itself (the web annotator's hover preview, as in the paper's demo); clicks still go through SegmentPrompt.
+        """The stored embedding of one of the caller's images, float16 — the arrays the prompt decoder reads (SAM 3:
+        not its detector's) — for a client that runs the prompt decoder itself (the web annotator's hover preview,
+        as in the paper's demo); clicks still go through SegmentPrompt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

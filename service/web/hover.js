@@ -53,10 +53,12 @@ export function resizedShape(h, w, side) {
 
 /** A point (x, y) in original pixels → the decoder's point_coords / point_labels for a one-point prompt. Both
  * families put it first and then one padding point (0, 0) labelled −1; they scale it differently. */
+const STRETCHED = new Set(['sam2.1', 'sam3']); // resized straight to the square (SAM 3: its interactive head)
+
 export function pointPrompt(family, x, y, h, w, side) {
   x = f32(x); y = f32(y); // the proto's Point holds float32
   let px, py;
-  if (family === 'sam2.1') { // float32: x / W · side
+  if (STRETCHED.has(family)) { // float32: x / W · side
     px = f32(f32(x / w) * side); py = f32(f32(y / h) * side);
   } else { // SAM: float64 x · (new_w / old_w), then float32
     const [nh, nw] = resizedShape(h, w, side);
@@ -111,7 +113,7 @@ function taps(srcN, dst, n) {
 /** One (M, M) low-res logit map → (H, W) logits, as the family upscales: SAM to the padded square (only the
  * part the crop keeps), cropped to the resized image, then to the original size; SAM 2.1 straight there. */
 export function upscale(family, low, M, h, w, side) {
-  if (family === 'sam2.1') return resizeLinear(low, M, M, M, h, w);
+  if (STRETCHED.has(family)) return resizeLinear(low, M, M, M, h, w);
   const [ih, iw] = resizedShape(h, w, side);
   const up = resizeLinear(low, M, M, M, side, side, ih, iw);
   return ih === h && iw === w ? up : resizeLinear(up, ih, iw, iw, h, w);
