@@ -92,7 +92,7 @@ class ConceptModel:
     """A model directory's concept head on ONNX Runtime: the text encoder with its cache, and the detector."""
 
     def __init__(self, directory: str | Path, manifest: Manifest, threads: int | None = None,
-                 cache_size: int = 4096) -> None:
+                 cache_size: int = 1024) -> None:  # 32 KB a phrase
         from .onnxruntime_backend import _session
 
         c = manifest.concepts
@@ -131,7 +131,7 @@ class ConceptModel:
         if missing:
             batch = np.stack([np.frombuffer(k, np.int64) for k in missing])
             for k, features in zip(missing, self.text.run(None, {"tokens": batch})[0]):
-                found[k] = features
+                found[k] = features.copy()  # not a view that would keep the whole batch
             with self.lock:
                 for k in missing:
                     self.cache[k] = found[k]
