@@ -139,8 +139,8 @@ def test_manifest_refuses_an_unknown_family(built, tmp_path):
         (broken / f.name).symlink_to(f)
     data = json.loads((built[1] / "manifest.json").read_text())
     (broken / "manifest.json").unlink()
-    (broken / "manifest.json").write_text(json.dumps({**data, "family": "sam3"}))
-    with pytest.raises(ModelDirError, match="model family 'sam3'"):
+    (broken / "manifest.json").write_text(json.dumps({**data, "family": "sam9"}))
+    with pytest.raises(ModelDirError, match="model family 'sam9'"):
         Manifest.load(broken)
 
 
