@@ -1,16 +1,17 @@
 """The torch encoder backend's GPU figures in one run, written for the lent GPU machine (docs/deployment.md, "GPU encoder").
 
 For each model (ViT-B and ViT-H by default; MobileSAM's `vit_t` given `mobile_sam`, SAM 2.1's `sam2.1_hiera_*` given
-the `sam2` package) it makes
+the `sam2` package, SAM 3's vision backbone `sam3` given `sam3` and `open_clip`, scaled down with --quick) it makes
 seeded random weights in Meta's checkpoint format on the machine itself (nothing big travels; the
 zero-initialised position tables are filled too, so that the position paths are exercised), builds a torch
 model directory from them the way `maskserve build --backend torch` does, and measures, each stage time-boxed
 and the JSON rewritten after every stage (a timeout still leaves what was measured):
   parity    the official image encoder (segment_anything's; for SAM 2.1 the `sam2` modules that
-            SAM2ImagePredictor.set_image runs) in fp32 (TF32 off) on the same GPU as the reference; the torch
-            encoder in fp32, bf16 and fp16: max abs and relative error (the worst of SAM 2.1's three arrays),
-            non-finite values, and the IoU of the masks that the model directory's ONNX decoder makes from
-            either embedding for a grid of point prompts on real photos; a batch of two against the two alone;
+            SAM2ImagePredictor.set_image runs; for SAM 3 the `sam3` modules of Sam3Processor.set_image) in fp32
+            (TF32 off) on the same GPU as the reference; the torch encoder in fp32, bf16 and fp16: max abs and
+            relative error (the worst of SAM 2.1's three arrays, of SAM 3's six), non-finite values, and the
+            IoU of the masks that the model directory's ONNX decoder makes from either embedding for a grid of
+            point prompts on real photos; a batch of two against the two alone;
   latency   batch 1, the network alone (tensors on the GPU) and `encode` from a NumPy array; the reference too;
   throughput batches 1..16, images/s, peak GPU memory, the best batch; CUDA graphs on/off and (SAM) the two
             attention forms ("bias", "fold") at batch 1 and the best batch; torch.compile last, if time is left;
@@ -159,6 +160,17 @@ def random_sam2(model_type: str, seed: int = 0):
     return model.eval()
 
 
+def random_sam3(path: Path, quick: bool):
+    """The `sam3` package's image model with seeded random weights, saved in Meta's format at `path` and loaded
+    back as `maskserve build` loads it; with `quick` the tests' scaled-down design (minutes less on a CPU)."""
+    from maskserve.build.sam3_export import Sam3Architecture, load_model, seeded_random_checkpoint
+
+    arch = Sam3Architecture(vit_dim=256, vit_depth=8, vit_mlp=1184, text_width=256, text_layers=2) if quick \
+        else Sam3Architecture()
+    seeded_random_checkpoint(path, arch)
+    return load_model(path)
+
+
 def photos(size: int, quick: bool) -> list[tuple[str, np.ndarray]]:
     """Real photographs: the bundled demo photo, and scikit-image's where it is installed."""
     import importlib.resources
@@ -283,23 +295,31 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
     sam2 = model_type.startswith("sam2")
     from maskserve.build.specs import get_spec
 
+    sam3 = get_spec(model_type).family == "sam3"
+    rel_pos = not (sam2 or sam3)  # SAM's ViT: its relative positions can be placed two ways ("attention")
+
     def weights():
         start = time.monotonic()
-        if sam2:
-            sam = random_sam2(model_type)
-        elif get_spec(model_type).family == "mobile_sam":
-            from maskserve.build.mobile_sam_export import seeded_random_model
-
-            sam = seeded_random_model()
-        else:
-            sam = random_sam(model_type)
         checkpoint = work / f"{model_type}_random.pt"
-        # Meta's formats: SAM's flat state dict, SAM 2.1's {"model": state dict}
-        torch.save({"model": sam.state_dict()} if sam2 else sam.state_dict(), checkpoint)
+        if sam3:  # saved in Meta's format as it is made
+            sam = random_sam3(checkpoint, quick)
+            encoder = sam.backbone.vision_backbone
+        else:
+            if sam2:
+                sam = random_sam2(model_type)
+            elif get_spec(model_type).family == "mobile_sam":
+                from maskserve.build.mobile_sam_export import seeded_random_model
+
+                sam = seeded_random_model()
+            else:
+                sam = random_sam(model_type)
+            # Meta's formats: SAM's flat state dict, SAM 2.1's {"model": state dict}
+            torch.save({"model": sam.state_dict()} if sam2 else sam.state_dict(), checkpoint)
+            encoder = sam.image_encoder
         state["sam"], state["checkpoint"] = sam, checkpoint
         return {"seconds": round(time.monotonic() - start, 1), "checkpoint_bytes": checkpoint.stat().st_size,
                 "parameters_m": round(sum(p.numel() for p in sam.parameters()) / 1e6, 1),
-                "encoder_parameters_m": round(sum(p.numel() for p in sam.image_encoder.parameters()) / 1e6, 1)}
+                "encoder_parameters_m": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 1)}
 
     def build():
         out = work / f"{model_type}-torch"
@@ -309,9 +329,9 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         return {"model_version": manifest.model_version, "encoder": manifest.encoder,
                 "encoder_pt_bytes": (out / manifest.encoder["file"]).stat().st_size}
 
-    big = model_type in ("vit_h", "vit_l", "sam2.1_hiera_large")
-    if report.stage(result, "weights", weights, need_s=60 if big else 20) is None or \
-            report.stage(result, "build", build, need_s=60 if big else 20) is None:
+    big = model_type in ("vit_h", "vit_l", "sam2.1_hiera_large") or (sam3 and not quick)
+    if report.stage(result, "weights", weights, need_s=90 if sam3 else 60 if big else 20) is None or \
+            report.stage(result, "build", build, need_s=120 if sam3 else 60 if big else 20) is None:
         return result
     manifest: Manifest = state["manifest"]
     images = photos(manifest.image_size, quick)
@@ -329,6 +349,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         state["ref_masks"] = [masks(state["decoder"], manifest, one_image(ref, i), im.shape[:2],
                                     point_grid(*im.shape[:2], grid)) for i, (_, im) in enumerate(images)]
         what = "sam2 image encoder + no_mem_embed + conv_s0/conv_s1 (set_image's features)" if sam2 \
+            else "sam3 ViT, both necks, the interactive head's conv_s0/conv_s1 + no_mem_embed (set_image's)" if sam3 \
             else f"{type(state['sam'].image_encoder).__module__}.{type(state['sam'].image_encoder).__name__}"
         out = {"what": f"{what}, fp32, TF32 off, same device",
                "images": [name for name, _ in images], "points_per_image": grid * grid}
@@ -428,7 +449,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
         enc = encoders[precision]
         tb.fp32_flags(precision)
         out = {"precision": precision}
-        forms = ("plain",) if sam2 else tb.ATTENTION  # Hiera has no relative positions to place
+        forms = tb.ATTENTION if rel_pos else ("plain",)  # Hiera and SAM 3's ViT have no relative positions
         for b in sorted({1, done[precision]["best_batch"]}):
             xb = xt[:1].expand(b, -1, -1, -1).contiguous()
             row = {}
@@ -438,7 +459,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
                     if report.left() < 15:
                         row[key] = {"skipped": "time budget"}
                         continue
-                    if not sam2:
+                    if rel_pos:
                         for block in enc.net.blocks:
                             block.attn.mode = attention
                     enc.graph_mode, enc.graphs = graphs, {}
@@ -452,7 +473,7 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
             ok = {k: v["median_ms"] for k, v in row.items() if "median_ms" in v}
             row["fastest"] = min(ok, key=ok.get) if ok else None
             out[f"batch{b}"] = row
-        if not sam2:
+        if rel_pos:
             for block in enc.net.blocks:
                 block.attn.mode = enc.attention
         enc.graph_mode, enc.graphs = "off", {}
@@ -474,11 +495,11 @@ def check_model(report: Report, model_type: str, device: torch.device, work: Pat
             prompts.full_resolution_logits(a.low_res_logits, manifest, size)
 
         cpu = torch.device("cpu")
-        what = "general decoder" if sam2 else "points decoder"
+        what = "points decoder" if rel_pos else "general decoder"
         out = {"onnxruntime_cpu": {"threads": os.cpu_count(), "what": f"{what}, 1 point, multimask",
                                    "low_res": timed(low_res, cpu, 2, reps * 3),
                                    "with_full_resolution_masks": timed(full, cpu, 2, reps * 2)}}
-        if device.type == "cuda" and not sam2:
+        if device.type == "cuda" and rel_pos:
             out["reference_cuda"] = reference_decoder(state, manifest, ref, size, device, warm, reps)
         return out
 
@@ -674,9 +695,10 @@ def main(argv: list[str] | None = None) -> dict:
     report.save()
     print(f"gpu_check: {report.data['machine']}", flush=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    needs = {"segment_anything": any(not m.startswith("sam2") for m in models),
+    needs = {"segment_anything": any(not m.startswith(("sam2", "sam3")) for m in models),
              "mobile_sam": "vit_t" in models, "timm": "vit_t" in models,
-             "sam2": any(m.startswith("sam2") for m in models)}  # the references, and the checkpoints' builders
+             "sam2": any(m.startswith("sam2") for m in models),
+             "sam3": "sam3" in models, "open_clip": "sam3" in models}  # the references, and the checkpoints' builders
     for package in (p for p, needed in needs.items() if needed):
         try:
             __import__(package)
@@ -708,7 +730,7 @@ def _run(args, report: Report, device: torch.device, work: Path) -> dict:
     for model_type in models:
         print(f"{model_type}:", flush=True)
         backends = families.get(get_spec(model_type).family).backends
-        if "tensorrt" not in backends:
+        if "torch" not in backends:
             report.data["models"][model_type] = {"skipped": f"{model_type} has no GPU backend yet (it builds for "
                                                             f"{', '.join(backends)}); `maskserve bench` measures "
                                                             "it on the CPU"}

@@ -1,4 +1,5 @@
-"""SAM 3 (Meta's `sam3` package, image model with its interactive head) → a model directory of four ONNX graphs.
+"""SAM 3 (Meta's `sam3` package, image model with its interactive head) → a model directory of four ONNX graphs
+(for the torch backend, three, and the vision backbone's weights in `encoder.pt`: engines/torch_sam3.py).
 
 `encoder.onnx`, once per image: `images` (1, 3, 1008, 1008) (engines/families/sam3.py prepares them) → the
   interactive head's three arrays in SAM 2.1's layout, `image_embeddings` (1, 256, 72, 72) (with
@@ -235,21 +236,16 @@ class ImageEncoder(nn.Module):
                 *(conv(x) for conv in self.convs))
 
 
-def _rotate(x, cos, sin):
-    pairs = x.reshape(*x.shape[:-1], -1, 2)
-    a, b = pairs[..., 0], pairs[..., 1]
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-
-
 @contextlib.contextmanager
 def real_rotary(model):
     """Each ViT attention's complex `freqs_cis` as cos and sin buffers, and the rotation written on them."""
+    from maskserve.engines.torch_sam3 import rotate
     from sam3.model.vitdet import Attention
 
     patched = [m for m in model.modules() if isinstance(m, Attention) and m.use_rope]
     for m in patched:
         cos, sin = m.freqs_cis.real.float().clone(), m.freqs_cis.imag.float().clone()
-        m._apply_rope = lambda q, k, cos=cos, sin=sin: (_rotate(q, cos, sin), _rotate(k, cos, sin))
+        m._apply_rope = lambda q, k, cos=cos, sin=sin: (rotate(q, cos, sin), rotate(k, cos, sin))
     try:
         yield
     finally:
@@ -399,10 +395,12 @@ def reference_image_encoder(model) -> nn.Module:
 
 def write_model_dir(model, spec, checkpoint, model_type, staging, backend, precision,
                     max_encoder_batch, max_decoder_batch, max_points) -> Manifest:
-    """A SAM 3 model directory in `staging`: the four graphs, CLIP's vocabulary for the tokenizer, the manifest."""
-    from .builder import onnx_manifest
+    """A SAM 3 model directory in `staging`: the graphs (the encoder's, or for the torch backend its weights),
+    CLIP's vocabulary for the tokenizer, the manifest."""
+    from .builder import onnx_manifest, torch_encoder
 
-    export_encoder(model, staging / "encoder.onnx")
+    if backend != "torch":
+        export_encoder(model, staging / "encoder.onnx")
     export_decoder(model, staging / "decoder.onnx")
     export_text(model, staging / "text.onnx", spec.context_length)
     export_detector(model, staging / "detector.onnx", spec.context_length, spec.box_slots)
@@ -413,5 +411,10 @@ def write_model_dir(model, spec, checkpoint, model_type, staging, backend, preci
                          "queries": int(model.transformer.decoder.num_queries),
                          "confidence_threshold": spec.confidence_threshold,
                          "architecture": asdict(Sam3Architecture.of(model.state_dict()))}
+    if backend == "torch":
+        from maskserve.engines import torch_backend, torch_sam3
+
+        architecture = torch_sam3.save_encoder(model, staging / torch_backend.ENCODER_FILE)
+        torch_encoder(manifest, precision, max_encoder_batch, architecture)
     manifest.save(staging)
     return manifest

@@ -60,8 +60,16 @@ def _threshold(scores: np.ndarray) -> float:
     return float((top[k] + top[k + 1]) / 2)
 
 
-# A phrase; then + a positive exemplar; then + a negative one (exemplars accumulate, as in the processor).
-STEPS = [("text", PHRASES[0]), ("box", ([0.5, 0.5, 0.3, 0.4], True)), ("box", ([0.25, 0.3, 0.2, 0.2], False))]
+# A phrase; then + a positive exemplar; then + a negative one (exemplars accumulate, as in the processor). Each
+# photo is asked its own phrase.
+PHRASE_OF = {"chelsea_300x451": PHRASES[0], "rocket_427x640": PHRASES[1], "coffee_400x600": PHRASES[2]}
+
+
+def _steps(phrase: str) -> list:
+    return [("text", phrase), ("box", ([0.5, 0.5, 0.3, 0.4], True)), ("box", ([0.25, 0.3, 0.2, 0.2], False))]
+
+
+STEPS = _steps(PHRASES[0])
 
 
 def _apply(segmenter, step, state):
@@ -84,7 +92,7 @@ def _check_concepts(processor, segmenter, photos, names, label: str) -> None:
     for name in names:
         image = _photo(photos, name)
         ref_state, state = processor.set_image(image), segmenter.set_image(np.asarray(image))
-        for step in STEPS:
+        for step in _steps(PHRASE_OF.get(name, PHRASES[0])):
             processor.set_confidence_threshold(0.0)
             threshold = _threshold(_apply(processor, step, ref_state)["scores"].numpy())
             ref = processor.set_confidence_threshold(threshold, ref_state)
@@ -242,6 +250,37 @@ def test_sam1_prompts_through_the_wire(stack, reference_model, processor, photos
             ours = client.predict(**kwargs)
             assert min(test_parity._iou(a, b) for a, b in zip(ref[0], ours[0])) >= test_parity.IOU_MIN, case
             assert np.abs(ref[1] - ours[1]).max() <= test_parity.SCORE_TOL, case
+
+
+def test_a_camera_stream_of_frames_and_clicks(stack, reference_model, processor, video_frames):
+    """StreamSegment on SAM 3: each message a new frame, then a click on it; each best mask is the interactive
+    predictor's for that frame (set_image + predict_inst)."""
+    from PIL import Image
+
+    from maskserve.client import decode_mask, image_message, prompt_message
+
+    frames = video_frames[:2]
+    h, w = frames[0].shape[:2]
+    clicks = [(0.5 * w, 0.5 * h), (0.4 * w, 0.55 * h)]
+
+    def requests():
+        for i, (frame, point) in enumerate(zip(frames, clicks)):
+            yield pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame))
+            yield pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
+                                          options=pb.OutputOptions(best_mask_only=True))
+
+    with grpc.insecure_channel(stack.target) as channel:
+        replies = list(pb_grpc.SegmenterStub(channel).StreamSegment(requests(), timeout=300))
+    assert [r.sequence for r in replies] == list(range(2 * len(frames)))
+    for i, (frame, point) in enumerate(zip(frames, clicks)):
+        result = replies[2 * i + 1].result
+        assert replies[2 * i].image_id and len(result.masks) == 1
+        state = processor.set_image(Image.fromarray(frame))
+        masks, scores, _ = reference_model.predict_inst(state, point_coords=np.array([point]),
+                                                        point_labels=np.array([1]))
+        best = int(np.argmax(scores))
+        assert test_parity._iou(masks[best], decode_mask(result.masks[0])) >= test_parity.IOU_MIN
+        assert abs(result.masks[0].predicted_iou - float(scores[best])) <= test_parity.SCORE_TOL
 
 
 def _call(stack, request, method="SegmentConcept"):

@@ -2,7 +2,8 @@
 (1008-px input, 14-px patches), so points, boxes and refinement are SAM 2.1's, with the hole filling its
 predictor does by default (`SAM3InteractiveImagePredictor`: holes of up to 256 low-res cells). Its concept
 head (phrases and exemplar boxes → every instance) is `engines/concepts.py`. The image is resized on uint8,
-stretched to the square (`sam3_transforms`). It has no automatic generator."""
+stretched to the square (`sam3_transforms`). It has no automatic generator. Its PyTorch encoder (GPU nodes) is
+`torch_sam3`'s."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Sam3(Sam2):
     no_generator = "SAM 3 has no automatic mask generator (its package defines none for images); ask SegmentConcept " \
                 "for every instance of a phrase"
     export_module = "maskserve.build.sam3_export"
-    backends = ("onnxruntime",)  # its TensorRT and PyTorch encoders are not written yet
+    backends = ("onnxruntime", "torch")  # no TensorRT build yet
     manifest_fields, model_version = Family.manifest_fields, Family.model_version
 
     def prepare_image(self, image, image_size, mean, std):
@@ -42,7 +43,14 @@ class Sam3(Sam2):
         return t.upscale_map(t.fill_holes_and_sprinkles(logits, MAX_HOLE_AREA, 0), original_size)
 
     def torch_encoder(self, model_dir, state, part, dtype, attention, device):
-        return Family.torch_encoder(self, model_dir, state, part, dtype, attention, device)
+        from ..model_dir import ModelDirError
+        from ..torch_sam3 import VisionEncoder
+
+        arch = part.get("architecture")
+        if not arch:
+            raise ModelDirError(f"{model_dir}: a SAM 3 torch encoder needs the manifest's encoder.architecture")
+        net = VisionEncoder.from_state_dict(state, arch, dtype, device)
+        return net, (arch["image_size"], arch["d_model"], arch["image_size"] // arch["patch_size"])
 
 
 FAMILY = Sam3()
