@@ -3,7 +3,7 @@ model directory `maskserve build --backend torch` writes, the six embedding arra
 and the package's own backbone (windowed blocks included), concept prompts from the encoder worker through the
 wire against Sam3Processor, bf16 and fp16, what the loader refuses, and the GPU check's SAM 3 path.
 
-On a CPU ONNX Runtime stays the faster backend (docs/performance.md); this one is for GPU nodes."""
+It is for GPU nodes: on a CPU it is level with ONNX Runtime (docs/performance.md, "SAM 3")."""
 
 from __future__ import annotations
 
