@@ -272,6 +272,7 @@ def test_a_camera_stream_of_frames_and_clicks(stack, reference_model, processor,
     with grpc.insecure_channel(stack.target) as channel:
         replies = list(pb_grpc.SegmenterStub(channel).StreamSegment(requests(), timeout=300))
     assert [r.sequence for r in replies] == list(range(2 * len(frames)))
+    worst_iou, worst_score = 1.0, 0.0
     for i, (frame, point) in enumerate(zip(frames, clicks)):
         result = replies[2 * i + 1].result
         assert replies[2 * i].image_id and len(result.masks) == 1
@@ -279,8 +280,11 @@ def test_a_camera_stream_of_frames_and_clicks(stack, reference_model, processor,
         masks, scores, _ = reference_model.predict_inst(state, point_coords=np.array([point]),
                                                         point_labels=np.array([1]))
         best = int(np.argmax(scores))
-        assert test_parity._iou(masks[best], decode_mask(result.masks[0])) >= test_parity.IOU_MIN
-        assert abs(result.masks[0].predicted_iou - float(scores[best])) <= test_parity.SCORE_TOL
+        worst_iou = min(worst_iou, test_parity._iou(masks[best], decode_mask(result.masks[0])))
+        worst_score = max(worst_score, abs(result.masks[0].predicted_iou - float(scores[best])))
+    report(f"sam3 camera stream ({len(frames)} frames + clicks): worst best-mask IoU {worst_iou:.5f}, "
+           f"|Δ predicted IoU| {worst_score:.1e}")
+    assert worst_iou >= test_parity.IOU_MIN and worst_score <= test_parity.SCORE_TOL
 
 
 def _call(stack, request, method="SegmentConcept"):
