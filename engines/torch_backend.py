@@ -219,6 +219,26 @@ class SamViT(nn.Module):
         return y.permute(0, 3, 1, 2).contiguous()  # the (B, C, E, E) layout every backend stores
 
 
+def load_recorded(make, state: dict, what: str, device: str | torch.device) -> nn.Module:
+    """The network `make()` builds from a manifest's recorded architecture, with `state` loaded on `device` in
+    fp32; a record that cannot be built, or weights that do not fit it, are refused naming the difference."""
+    try:
+        with torch.device("meta"):
+            net = make()
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ModelDirError(f"malformed {what} encoder architecture in the manifest: "
+                            f"{exc.__class__.__name__}: {exc}") from None
+    expected = net.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ModelDirError(f"encoder weights do not fit the recorded {what} architecture: missing "
+                            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, other shapes {wrong[:3]}")
+    net.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
+                        strict=True, assign=True)
+    return net
+
+
 def encoder_state_dict(state: dict) -> dict:
     """The image encoder's part of a SAM state dict, keys without `image_encoder.` (a bare encoder's passes)."""
     if any(k.startswith(PREFIX) for k in state):

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_dir import ModelDirError
-from .torch_backend import layer_norm_fp32
+from .torch_backend import layer_norm_fp32, load_recorded
 
 EPS = 1e-6  # Hiera's LayerNorm
 # The checkpoint's parts this encoder runs, under their names there → under encoder.pt's.
@@ -142,21 +141,7 @@ class HieraEncoder(nn.Module):
     @classmethod
     def from_state_dict(cls, state: dict, arch: dict, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "HieraEncoder":
-        state = encoder_state_dict(state)
-        try:
-            with torch.device("meta"):
-                net = cls(arch, dtype)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ModelDirError(f"malformed SAM 2.1 encoder architecture in the manifest: "
-                                f"{exc.__class__.__name__}: {exc}") from None
-        expected = net.state_dict()
-        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-        wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or wrong:
-            raise ModelDirError(f"encoder weights do not fit the recorded SAM 2.1 architecture: missing "
-                                f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, other shapes {wrong[:3]}")
-        net.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
-                            strict=True, assign=True)
+        net = load_recorded(lambda: cls(arch, dtype), encoder_state_dict(state), "SAM 2.1", device)
         for block in net.trunk.blocks:  # attention and MLP in the compute precision; the shortcut's proj fp32
             block.attn.to(dtype)
             block.mlp.to(dtype)

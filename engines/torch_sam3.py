@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_dir import ModelDirError
-from .torch_backend import layer_norm_fp32
+from .torch_backend import layer_norm_fp32, load_recorded
 from .torch_hiera import _partition, _unpartition
 
 EPS = 1e-5  # the ViT's LayerNorm (torch's default, as the package builds it)
@@ -142,21 +141,7 @@ class VisionEncoder(nn.Module):
     @classmethod
     def from_state_dict(cls, state: dict, arch: dict, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "VisionEncoder":
-        state = encoder_state_dict(state)
-        try:
-            with torch.device("meta"):
-                net = cls(arch, dtype)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ModelDirError(f"malformed SAM 3 encoder architecture in the manifest: "
-                                f"{exc.__class__.__name__}: {exc}") from None
-        expected = net.state_dict()
-        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-        wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-        if missing or unexpected or wrong:
-            raise ModelDirError(f"encoder weights do not fit the recorded SAM 3 architecture: missing "
-                                f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, other shapes {wrong[:3]}")
-        net.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()},
-                            strict=True, assign=True)
+        net = load_recorded(lambda: cls(arch, dtype), encoder_state_dict(state), "SAM 3", device)
         for block in net.trunk.blocks:  # attention and MLP products in the compute precision
             block.attn.qkv.to(dtype)
             block.attn.proj.to(dtype)

@@ -14,10 +14,9 @@ from conftest import report
 from maskserve import AutomaticMaskGenerator, Predictor
 from maskserve.build.checkpoint import CheckpointError, load_model
 from maskserve.build.specs import get_spec
-from maskserve.client import Client, decode_mask, image_message, prompt_message
+from maskserve.client import Client, decode_mask
 from maskserve.engines import families, transforms
 from maskserve.engines.model_dir import Manifest
-from maskserve.service.proto import pb, pb_grpc
 from maskserve.service.stack import LocalStack
 
 SPEC = get_spec("vit_t")
@@ -147,21 +146,10 @@ def test_segment_everything_answers_as_in_process(stack, vit_t_random, photos):
 def test_a_camera_stream_of_frames_and_gaze_points(stack, reference, video_frames):
     """The robotics loop: each message a new frame, then a gaze point on it; the best mask only. Each answer is
     the reference's best mask for that frame and point (set_image + predict per frame)."""
-    import grpc
-
     frames = video_frames[:3]
     h, w = frames[0].shape[:2]
     gaze = [(0.5 * w, 0.5 * h), (0.45 * w, 0.55 * h), (0.4 * w, 0.5 * h)]
-
-    def requests():
-        for i, (frame, point) in enumerate(zip(frames, gaze)):
-            yield pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame))
-            yield pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
-                                          options=pb.OutputOptions(best_mask_only=True))
-
-    with grpc.insecure_channel(stack.target) as channel:
-        replies = list(pb_grpc.SegmenterStub(channel).StreamSegment(requests(), timeout=300))
-    assert [r.sequence for r in replies] == list(range(2 * len(frames)))
+    replies = test_parity.camera_stream(stack, frames, gaze)
     worst = 1.0
     for i, (frame, point) in enumerate(zip(frames, gaze)):
         assert replies[2 * i].image_id, replies[2 * i]

@@ -37,6 +37,25 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def camera_stream(stack, frames, points) -> list:
+    """StreamSegment as a robot drives it: each frame, then a point on it (best mask only); the replies."""
+    import grpc
+
+    from maskserve.client import image_message, prompt_message
+    from maskserve.service.proto import pb, pb_grpc
+
+    def requests():
+        for i, (frame, point) in enumerate(zip(frames, points)):
+            yield pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame))
+            yield pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
+                                          options=pb.OutputOptions(best_mask_only=True))
+
+    with grpc.insecure_channel(stack.target) as channel:
+        replies = list(pb_grpc.SegmenterStub(channel).StreamSegment(requests(), timeout=300))
+    assert [r.sequence for r in replies] == list(range(2 * len(frames)))
+    return replies
+
+
 def check_parity(model_name, checkpoint, model_type, model_dir, images, reference=None):
     """`reference`: a SamPredictor on the same weights; default segment_anything's."""
     from maskserve import Predictor

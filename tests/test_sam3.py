@@ -257,21 +257,12 @@ def test_a_camera_stream_of_frames_and_clicks(stack, reference_model, processor,
     predictor's for that frame (set_image + predict_inst)."""
     from PIL import Image
 
-    from maskserve.client import decode_mask, image_message, prompt_message
+    from maskserve.client import decode_mask
 
     frames = video_frames[:2]
     h, w = frames[0].shape[:2]
     clicks = [(0.5 * w, 0.5 * h), (0.4 * w, 0.55 * h)]
-
-    def requests():
-        for i, (frame, point) in enumerate(zip(frames, clicks)):
-            yield pb.StreamSegmentRequest(sequence=2 * i, frame=image_message(frame))
-            yield pb.StreamSegmentRequest(sequence=2 * i + 1, prompt=prompt_message([point], [1]),
-                                          options=pb.OutputOptions(best_mask_only=True))
-
-    with grpc.insecure_channel(stack.target) as channel:
-        replies = list(pb_grpc.SegmenterStub(channel).StreamSegment(requests(), timeout=300))
-    assert [r.sequence for r in replies] == list(range(2 * len(frames)))
+    replies = test_parity.camera_stream(stack, frames, clicks)
     worst_iou, worst_score = 1.0, 0.0
     for i, (frame, point) in enumerate(zip(frames, clicks)):
         result = replies[2 * i + 1].result
