@@ -143,10 +143,9 @@ class VisionEncoder(nn.Module):
                         device: str | torch.device = "cpu") -> "VisionEncoder":
         net = load_recorded(lambda: cls(arch, dtype), encoder_state_dict(state), "SAM 3", device)
         for block in net.trunk.blocks:  # attention and MLP products in the compute precision
-            block.attn.qkv.to(dtype)
-            block.attn.proj.to(dtype)
+            block.attn.to(dtype)
             block.mlp.to(dtype)
-            block.attn.finalize(device)
+            block.attn.finalize(device)  # its rotary tables fp32
         net.finalize()
         return net.eval().requires_grad_(False)
 
