@@ -10,6 +10,7 @@ import hashlib
 import os
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -129,12 +130,26 @@ def download(url: str, dest: Path, md5: str | None = None, size: int | None = No
     return dest
 
 
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """A token goes to the host it was given for, never along a redirect to another (Hugging Face sends a gated
+    file's download to its CDN's signed URL, which must not see the token and may refuse a second credential)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_CredentialsStayHome)
+
+
 def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float, headers: dict) -> None:
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset >= size:
         return
     request = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={offset}-"} if offset else {})})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _OPENER.open(request, timeout=timeout) as response:
         if offset and response.status != 206:  # the server ignored Range: start again
             offset = 0
         length = response.headers.get("Content-Length")

@@ -29,8 +29,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.endswith("missing.pth"):
             self.send_error(404)
             return
-        if self.path.endswith("sam3.pt") and self.headers.get("Authorization") != "Bearer hf_ok":
+        if server.gated and self.path.endswith("sam3.pt") and self.headers.get("Authorization") != "Bearer hf_ok":
             self.send_error(401)
+            return
+        if self.path.endswith("sam3.pt") and server.redirect_to:  # as Hugging Face sends it to its CDN
+            self.send_response(302)
+            self.send_header("Location", server.redirect_to + self.path)
+            self.end_headers()
             return
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body) - start))
@@ -47,14 +52,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
+def _serve(gated: bool = True):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.payload, httpd.breaks, httpd.requests, httpd.authorizations = PAYLOAD, 0, [], []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd.gated, httpd.redirect_to = gated, None
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture
+def server():
+    httpd = _serve()
     yield httpd
     httpd.shutdown()
+
+
+def test_a_token_does_not_follow_a_redirect_to_another_host(server, tmp_path):
+    """The gated file's host sends the download on to a CDN (another host): the token stays behind."""
+    cdn = _serve(gated=False)
+    try:
+        server.redirect_to = f"http://127.0.0.1:{cdn.server_address[1]}"
+        got = download(_url(server, "sam3.pt"), tmp_path / "sam3.pt", size=len(PAYLOAD), progress=False,
+                       headers={"Authorization": "Bearer hf_ok"})
+    finally:
+        cdn.shutdown()
+    assert got.read_bytes() == PAYLOAD
+    assert server.authorizations == ["Bearer hf_ok"] and cdn.authorizations == [None]
 
 
 def _url(server, name="sam.pth"):
