@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 
+EDGE = 1e-6  # how far past the image's edge a normalised box may reach (float rounding), then clipped to it
+
+
 class ConceptSegmenter:
     def __init__(self, model_dir: str | Path | None = None, *, client=None, confidence_threshold: float | None = None,
                  threads: int | None = None) -> None:
@@ -26,7 +29,7 @@ class ConceptSegmenter:
             self.model = ConceptModel(self.predictor.model.directory, self.predictor.manifest, threads)
             default = self.model.threshold
         else:
-            default = 0.5
+            default = None  # the served model's
         self.confidence_threshold = default if confidence_threshold is None else float(confidence_threshold)
 
     def set_image(self, image, state: dict | None = None) -> dict:
@@ -53,10 +56,19 @@ class ConceptSegmenter:
         return self._run(state)
 
     def add_geometric_prompt(self, box, label: bool, state: dict) -> dict:
-        """An exemplar box, cx, cy, w, h normalised to the image, positive (True) or negative (False)."""
+        """An exemplar box, cx, cy, w, h normalised to the image, positive (True) or negative (False); refused
+        (PromptError) unless finite, of some extent and inside the image, in process as the service refuses it."""
         self._require(state)
+        box = np.asarray(box, np.float64).reshape(4)
+        cx, cy, bw, bh = box
+        edges = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        if not (np.isfinite(box).all() and bw > 0 and bh > 0 and min(edges) >= -EDGE and max(edges) <= 1 + EDGE):
+            from maskserve.engines.prompts import PromptError
+
+            raise PromptError(f"box {tuple(float(v) for v in box)} (cx, cy, w, h normalised) must lie inside the "
+                              f"image, with a positive width and height", f"exemplars[{len(state.get('exemplars', []))}]")
         state.setdefault("phrase", None)
-        state.setdefault("exemplars", []).append((np.asarray(box, np.float32).reshape(4), bool(label)))
+        state.setdefault("exemplars", []).append((box.astype(np.float32), bool(label)))
         return self._run(state)
 
     def set_confidence_threshold(self, threshold: float, state: dict | None = None) -> dict | None:
@@ -92,8 +104,9 @@ class ConceptSegmenter:
             state["boxes"], state["scores"] = found.boxes, found.scores
             return state
         h, w = size
-        pixel = [((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
-                 for (cx, cy, bw, bh), _ in ((b.astype(np.float64), p) for b, p in exemplars)]
+        scale = np.array([w, h, w, h], np.float64)
+        pixel = [tuple(np.clip(np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]) * scale, 0, scale))
+                 for (cx, cy, bw, bh), _ in ((b.astype(np.float64), p) for b, p in exemplars)]  # within float noise
         (answer,) = self.client.segment_concept([state["phrase"]] if state.get("phrase") is not None else [],
                                                 [(b, p) for b, (_, p) in zip(pixel, exemplars)],
                                                 image=state["image_id"],

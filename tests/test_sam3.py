@@ -278,6 +278,29 @@ def test_a_camera_stream_of_frames_and_clicks(stack, reference_model, processor,
     assert worst_iou >= test_parity.IOU_MIN and worst_score <= test_parity.SCORE_TOL
 
 
+def test_exemplar_boxes_at_the_edge_are_taken_and_outside_refused(stack, sam3_random, photos):
+    """A box touching the image's edges is taken over the wire (the client clips float rounding to the image); a
+    box past an edge, of no extent or not finite is refused before any call, in process as over a client."""
+    from maskserve.engines.prompts import PromptError
+
+    image = np.ascontiguousarray(photos["chelsea_300x451"])
+    cx, bw = 0.85, 0.3  # right edge at 1.0
+    with Client(stack.target) as client:
+        segmenter = ConceptSegmenter(client=client, confidence_threshold=0.0)
+        state = segmenter.set_image(image)
+        answer = segmenter.add_geometric_prompt([cx, 0.5, bw, 1.0], True, state)
+        assert len(answer["scores"]) == 200
+        for box in ([0.9, 0.5, 0.4, 0.2], [0.5, 0.5, 0.0, 0.2], [float("nan"), 0.5, 0.1, 0.1]):
+            with pytest.raises(PromptError, match=r"must lie inside the image") as refused:
+                segmenter.add_geometric_prompt(box, True, state)
+            assert refused.value.field == "exemplars[1]"
+    assert ConceptSegmenter(client=object()).confidence_threshold is None  # the served model's default
+    local = ConceptSegmenter(sam3_random[1])
+    with pytest.raises(PromptError, match=r"must lie inside the image"):  # before the model sees it
+        local.add_geometric_prompt([0.9, 0.5, 0.4, 0.2], True, {"embedding": {}, "original_height": 300,
+                                                               "original_width": 451})
+
+
 def _call(stack, request, method="SegmentConcept"):
     from google.rpc import error_details_pb2, status_pb2
 
