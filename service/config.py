@@ -83,9 +83,9 @@ class Settings:
                                          minimum=1)
     everything_max_crop_layers: int = setting(2, "`SegmentEverything`: crop layers (layer i adds 4^i crops to "
                                                  "encode)", minimum=0)
-    everything_concurrency: int = setting(1, "`SegmentEverything` requests decoding at once per decoder process (on "
-                                             "threads of their own: prompts are not queued behind them); more wait "
-                                             "their turn", minimum=1)
+    everything_concurrency: int = setting(1, "`SegmentEverything` (or, on SAM 3, `SegmentConcept`) requests decoding "
+                                             "at once per decoder process (on threads of their own: prompts are not "
+                                             "queued behind them); more wait their turn", minimum=1)
     max_message_mb: int = setting(limits.MAX_MESSAGE_MB, "gRPC message size limit", minimum=1)
     logits_cache_entries: int = setting(32, "refinement by handle: the latest answers' logits kept in each decoder "
                                             "process, never in Redis (ViT-B: 768 KB each)", minimum=1)

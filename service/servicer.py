@@ -28,7 +28,7 @@ class Segmenter:
         self.version = manifest.model_version
         self.embeddings, self.decoding, self.refinements = embeddings, decoding, refinements
         self.pool = pool  # prompts' decoder runs
-        self.everything_pool = everything_pool  # SegmentEverything's grids: prompts never wait behind them
+        self.everything_pool = everything_pool  # SegmentEverything's, SAM 3's concepts: prompts never wait behind
         self.quotas = quotas  # this replica's rate and streams per tenant (a stream's messages take from the rate)
         self.sessions = sessions  # video tracking sessions (service/tracking.py)
         self.tracking_pool = tracking_pool  # tracking steps: SegmentPrompt never waits behind a frame

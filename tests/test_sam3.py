@@ -301,6 +301,34 @@ def test_exemplar_boxes_at_the_edge_are_taken_and_outside_refused(stack, sam3_ra
                                                                "original_width": 451})
 
 
+def test_prompts_do_not_wait_behind_concept_calls(stack, photos):
+    """Concept calls take seconds a phrase, so they run on the heavy-work threads: with two of them in flight
+    (as many as the prompt threads), a SegmentPrompt on the same image is answered before either."""
+    import threading
+
+    image = np.ascontiguousarray(photos["chelsea_300x451"])
+    done = []
+    with Client(stack.target, timeout=600) as client:
+        image_id = client.encode(image)
+        client.segment_concept(["a cat"], image=image_id)  # the phrase's text features cached
+        def concept():
+            try:
+                client.segment_concept(["a cat"] * 2, image=image_id)
+                done.append("concept")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                done.append(repr(exc)[:300])
+
+        calls = [threading.Thread(target=concept) for _ in range(2)]
+        for call in calls:
+            call.start()
+        client.set_image(image)  # the same image: found in the store by its content
+        client.predict(point_coords=np.array([[200.0, 150.0]]), point_labels=np.array([1]))
+        done.append("prompt")
+        for call in calls:
+            call.join()
+    assert done == ["prompt", "concept", "concept"]
+
+
 def _call(stack, request, method="SegmentConcept"):
     from google.rpc import error_details_pb2, status_pb2
 

@@ -1,5 +1,6 @@
 """SegmentConcept: phrases and exemplar boxes on an image named by id, or sent along (encoded first), answered
-by the model's concept head (SAM 3) on the decoder threads."""
+by the model's concept head (SAM 3) on the heavy-work threads (seconds a phrase: prompts never wait behind
+them; SAM 3 has no SegmentEverything to share them with)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ async def handle(service, request, call):
     concepts.check_exemplars(exemplars, emb.original_size, head.slots)
     threshold = request.confidence_threshold if request.HasField("confidence_threshold") else None
     results = await asyncio.get_running_loop().run_in_executor(
-        service.pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases, exemplars,
-        threshold, request.options.mask_format)
+        service.everything_pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases,
+        exemplars, threshold, request.options.mask_format)
     return pb.SegmentConceptResponse(image_id=image_id, results=results, model_version=service.version)
 
 
