@@ -120,16 +120,18 @@ class ConceptModel:
                               "text context: shorten it", field)
         return self.tokenizer([phrase], self.context)[0]
 
-    def text_features(self, tokens: list[np.ndarray]) -> list[np.ndarray]:
-        """Each phrase's (context, 256) features; the ones not cached run as one batch."""
-        keys = [t.tobytes() for t in tokens]
+    def text_features(self, tokens: list[np.ndarray], scope: str = "") -> list[np.ndarray]:
+        """Each phrase's (context, 256) features; the ones not cached run as one batch. Entries are cached per
+        `scope` (the service's tenant): a hit is faster than a miss, which would tell one tenant which phrases
+        another asked for."""
+        keys = [scope.encode() + b"\0" + t.tobytes() for t in tokens]
         with self.lock:
             found = {k: self.cache[k] for k in keys if k in self.cache}
             for k in found:
                 self.cache.move_to_end(k)
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
-            batch = np.stack([np.frombuffer(k, np.int64) for k in missing])
+            batch = np.stack([np.frombuffer(k[len(scope.encode()) + 1:], np.int64) for k in missing])
             for k, features in zip(missing, self.text.run(None, {"tokens": batch})[0]):
                 found[k] = features.copy()  # not a view that would keep the whole batch
             with self.lock:
@@ -163,9 +165,9 @@ class ConceptModel:
                          mask_logits, float(presence), scores)
 
     def segment(self, arrays, original_size: tuple[int, int], phrases: list[str | None],
-                exemplars: list[Exemplar] = (), threshold: float | None = None) -> list[Instances]:
+                exemplars: list[Exemplar] = (), threshold: float | None = None, scope: str = "") -> list[Instances]:
         """Each phrase (None: exemplar boxes alone) with the same exemplars → its instances; the phrases' text
-        features run as one batch, their detector runs one after another."""
+        features run as one batch (cached per `scope`), their detector runs one after another."""
         if not phrases:
             raise PromptError("no phrases and no exemplar boxes: give at least one", "phrases")
         threshold = self.threshold if threshold is None else float(threshold)
@@ -174,7 +176,7 @@ class ConceptModel:
         check_exemplars(list(exemplars), original_size, self.slots)
         tokens = [self.tokens(p, f"phrases[{i}]") if p is not None else self.tokens(BOX_ONLY_PHRASE)
                   for i, p in enumerate(phrases)]
-        features = self.text_features(tokens)
+        features = self.text_features(tokens, scope)
         boxes = normalized_boxes(list(exemplars), original_size)
         positive = np.array([e.positive for e in exemplars], bool)
         return [self.detect(arrays, t, f, boxes, positive, threshold, original_size)

@@ -109,11 +109,12 @@ class Decoding:
                                  prepared=self.prepared(emb), full_logits=full_logits)
 
     def concept_results(self, emb: store.StoredEmbedding, phrases: list[str | None], exemplars: list,
-                        threshold: float | None, fmt) -> list:
-        """SegmentConcept's ConceptResults: each phrase's instances on one stored image."""
+                        threshold: float | None, fmt, tenant: str) -> list:
+        """SegmentConcept's ConceptResults: each phrase's instances on one stored image (phrases' text features
+        cached per tenant)."""
         with tracer.start_as_current_span("concepts", attributes={"phrases": len(phrases)}):
             start = time.perf_counter()
-            answers = self.concepts.segment(emb.arrays, emb.original_size, phrases, exemplars, threshold)
+            answers = self.concepts.segment(emb.arrays, emb.original_size, phrases, exemplars, threshold, tenant)
             metrics.STAGE.labels("decode").observe(time.perf_counter() - start)
         results = []
         for phrase, found in zip(phrases, answers):

@@ -147,7 +147,9 @@ def test_concepts_in_process_match_sam3_processor(sam3_random, processor, photos
                     "in process")
 
 
-def test_text_features_are_cached_per_phrase(sam3_random):
+def test_text_features_are_cached_per_phrase_and_tenant(sam3_random):
+    """A phrase's features are computed once per tenant: another tenant's call never finds them cached (a hit
+    is faster than a miss, which would tell it what others asked)."""
     from maskserve.engines.concepts import ConceptModel
 
     model = ConceptModel(sam3_random[1], Manifest.load(sam3_random[1]))
@@ -159,6 +161,9 @@ def test_text_features_are_cached_per_phrase(sam3_random):
     again = model.text_features([model.tokens("A  Cat"), model.tokens("a bird")])  # same tokens as "a cat"
     assert runs == [2, 1]  # one batch of the distinct phrases; then only the new one
     assert np.array_equal(first[0], first[2]) and np.array_equal(first[0], again[0])
+    other = model.text_features([model.tokens("a cat")], scope="acme")
+    model.text_features([model.tokens("a cat")], scope="acme")
+    assert runs == [2, 1, 1] and np.array_equal(other[0], first[0])  # computed anew for acme, once
 
 
 def test_sam1_prompts_match_the_interactive_predictor(sam3_random, reference_model, processor, photos):

@@ -37,7 +37,7 @@ async def handle(service, request, call):
     threshold = request.confidence_threshold if request.HasField("confidence_threshold") else None
     results = await asyncio.get_running_loop().run_in_executor(
         service.everything_pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases,
-        exemplars, threshold, request.options.mask_format)
+        exemplars, threshold, request.options.mask_format, call.tenant)
     return pb.SegmentConceptResponse(image_id=image_id, results=results, model_version=service.version)
 
 
