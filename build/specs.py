@@ -224,8 +224,6 @@ class Sam3Spec:
     context_length: int = 32  # tokens per phrase
     box_slots: int = 16  # exemplar boxes per concept prompt (the detector graph's fixed slots)
     confidence_threshold: float = 0.5  # Sam3Processor's default
-    encoder_embed_dim: int = 1024
-    encoder_depth: int = 32
 
     @property
     def embedding_size(self) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import families
 from .clip_tokenizer import ClipTokenizer
 from .model_dir import Manifest
 from .prompts import PromptError
@@ -40,7 +41,6 @@ class Instances:
     boxes: np.ndarray  # (n, 4) float32 x0, y0, x1, y1 in original pixels
     mask_logits: np.ndarray  # (n, 288, 288) float32 low-res logits; `masks` upscales them
     presence: float  # the presence head's probability that the concept is in the image at all
-    all_scores: np.ndarray  # (Q,) every query's score, kept or not
 
     def full_logits(self, original_size: tuple[int, int], index: int) -> np.ndarray:
         """Instance `index`'s (H, W) mask logits."""
@@ -104,6 +104,7 @@ class ConceptModel:
         self.detector = _session(directory / c["detector_file"], threads)
         self.context, self.slots = int(c["context_length"]), int(c["box_slots"])
         self.threshold = float(c["confidence_threshold"])
+        self.arrays = families.of(manifest).concept_arrays  # the embedding's arrays the detector reads, by name
         self.cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.cache_size, self.lock = cache_size, threading.Lock()
 
@@ -152,7 +153,7 @@ class ConceptModel:
         slots[0, :k] = boxes
         labels = np.zeros((1, self.slots), np.int64)
         labels[0, :k] = positive
-        feeds = {f"fpn_{i}": np.ascontiguousarray(arrays[f"fpn_{i}"], np.float32) for i in range(3)}
+        feeds = {name: np.ascontiguousarray(arrays[name], np.float32) for name in self.arrays}
         feeds.update(text_features=features[None].astype(np.float32), text_mask=(tokens == 0)[None], boxes=slots,
                      box_labels=labels, box_mask=(np.arange(self.slots) >= k)[None],
                      threshold=np.array(threshold, np.float32))
@@ -162,7 +163,7 @@ class ConceptModel:
                          c[:, 1] + 0.5 * c[:, 3]], axis=1)
         h, w = original_size
         return Instances(scores[keep], (xyxy * np.array([w, h, w, h], np.float32)).astype(np.float32),
-                         mask_logits, float(presence), scores)
+                         mask_logits, float(presence))
 
     def segment(self, arrays, original_size: tuple[int, int], phrases: list[str | None],
                 exemplars: list[Exemplar] = (), threshold: float | None = None, scope: str = "") -> list[Instances]:

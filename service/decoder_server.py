@@ -91,7 +91,7 @@ def _varint(raw: bytes, pos: int) -> tuple[int, int]:
 
 
 def _not_utf8(descriptor, raw: bytes, prefix: str = "") -> str | None:
-    """The path (`phrases[1]`, `image.encoded`...) of the first string field whose bytes are not UTF-8, walking
+    """The path (`phrases[1]`, `image_id`...) of the first string field whose bytes are not UTF-8, walking
     the wire format by the message's descriptor; None if there is none, or the bytes are malformed otherwise."""
     pos, seen = 0, {}
     try:
