@@ -65,8 +65,9 @@ class ConceptSegmenter:
         if not (np.isfinite(box).all() and bw > 0 and bh > 0 and min(edges) >= -EDGE and max(edges) <= 1 + EDGE):
             from maskserve.engines.prompts import PromptError
 
+            field = f"exemplars[{len(state.get('exemplars', []))}]"
             raise PromptError(f"box {tuple(float(v) for v in box)} (cx, cy, w, h normalised) must lie inside the "
-                              f"image, with a positive width and height", f"exemplars[{len(state.get('exemplars', []))}]")
+                              "image, with a positive width and height", field)
         state.setdefault("phrase", None)
         state.setdefault("exemplars", []).append((box.astype(np.float32), bool(label)))
         return self._run(state)
