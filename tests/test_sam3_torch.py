@@ -23,14 +23,11 @@ from maskserve.engines import families, load, prompts
 from maskserve.engines import torch_backend as tb
 from maskserve.engines import torch_sam3
 from maskserve.engines.model_dir import Manifest, ModelDirError
+from test_sam2_torch import (FP32_ABS, IOU_MEAN_MIN, IOU_WORST_MIN, REDUCED_REL_MAX, encoder,  # the torch tests' own
+                             needs_cuda, rel)
 from test_sam3 import _check_concepts, processor, reference_model  # noqa: F401 - the shared reference fixtures
 
 ARRAYS = families.get("sam3").arrays
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (PyTorch sees none here)")
-FP32_ABS = 1e-4
-REDUCED_REL_MAX = {"bf16": 1e-2, "fp16": 2e-3}
-IOU_MEAN_MIN, IOU_WORST_MIN = 0.99, 0.97
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +48,6 @@ def expected(sam3_random, images):
     model = load(sam3_random[1], decoder=False)
     m = Manifest.load(sam3_random[1])
     return model.encoder.encode_arrays(np.stack([prompts.prepare_image(im, m) for im in images]))
-
-
-def encoder(torch_dir, **options) -> tb.TorchEncoder:
-    return tb.TorchEncoder(torch_dir, Manifest.load(torch_dir), device="cpu", **options)
-
-
-def rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def test_the_model_directory(torch_dir, sam3_random):
