@@ -14,6 +14,8 @@ from concurrent.futures import Executor
 import numpy as np
 import redis
 
+from maskserve.engines.prompts import PromptError
+
 from . import errors, images, jobs, keys, metrics, quotas, store, tracing
 from .access import Caller
 from .config import Settings
@@ -135,6 +137,14 @@ class Embeddings:
             with tracer.start_as_current_span("wait_for_encoder"):
                 await self.wait_encoded(caller, ref, payload, context)
         return image_id, wait, rgb.shape[:2]
+
+    async def target(self, caller: Caller, request, context) -> str:
+        """The image_id a call's `target` names: its image_id, or the image it sends (encoded first)."""
+        if request.WhichOneof("target") == "image":
+            return (await self.image_for(caller, request.image, context))[0]
+        if request.image_id:
+            return request.image_id
+        raise PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
 
     async def enqueue(self, caller: Caller, ref: str, payload: bytes) -> None:
         """Queue the image for the encoder pool (or share the job its tenant has queued), within the quotas."""

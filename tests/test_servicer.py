@@ -13,6 +13,7 @@ import pytest
 
 from maskserve import engines
 from maskserve.engines.predictor import Predictor
+from maskserve.engines.prompts import PromptError
 from maskserve.service import access, calls, quotas, refinement, rpcs, store
 from maskserve.service.config import Settings
 from maskserve.service.decoding import Decoding
@@ -26,6 +27,7 @@ class DictStore:
     """Embeddings as `Embeddings` serves them, from a dict: what the servicer needs of a store."""
 
     ref = staticmethod(Embeddings.ref)
+    target = Embeddings.target
 
     def __init__(self) -> None:
         self.items: dict[str, store.StoredEmbedding] = {}
@@ -99,6 +101,10 @@ def test_segment_prompt_without_processes_answers_as_the_predictor(service, tiny
                        caller=access.Caller("other", "k", frozenset({"*"}), access.Limits()))
     with pytest.raises(Exception, match="no embedding for image_id"):
         asyncio.run(rpcs.handler("SegmentPrompt")(service, request, other))
+    # no image and no image_id: one refusal naming the field, before any work
+    with pytest.raises(PromptError, match="give an image_id") as refused:
+        asyncio.run(rpcs.handler("SegmentPrompt")(service, pb.SegmentPromptRequest(prompts=request.prompts), call))
+    assert refused.value.field == "image_id"
 
 
 def test_every_rpc_of_the_proto_has_its_module_and_gets_every_concern(service):

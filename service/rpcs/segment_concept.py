@@ -24,12 +24,7 @@ async def handle(service, request, call):
     if len(request.exemplars) > head.slots:
         raise prompt_lib.PromptError(f"{len(request.exemplars)} exemplars; the model takes at most {head.slots}",
                                      "exemplars")
-    if request.WhichOneof("target") == "image":
-        image_id, _, _ = await service.embeddings.image_for(call.caller, request.image, call.context)
-    elif request.image_id:
-        image_id = request.image_id
-    else:
-        raise prompt_lib.PromptError("give an image_id from EncodeImage, or the image itself", "image_id")
+    image_id = await service.embeddings.target(call.caller, request, call.context)
     _, emb = await service.embeddings.require(call.caller, image_id)
     exemplars = [concepts.Exemplar(np.array([e.box.x0, e.box.y0, e.box.x1, e.box.y1], np.float64), not e.negative)
                  for e in request.exemplars]
