@@ -237,7 +237,8 @@ def ulps(a: np.ndarray, n: int = 4) -> float:
 
 def test_resize_and_prompts_match_the_service(tab):
     """The hover preview's arithmetic: OpenCV's bilinear resize (as the service runs it: through IPP where pip's
-    OpenCV has it), each family's point transform and upscale."""
+    OpenCV has it), each family's point transform and upscale (SAM 3's with its hole filling: random logits have
+    holes of every size)."""
     import cv2
 
     from maskserve.engines import families
@@ -262,7 +263,7 @@ def test_resize_and_prompts_match_the_service(tab):
     M = 256
     shapes = [("sam", 512, (512, 512)), ("sam", 1024, (480, 640)), ("sam", 1024, (1500, 1000)),
               ("sam", 512, (333, 517)), ("sam2.1", 1024, (480, 640)), ("sam2.1", 1024, (100, 90)),
-              ("sam2.1", 1024, (512, 512))]
+              ("sam2.1", 1024, (512, 512)), ("sam3", 1008, (300, 451)), ("sam3", 1008, (640, 480))]
     cases, lows, points = [], [], []
     for family, side, (h, w) in shapes:
         low = (rng.standard_normal((M, M)) * 6).astype(np.float32)
@@ -279,6 +280,8 @@ def test_resize_and_prompts_match_the_service(tab):
     for (family, side, (h, w)), low, xy, g in zip(shapes, lows, points, got):
         fam = families.get(family)
         want = fam.upscale_map(low, (h, w), side, M)
+        if family == "sam3":  # the filling is there to test: it changes the map
+            assert not np.array_equal(want, families.get("sam2.1").upscale_map(low, (h, w), side, M))
         up = np.frombuffer(base64.b64decode(g["up"]), np.float32).reshape(h, w)
         np.testing.assert_allclose(up, want, rtol=0, atol=ulps(want), err_msg=f"{family} {(h, w)}")
         clear = np.abs(want) > ulps(want)  # a logit within rounding of 0 may land on either side

@@ -110,9 +110,36 @@ function taps(srcN, dst, n) {
   return [ofs, frac];
 }
 
+// Holes filled before the upscale, as the family's predictor does by default (engines/families/sam3.py).
+const HOLE_AREA = new Map([['sam3', 256]]);
+
+/** The (M, M) map with its holes (8-connected regions of cells ≤ 0) of at most `maxArea` cells set to +10, as
+ * sam2_transforms.fill_holes_and_sprinkles does them. */
+export function fillHoles(low, M, maxArea) {
+  const out = Float32Array.from(low), seen = new Uint8Array(M * M), region = new Int32Array(M * M);
+  for (let s = 0; s < M * M; s++) {
+    if (seen[s] || !(low[s] <= 0)) continue;
+    let n = 0, next = 0; // the region's cells so far; those not yet expanded are region[next..n)
+    region[n++] = s; seen[s] = 1;
+    while (next < n) {
+      const i = region[next++], y = (i / M) | 0, x = i - y * M;
+      for (let yy = Math.max(y - 1, 0); yy <= Math.min(y + 1, M - 1); yy++) {
+        for (let xx = Math.max(x - 1, 0); xx <= Math.min(x + 1, M - 1); xx++) {
+          const j = yy * M + xx;
+          if (!seen[j] && low[j] <= 0) { seen[j] = 1; region[n++] = j; }
+        }
+      }
+    }
+    if (n <= maxArea) for (let k = 0; k < n; k++) out[region[k]] = 10;
+  }
+  return out;
+}
+
 /** One (M, M) low-res logit map → (H, W) logits, as the family upscales: SAM to the padded square (only the
- * part the crop keeps), cropped to the resized image, then to the original size; SAM 2.1 straight there. */
+ * part the crop keeps), cropped to the resized image, then to the original size; SAM 2.1 straight there (SAM 3
+ * after filling small holes). */
 export function upscale(family, low, M, h, w, side) {
+  if (HOLE_AREA.has(family)) low = fillHoles(low, M, HOLE_AREA.get(family));
   if (STRETCHED.has(family)) return resizeLinear(low, M, M, M, h, w);
   const [ih, iw] = resizedShape(h, w, side);
   const up = resizeLinear(low, M, M, M, side, side, ih, iw);
