@@ -111,7 +111,6 @@ def test_tiny_model_matches_reference(tiny_checkpoint, tiny_model_dir, photos):
     check_parity("tiny", tiny_checkpoint, "tiny", tiny_model_dir, photos)
 
 
-@pytest.mark.slow
 def test_full_size_vit_b_matches_reference(vit_b_random, photos):
     checkpoint, model_dir = vit_b_random
     images = {k: photos[k] for k in ("coffee_400x600", "wide_18x600")}

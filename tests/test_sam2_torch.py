@@ -213,7 +213,6 @@ def test_cuda_with_and_without_graphs(torch_dir, image, expected, precision, tol
             assert rel(arrays[name], e) <= tol, (precision, graphs, name, rel(arrays[name], e))
 
 
-@pytest.mark.slow
 def test_full_size_base_plus_equals_the_official_encoder():
     """Seeded random sam2.1_hiera_base_plus (position tables filled), one image, fp32: the full-size
     architecture as recorded from the official model (14×14 background position table, windows of 8, 4, 14

@@ -254,7 +254,6 @@ def test_windows_that_do_not_tile_the_grid_are_padded_as_the_reference_pads_them
             assert rel(got, expected) <= FP32_REL, attention
 
 
-@pytest.mark.slow
 def test_full_size_vit_b_matches_segment_anything():
     """Seeded random ViT-B weights (position tables filled), one image, bf16 against the fp32 reference: the
     full-size architecture read off its weights (fp32's exactness is the tiny and padded cases')."""
