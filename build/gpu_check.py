@@ -165,8 +165,8 @@ def random_sam3(path: Path, quick: bool):
     back as `maskserve build` loads it; with `quick` the tests' scaled-down design (minutes less on a CPU)."""
     from maskserve.build.sam3_export import Sam3Architecture, load_model, seeded_random_checkpoint
 
-    arch = Sam3Architecture(vit_dim=256, vit_depth=8, vit_mlp=1184, text_width=256, text_layers=2) if quick \
-        else Sam3Architecture()
+    arch = Sam3Architecture(vit_dim=256, vit_depth=8, vit_mlp=1184, text_width=256, text_layers=2, fusion_layers=1,
+                            decoder_layers=2) if quick else Sam3Architecture()
     seeded_random_checkpoint(path, arch)
     return load_model(path)
 

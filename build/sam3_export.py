@@ -26,7 +26,8 @@ three places the package assumes CUDA (`cpu_patches`). Parameters are frozen bef
 the trace of the 446 M-parameter ViT keeps its activations (20 GB, measured).
 
 The architecture is read from the checkpoint's shapes (`Sam3Architecture`): Meta's SAM 3 is 1024 wide and 32
-deep, and a smaller ViT and text encoder of the same design (the tests' seeded checkpoints) build the same way.
+deep with a 6-layer detector, and a smaller ViT, text encoder and detector of the same design (the tests'
+seeded checkpoints) build the same way.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges: open_clip ship
 
 @dataclass(frozen=True)
 class Sam3Architecture:
-    """What differs between SAM 3 and a scaled-down model of its design: the ViT's and the text encoder's size.
-    Everything after them (fusion encoder, decoder, heads, the interactive head) is 256 wide in any case."""
+    """What differs between SAM 3 and a scaled-down model of its design: the ViT's and the text encoder's size,
+    and the detector's depth (its fusion encoder and decoder; tests cut them, as most of a concept call's time is
+    the fusion encoder's attention over 72² image tokens). Everything is 256 wide after the ViT in any case."""
 
     vit_dim: int = 1024
     vit_depth: int = 32
     vit_mlp: int = 4736  # 4.625 × 1024
     text_width: int = 1024
     text_layers: int = 24
+    fusion_layers: int = 6
+    decoder_layers: int = 6
 
     @property
     def global_blocks(self) -> tuple[int, ...]:
@@ -89,7 +93,9 @@ class Sam3Architecture:
             return cls(vit_dim=state[trunk + "patch_embed.proj.weight"].shape[0], vit_depth=count(trunk + "blocks."),
                        vit_mlp=state[trunk + "blocks.0.mlp.fc1.weight"].shape[0],
                        text_width=state[text + "token_embedding.weight"].shape[1],
-                       text_layers=count(text + "transformer.resblocks."))
+                       text_layers=count(text + "transformer.resblocks."),
+                       fusion_layers=count("transformer.encoder.layers."),
+                       decoder_layers=count("transformer.decoder.layers."))
         except KeyError as exc:
             raise CheckpointError(f"not a SAM 3 checkpoint: it has no {exc.args[0]}") from None
 
@@ -153,14 +159,21 @@ def network(arch: Sam3Architecture = Sam3Architecture()):
         return VETextEncoder(tokenizer=SimpleTokenizer(bpe_path=bpe_path), d_model=256, width=arch.text_width,
                              heads=arch.text_width // 64, layers=arch.text_layers)
 
-    factories = builder._create_vit_backbone, builder._create_text_encoder
-    builder._create_vit_backbone, builder._create_text_encoder = vit, text
+    def layers(cls, n):
+        return lambda *args, **kwargs: cls(*args, **dict(kwargs, num_layers=n))
+
+    names = ("_create_vit_backbone", "_create_text_encoder", "TransformerEncoderFusion", "TransformerDecoder")
+    factories = {name: getattr(builder, name) for name in names}
+    for name, make in zip(names, (vit, text, layers(builder.TransformerEncoderFusion, arch.fusion_layers),
+                                  layers(builder.TransformerDecoder, arch.decoder_layers))):
+        setattr(builder, name, make)
     try:
         model = builder.build_sam3_image_model(bpe_path=str(vocabulary_path()), device="cpu", eval_mode=True,
                                                checkpoint_path=None, load_from_HF=False,
                                                enable_inst_interactivity=True)
     finally:
-        builder._create_vit_backbone, builder._create_text_encoder = factories
+        for name, make in factories.items():
+            setattr(builder, name, make)
     return model
 
 

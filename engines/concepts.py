@@ -66,10 +66,9 @@ def is_mask(logits: np.ndarray) -> np.ndarray:
     return probabilities(logits) > np.float32(0.5)
 
 
-def check_exemplars(exemplars: list[Exemplar], original_size: tuple[int, int], slots: int) -> None:
-    """PromptError naming the first exemplar box that is not finite, has no extent or leaves the image."""
-    if len(exemplars) > slots:
-        raise PromptError(f"{len(exemplars)} exemplars; the model takes at most {slots}", "exemplars")
+def check_exemplars(exemplars: list[Exemplar], original_size: tuple[int, int]) -> None:
+    """PromptError naming the first exemplar box that is not finite, has no extent or leaves the image (their
+    count is `ConceptModel.detect`'s to check, and the service's before it encodes an image)."""
     h, w = original_size
     for i, e in enumerate(exemplars):
         x0, y0, x1, y1 = (float(v) for v in np.asarray(e.box, np.float64).reshape(4))
@@ -174,7 +173,7 @@ class ConceptModel:
         threshold = self.threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise PromptError(f"confidence_threshold {threshold} is not within [0, 1]", "confidence_threshold")
-        check_exemplars(list(exemplars), original_size, self.slots)
+        check_exemplars(list(exemplars), original_size)
         tokens = [self.tokens(p, f"phrases[{i}]") if p is not None else self.tokens(BOX_ONLY_PHRASE)
                   for i, p in enumerate(phrases)]
         features = self.text_features(tokens, scope)

@@ -86,9 +86,11 @@ def vit_t_random(tmp_path_factory) -> tuple[Path, Path]:
 
 
 # SAM 3 scaled down for the fast suite: the package's own design with a 256-wide, 4-block ViT (every block global,
-# as the quarter rule gives: build/sam3_export.Sam3Architecture) and a 2-layer text encoder; everything after them
-# is full size (the per-prompt detector: 33 M parameters).
-SAM3_SMALL = dict(vit_dim=256, vit_depth=4, vit_mlp=1184, text_width=256, text_layers=2)
+# as the quarter rule gives: build/sam3_export.Sam3Architecture), a 2-layer text encoder, and a detector with one
+# fusion-encoder layer and two decoder layers (Meta's: 6 and 6; the decoder's box refinement runs between
+# layers, so two exercise it). The full-size case in test_sam3 runs Meta's architecture.
+SAM3_SMALL = dict(vit_dim=256, vit_depth=4, vit_mlp=1184, text_width=256, text_layers=2, fusion_layers=1,
+                  decoder_layers=2)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ async def handle(service, request, call):
     _, emb = await service.embeddings.require(call.caller, image_id)
     exemplars = [concepts.Exemplar(np.array([e.box.x0, e.box.y0, e.box.x1, e.box.y1], np.float64), not e.negative)
                  for e in request.exemplars]
-    concepts.check_exemplars(exemplars, emb.original_size, head.slots)
+    concepts.check_exemplars(exemplars, emb.original_size)
     threshold = request.confidence_threshold if request.HasField("confidence_threshold") else None
     results = await asyncio.get_running_loop().run_in_executor(
         service.everything_pool, contextvars.copy_context().run, service.decoding.concept_results, emb, phrases,
