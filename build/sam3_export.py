@@ -89,6 +89,9 @@ class Sam3Architecture:
 
         trunk = "backbone.vision_backbone.trunk."
         text = "backbone.language_backbone.encoder."
+        for detector in ("transformer.encoder.layers.", "transformer.decoder.layers."):
+            if not count(detector):
+                raise CheckpointError(f"not a SAM 3 checkpoint: it has no detector.{detector}* parameters")
         try:
             return cls(vit_dim=state[trunk + "patch_embed.proj.weight"].shape[0], vit_depth=count(trunk + "blocks."),
                        vit_mlp=state[trunk + "blocks.0.mlp.fc1.weight"].shape[0],
