@@ -27,7 +27,7 @@ def test_short_soak_does_not_drift():
     assert all(w["lru_entries"] == LRU for w in windows[flat["warmup_window"]:]), windows  # full: it evicts
     # A leak per image (an evicted embedding or its decoder tensors held on) grows the decoder with every new
     # image; the allocator's settling does not. After warm-up the decoder may grow by less than half an
-    # embedding per new image: measured 60-142 kB per image (1 MB embedding), and 7.7 MB per image with
+    # embedding per new image: measured 28-142 kB per image (1 MB embedding), and 7.7 MB per image with
     # evicted LRU entries kept alive on purpose.
     embedding_kb = Manifest.load(TINY_MODEL_DIR).embedding_nbytes() / 1024
     assert flat["images_after_warmup"] >= 30, flat
